@@ -1,0 +1,345 @@
+"""Diarization error of the embedded diarizer (Silero VAD + resemblyzer + clustering).
+
+    .venv/bin/python -m benchmarks.diarization [--seeds 0 1 2 3 4] [--out DIR]
+        [--set key=value] [--repeat N] [--no-ami]
+
+Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utterances
+separated by random 0.3-1.5 s pauses, RTTM written while concatenating), and reads the
+AMI excerpts of pyannote-debug and the pyannote-sample call. Scores with
+pyannote.metrics DER (collar 0.25 s, overlap scored); missed, false alarm and confusion
+are percentages of reference speech. Timing is diarizer time only (VAD excluded), in
+milliseconds per second of audio. ``--set`` overrides a ``DiarizerSettings`` field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import DATA, machine, print_table
+from ethostral_serve.backends.base import DiarizerBackend, VadBackend
+
+SAMPLE_RATE = 16_000
+COLLAR = 0.25
+
+
+@dataclass
+class Case:
+    """One recording with its reference: ``(start, end, speaker)`` turns, seconds."""
+
+    group: str
+    uri: str
+    samples: np.ndarray
+    reference: list[tuple[float, float, str]]
+    uem: tuple[float, float] | None = None
+    speakers: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.speakers = len({s for _, _, s in self.reference})
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return len(self.samples) / SAMPLE_RATE
+
+
+def librispeech_by_speaker() -> dict[str, list[np.ndarray]]:
+    """Decoded test-other utterances, grouped by speaker, in file order."""
+    from ethostral_serve.audio import decode_audio
+
+    root = DATA / "asr" / "librispeech-test-other"
+    with (root / "transcripts.tsv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    out: dict[str, list[np.ndarray]] = {}
+    for row in rows:
+        out.setdefault(row["speaker"], []).append(decode_audio(root / row["path"]).samples)
+    return out
+
+
+def make_conversation(
+    utterances: dict[str, list[np.ndarray]],
+    n_speakers: int,
+    min_duration_s: float,
+    seed: int,
+    pause_s: tuple[float, float] = (0.3, 1.5),
+) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """Concatenate utterances of ``n_speakers`` random speakers, alternating speakers.
+
+    Each turn is a whole utterance of a speaker other than the previous one, followed by
+    a pause drawn from ``pause_s``; stops once ``min_duration_s`` is reached (or the
+    utterances run out). Returns the samples and the reference turns.
+    """
+    rng = np.random.default_rng(seed)
+    speakers = [str(s) for s in rng.choice(sorted(utterances), n_speakers, replace=False)]
+    pools = {s: list(rng.permutation(len(utterances[s]))) for s in speakers}
+    parts: list[np.ndarray] = [np.zeros(int(rng.uniform(*pause_s) * SAMPLE_RATE), np.float32)]
+    reference: list[tuple[float, float, str]] = []
+    t = len(parts[0]) / SAMPLE_RATE
+    previous: str | None = None
+    while t < min_duration_s:
+        choices = [s for s in speakers if pools[s] and (s != previous or len(speakers) == 1)]
+        if not choices:
+            break
+        speaker = str(rng.choice(choices))
+        utt = utterances[speaker][int(pools[speaker].pop())]
+        reference.append((t, t + len(utt) / SAMPLE_RATE, speaker))
+        pause = np.zeros(int(rng.uniform(*pause_s) * SAMPLE_RATE), np.float32)
+        parts += [utt, pause]
+        t += (len(utt) + len(pause)) / SAMPLE_RATE
+        previous = speaker
+    return np.concatenate(parts).astype(np.float32), reference
+
+
+def librispeech_cases(seeds: Sequence[int]) -> list[Case]:
+    """1-, 2- and 4-speaker LibriSpeech conversations, one of each per seed."""
+    utterances = librispeech_by_speaker()
+    cases = []
+    for seed in seeds:
+        for n, minimum in ((1, 60.0), (2, 70.0), (4, 130.0)):
+            samples, ref = make_conversation(utterances, n, minimum, seed=1000 * n + seed)
+            cases.append(Case(f"librispeech-{n}spk", f"ls{n}spk-seed{seed}", samples, ref))
+    return cases
+
+
+def _ascii_uri(name: str) -> str:
+    """``trñ00`` → ``trn00``: the uri an RTTM uses for a file name."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def read_rttm(path: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """RTTM ``SPEAKER`` lines by uri: ``(start, end, speaker)``."""
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0] == "SPEAKER":
+            start, dur = float(f[3]), float(f[4])
+            out.setdefault(f[1], []).append((start, start + dur, f[7]))
+    return out
+
+
+def read_uem(path: Path) -> dict[str, tuple[float, float]]:
+    """UEM lines by uri: the scored ``(start, end)``."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            out[f[0]] = (float(f[2]), float(f[3]))
+    return out
+
+
+def ami_cases() -> list[Case]:
+    """The pyannote-debug AMI excerpts (plus the silent file) and the pyannote-sample call."""
+    from ethostral_serve.audio import decode_audio
+
+    cases = []
+    for root, stem in (("pyannote-debug", "debug.*"), ("pyannote-sample", "sample")):
+        folder = DATA / "diarization" / root
+        refs: dict[str, list[tuple[float, float, str]]] = {}
+        uems: dict[str, tuple[float, float]] = {}
+        for rttm in sorted(folder.glob(f"{stem}.rttm")):
+            refs.update(read_rttm(rttm))
+        for uem in sorted(folder.glob(f"{stem}.uem")):
+            uems.update(read_uem(uem))
+        for wav in sorted(folder.glob("*.wav")):
+            uri = _ascii_uri(unicodedata.normalize("NFC", wav.stem))
+            samples = decode_audio(wav).samples
+            group = "ami-debug" if root == "pyannote-debug" else "sample-call"
+            if uri not in refs:
+                group = "silence"
+            cases.append(Case(group, uri, samples, refs.get(uri, []), uems.get(uri)))
+    return cases
+
+
+def write_case(case: Case, out: Path) -> None:
+    """Write ``<uri>.wav`` (16-bit PCM) and ``<uri>.rttm``."""
+    import wave
+
+    out.mkdir(parents=True, exist_ok=True)
+    pcm = (np.clip(case.samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(out / f"{case.uri}.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    lines = [
+        f"SPEAKER {case.uri} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>"
+        for s, e, spk in case.reference
+    ]
+    (out / f"{case.uri}.rttm").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Score:
+    """Error durations in seconds, summed over files."""
+
+    total: float = 0.0
+    missed: float = 0.0
+    false_alarm: float = 0.0
+    confusion: float = 0.0
+
+    def add(self, other: Score) -> None:
+        """Accumulate another file's errors."""
+        self.total += other.total
+        self.missed += other.missed
+        self.false_alarm += other.false_alarm
+        self.confusion += other.confusion
+
+    def cells(self) -> list[str]:
+        """DER, missed, false alarm, confusion as percentages of reference speech."""
+        if self.total <= 0:
+            return ["-"] * 4
+        der = self.missed + self.false_alarm + self.confusion
+        return [
+            f"{100 * v / self.total:.1f}"
+            for v in (der, self.missed, self.false_alarm, self.confusion)
+        ]
+
+
+def score(case: Case, hypothesis: Sequence[tuple[float, float, str]]) -> Score:
+    """DER components of one file (collar 0.25 s, overlap scored)."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ref, hyp = Annotation(uri=case.uri), Annotation(uri=case.uri)
+    for i, (s, e, spk) in enumerate(case.reference):
+        ref[Segment(s, e), i] = spk
+    for i, (s, e, spk) in enumerate(hypothesis):
+        hyp[Segment(s, e), i] = spk
+    lo, hi = case.uem or (0.0, case.duration)
+    metric = DiarizationErrorRate(collar=COLLAR, skip_overlap=False)
+    d = metric(ref, hyp, uem=Timeline([Segment(lo, hi)]), detailed=True)
+    return Score(d["total"], d["missed detection"], d["false alarm"], d["confusion"])
+
+
+def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) -> None:
+    """Diarize every case, print the per-file and per-group tables, then a timing table."""
+    from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
+    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.settings import DiarizerSettings, VadSettings
+
+    settings = DiarizerSettings.model_validate(overrides)
+    vad = SileroVad(VadSettings())
+    diarizer = ResemblyzerDiarizer(settings)
+    print(f"machine: {machine()}, torch threads: {_torch_threads()}")
+    print(f"settings: {settings.model_dump()}\n")
+
+    rows, groups, timing = [], {}, {}
+    for case in cases:
+        regions = vad.speech_regions(case.samples)
+        t0 = time.perf_counter()
+        turns = diarizer.diarize(case.samples, regions)
+        elapsed = time.perf_counter() - t0
+        found = len({t.speaker for t in turns})
+        sc = score(case, [(t.start, t.end, t.speaker) for t in turns])
+        groups.setdefault(case.group, Score()).add(sc)
+        spent = timing.setdefault(case.group, [0.0, 0.0])
+        spent[0] += elapsed
+        spent[1] += case.duration
+        rows.append(
+            [
+                case.group,
+                case.uri,
+                f"{case.duration:.0f}",
+                case.speakers,
+                found,
+                *sc.cells(),
+                f"{1000 * elapsed / case.duration:.1f}",
+            ]
+        )
+    headers = ["set", "file", "dur s", "ref spk", "hyp spk", "DER %", "miss %", "FA %"]
+    headers += ["conf %", "ms/audio s"]
+    print_table(headers, rows)
+    print()
+    summary = []
+    for group, sc in groups.items():
+        spent, audio = timing[group]
+        n = sum(1 for c in cases if c.group == group)
+        summary.append([group, n, f"{audio:.0f}", *sc.cells(), f"{1000 * spent / audio:.1f}"])
+    print_table(["set", "files", "audio s", *headers[5:]], summary)
+    if repeat > 0:
+        print()
+        _timing(diarizer, vad, cases, repeat)
+
+
+def _timing(diarizer: DiarizerBackend, vad: VadBackend, cases: Sequence[Case], repeat: int) -> None:
+    """Repeat the diarizer on the longest file of each set: wall and CPU ms per audio second.
+
+    Other processes on the machine slow single runs down, so the minimum is the cleaner
+    figure of the diarizer's own cost and the median shows the spread.
+    """
+    longest: dict[str, Case] = {}
+    for case in cases:
+        if case.reference and (
+            case.group not in longest or case.duration > longest[case.group].duration
+        ):
+            longest[case.group] = case
+    rows = []
+    for group, case in longest.items():
+        regions = vad.speech_regions(case.samples)
+        wall, cpu = [], []
+        for _ in range(repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            diarizer.diarize(case.samples, regions)
+            wall.append(1000 * (time.perf_counter() - t0) / case.duration)
+            cpu.append(1000 * (time.process_time() - c0) / case.duration)
+        rows.append(
+            [
+                group,
+                case.uri,
+                f"{case.duration:.0f}",
+                f"{min(wall):.1f}",
+                f"{np.median(wall):.1f}",
+                f"{min(cpu):.1f}",
+                f"{np.median(cpu):.1f}",
+            ]
+        )
+    headers = ["set", "file", "dur s", "wall min", "wall median", "cpu min", "cpu median"]
+    print(f"diarizer time in ms per audio second, {repeat} runs each (VAD excluded):")
+    print_table(headers, rows)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=None, help="write the built wav + rttm here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-ami", action="store_true", help="LibriSpeech conversations only")
+    parser.add_argument("--repeat", type=int, default=5, help="timing runs per set (0: none)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    args = parser.parse_args()
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    overrides: dict[str, str | None] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = None if value.lower() == "none" else value
+
+    cases = librispeech_cases(args.seeds)
+    if args.out is not None:
+        for case in cases:
+            write_case(case, args.out)
+    if not args.no_ami:
+        cases += ami_cases()
+    run(cases, overrides, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ethostral-serve: diarized, emotion-annotated transcription."""

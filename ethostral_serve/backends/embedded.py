@@ -1,0 +1,69 @@
+"""The embedded default speech model: faster-whisper ASR + our emotion classifier.
+
+Emotion reads the Whisper encoder states the ASR pass already computed. If the ASR
+model's encoder is not the one the emotion model was trained on (e.g. ``tiny.en``),
+a separate Whisper base encoder is loaded and run on each segment's audio instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.whisper import EncoderStates, WhisperAsr
+from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, Transcript
+from ethostral_serve.settings import Settings
+
+if TYPE_CHECKING:
+    from ethostral_serve.backends.emotion import EmotionClassifier
+
+_MAX_ENCODER_S = 30.0
+
+
+class EmbeddedSpeechModel:
+    """ASR + emotion from packaged models, on CPU."""
+
+    def __init__(self, settings: Settings, with_emotion: bool = True) -> None:
+        self.settings = settings
+        self.asr = WhisperAsr(settings.asr, settings.cache_dir)
+        self.classifier: EmotionClassifier | None = None
+        self._emotion_encoder: WhisperAsr | None = None
+        if with_emotion:
+            from ethostral_serve.backends.emotion import EmotionClassifier
+
+            self.classifier = EmotionClassifier(settings.emotion)
+            if not self.classifier.accepts(settings.asr.model):
+                base = settings.asr.model_copy(update={"model": "base"})
+                self._emotion_encoder = WhisperAsr(base, settings.cache_dir)
+
+    def check_language(self, language: str | None) -> str | None:
+        """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
+        return self.asr.check_language(language)
+
+    def transcribe(
+        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+    ) -> Transcript:
+        """Words on the original timeline, plus the encoder states for emotion."""
+        return self.asr.transcribe(samples, chunks, language)
+
+    def emotions(
+        self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
+    ) -> list[EmotionResult]:
+        """One emotion per span from the encoder frames inside it."""
+        if self.classifier is None:
+            raise RuntimeError("this model was loaded without emotion recognition")
+        if not spans:
+            return []
+        if self._emotion_encoder is None and isinstance(transcript.state, EncoderStates):
+            frames = [transcript.state.between(s.start, s.end) for s in spans]
+        else:
+            encoder = self._emotion_encoder or self.asr
+            frames = []
+            for s in spans:
+                lo = int(s.start * SAMPLE_RATE)
+                hi = int(min(s.end, s.start + _MAX_ENCODER_S) * SAMPLE_RATE)
+                frames.append(encoder.encode_clip(samples[lo : max(hi, lo + SAMPLE_RATE // 10)]))
+        return self.classifier.classify_frames(frames)

@@ -1,0 +1,190 @@
+"""The ``ethostral`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ethostral_serve.errors import EthostralError
+from ethostral_serve.pipeline.compose import TranscribeOptions
+from ethostral_serve.schema import Session
+from ethostral_serve.subtitles import to_srt, to_vtt
+
+FORMATS = ("json", "jsonl", "srt", "vtt")
+_EXT = {"json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
+
+
+def _render(session: Session, fmt: str) -> str:
+    if fmt == "json":
+        return session.model_dump_json(indent=2) + "\n"
+    if fmt == "jsonl":
+        return session.model_dump_json() + "\n"
+    if fmt == "srt":
+        return to_srt(session)
+    return to_vtt(session)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ethostral",
+        description="Diarized, emotion-annotated transcripts of audio and video files.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "transcribe",
+        help="transcribe files",
+        description="Transcribe audio/video files. Models load once for all files.",
+    )
+    t.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    t.add_argument("--language", help="ISO 639-1 code, e.g. 'en' (default: detect)")
+    t.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
+    t.add_argument("--no-emotion", action="store_true", help="skip emotion (emotion: null)")
+    t.add_argument("--format", choices=FORMATS, default="json", help="output format")
+    t.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file; with several files and json/srt/vtt, a directory",
+    )
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    m = sub.add_parser("models", help="manage the bundled models")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    msub.add_parser(
+        "check",
+        help="assemble and verify the bundled models, load each once, report",
+        description="Assemble Whisper base into the cache (sha256-checked) and load every "
+        "model of the configured pipeline once.",
+    )
+    return parser
+
+
+def _models_check() -> int:
+    from ethostral_serve.engine import load_diarizer, load_speech_model, load_vad
+    from ethostral_serve.settings import Settings
+
+    settings = Settings()
+    loaders = (
+        ("vad", lambda: load_vad(settings)),
+        ("diarizer", lambda: load_diarizer(settings)),
+        ("asr + emotion", lambda: load_speech_model(settings)),
+    )
+    for name, load in loaders:
+        t0 = time.perf_counter()
+        try:
+            backend = load()
+        except EthostralError as exc:
+            print(f"ethostral: error: {name}: {exc.detail}", file=sys.stderr)
+            return 1
+        print(f"{name:14s} {type(backend).__name__:24s} loaded in {time.perf_counter() - t0:.1f} s")
+    print(f"model cache: {settings.cache_dir}")
+    return 0
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from ethostral_serve.engine import Engine
+    from ethostral_serve.settings import Settings
+
+    many = len(args.files) > 1
+    out_dir: Path | None = None
+    if args.output is not None and many and args.format != "jsonl":
+        out_dir = args.output
+        if out_dir.exists() and not out_dir.is_dir():
+            print(
+                f"ethostral: error: {out_dir} must be a directory for several files",
+                file=sys.stderr,
+            )
+            return 2
+        out_dir.mkdir(parents=True, exist_ok=True)
+    elif args.output is None and many and args.format in ("srt", "vtt"):
+        print(
+            f"ethostral: error: --format {args.format} with several files needs -o DIR",
+            file=sys.stderr,
+        )
+        return 2
+
+    say = _Progress(args.quiet)
+    settings = Settings()
+    options = TranscribeOptions(
+        language=args.language, diarize=not args.no_diarize, emotion=not args.no_emotion
+    )
+    t0 = time.perf_counter()
+    say("ethostral: loading models ...")
+    try:
+        engine = Engine.load(settings, diarize=options.diarize, emotion=options.emotion)
+        engine.model.check_language(options.language)
+    except EthostralError as exc:
+        print(f"ethostral: error: {exc.detail}", file=sys.stderr)
+        return 2
+    say(f"ethostral: models ready in {time.perf_counter() - t0:.1f} s")
+
+    failures = 0
+    results: list[Session] = []
+    single_out = args.output if args.output is not None and out_dir is None else None
+    sink = single_out.open("w", encoding="utf-8") if single_out is not None else sys.stdout
+    try:
+        for index, path in enumerate(args.files, start=1):
+            tag = f"[{index}/{len(args.files)}] {path}"
+            started = time.perf_counter()
+            try:
+                session = engine.run(
+                    path,
+                    path.name,
+                    options,
+                    on_stage=lambda name, secs, tag=tag: say(f"{tag}: {name} {secs:.1f} s"),
+                )
+            except EthostralError as exc:
+                failures += 1
+                print(f"ethostral: error: {path}: {exc.detail}", file=sys.stderr, flush=True)
+                continue
+            except OSError as exc:
+                failures += 1
+                print(f"ethostral: error: {path}: {exc}", file=sys.stderr, flush=True)
+                continue
+            say(
+                f"{tag}: {len(session.segments)} segments, "
+                f"{len({s.speaker for s in session.segments})} speakers, "
+                f"{session.duration_ms / 1000:.1f} s of audio in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+            if out_dir is not None:
+                target = out_dir / f"{path.stem}.{_EXT[args.format]}"
+                target.write_text(_render(session, args.format), encoding="utf-8")
+            elif args.format == "json" and many:
+                results.append(session)
+            else:
+                sink.write(_render(session, args.format))
+                sink.flush()
+        if args.format == "json" and many and out_dir is None:
+            payload = [json.loads(s.model_dump_json()) for s in results]
+            sink.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ethostral`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "transcribe":
+        return _transcribe(args)
+    if args.command == "models":
+        return _models_check()
+    return 2  # pragma: no cover - argparse enforces the sub-command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The one place that runs the stages in order: decode → VAD → diarize → ASR + emotion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ethostral_serve.audio import Audio
+from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
+from ethostral_serve.pipeline.chunks import build_chunks
+from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
+from ethostral_serve.pipeline.types import EmotionResult
+from ethostral_serve.schema import Emotion, Segment, Session, Word
+from ethostral_serve.settings import Settings
+
+UNDETERMINED_LANGUAGE = "und"  # ISO 639-2 code for "no language could be told"
+
+StageHook = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Per-request choices."""
+
+    language: str | None = None
+    diarize: bool = True
+    emotion: bool = True
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage of one run."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, hook: StageHook | None = None) -> Iterator[None]:
+        """Time a stage; report it to ``hook`` when it ends."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            if hook is not None:
+                hook(name, elapsed)
+
+
+def transcribe(
+    audio: Audio,
+    filename: str,
+    options: TranscribeOptions,
+    *,
+    vad: VadBackend,
+    diarizer: DiarizerBackend | None,
+    model: SpeechModel,
+    settings: Settings,
+    on_stage: StageHook | None = None,
+    times: StageTimes | None = None,
+) -> Session:
+    """Run the whole pipeline on decoded audio and return the (unsaved) Session."""
+    times = times if times is not None else StageTimes()
+    samples = audio.samples
+    with times.stage("vad", on_stage):
+        regions = vad.speech_regions(samples)
+    if not regions:
+        return Session(
+            filename=filename,
+            language=options.language or UNDETERMINED_LANGUAGE,
+            duration_ms=audio.duration_ms,
+            segments=[],
+        )
+    turns = []
+    if options.diarize and diarizer is not None:
+        with times.stage("diarize", on_stage):
+            turns = diarizer.diarize(samples, regions)
+    with times.stage("asr", on_stage):
+        chunks = build_chunks(regions, settings.vad.max_chunk_s)
+        transcript = model.transcribe(samples, chunks, options.language)
+    with times.stage("segment", on_stage):
+        speakers = assign_speakers(transcript.words, turns)
+        drafts = group_words(
+            transcript.words,
+            speakers,
+            max_segment_s=settings.segments.max_segment_s,
+            pause_split_s=settings.segments.pause_split_s,
+        )
+        names = rename_speakers([d.speaker for d in drafts])
+    emotions: list[EmotionResult | None] = [None] * len(drafts)
+    if options.emotion and drafts:
+        with times.stage("emotion", on_stage):
+            emotions = list(model.emotions(samples, transcript, [d.span for d in drafts]))
+    segments = [
+        Segment(
+            speaker=name,
+            start_ms=_ms(d.start),
+            end_ms=max(_ms(d.end), _ms(d.start)),
+            text=d.text,
+            emotion=_emotion(e),
+            words=[
+                Word(
+                    word=w.text.strip(),
+                    start_ms=_ms(w.start),
+                    end_ms=max(_ms(w.end), _ms(w.start)),
+                    probability=min(1.0, max(0.0, w.probability)),
+                )
+                for w in d.words
+            ],
+        )
+        for d, name, e in zip(drafts, names, emotions, strict=True)
+    ]
+    return Session(
+        filename=filename,
+        language=transcript.language,
+        duration_ms=audio.duration_ms,
+        segments=segments,
+    )
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _emotion(result: EmotionResult | None) -> Emotion | None:
+    if result is None:
+        return None
+    return Emotion(
+        label=result.label,
+        valence=_clip(result.valence, -1.0, 1.0),
+        arousal=_clip(result.arousal, -1.0, 1.0),
+        dominance=_clip(result.dominance, -1.0, 1.0),
+        confidence=_clip(result.confidence, 0.0, 1.0),
+    )
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return round(min(hi, max(lo, float(x))), 4)

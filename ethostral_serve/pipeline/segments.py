@@ -1,0 +1,119 @@
+"""Turn recognised words and speaker turns into transcript segments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ethostral_serve.pipeline.types import Span, SpeakerTurn, WordTiming
+
+DEFAULT_SPEAKER = "s0"
+_SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+@dataclass
+class DraftSegment:
+    """A segment before emotion and ids: one speaker's consecutive words."""
+
+    speaker: str
+    words: list[WordTiming] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        """Start of the first word (s)."""
+        return self.words[0].start
+
+    @property
+    def end(self) -> float:
+        """End of the last word (s)."""
+        return self.words[-1].end
+
+    @property
+    def span(self) -> Span:
+        """The segment's time span."""
+        return Span(self.start, self.end)
+
+    @property
+    def text(self) -> str:
+        """The words joined as Whisper spelled them (its words carry their spaces)."""
+        return "".join(w.text for w in self.words).strip()
+
+
+def assign_speakers(words: Sequence[WordTiming], turns: Sequence[SpeakerTurn]) -> list[str]:
+    """The speaker of each word: the turn it overlaps most, else the nearest turn."""
+    if not turns:
+        return [DEFAULT_SPEAKER] * len(words)
+    ordered = sorted(turns, key=lambda t: t.start)
+    out: list[str] = []
+    j = 0
+    for w in words:
+        while j < len(ordered) and ordered[j].end < w.start - 30.0:
+            j += 1  # turns that ended long before this word cannot matter any more
+        best, best_overlap, best_distance = ordered[min(j, len(ordered) - 1)].speaker, 0.0, None
+        mid = 0.5 * (w.start + w.end)
+        for t in ordered[j:]:
+            if t.start > w.end + 30.0:
+                break
+            overlap = min(w.end, t.end) - max(w.start, t.start)
+            if overlap > best_overlap:
+                best, best_overlap = t.speaker, overlap
+            elif best_overlap == 0.0:
+                distance = (
+                    0.0 if t.start <= mid <= t.end else min(abs(mid - t.start), abs(mid - t.end))
+                )
+                if best_distance is None or distance < best_distance:
+                    best, best_distance = t.speaker, distance
+        out.append(best)
+    return out
+
+
+def group_words(
+    words: Sequence[WordTiming],
+    speakers: Sequence[str],
+    max_segment_s: float,
+    pause_split_s: float,
+) -> list[DraftSegment]:
+    """Group words into segments, splitting at speaker changes and long pauses.
+
+    A segment that would grow past ``max_segment_s`` is split, at the last sentence end
+    inside it when there is one, else before the word that would overflow it.
+    """
+    segments: list[DraftSegment] = []
+    current: DraftSegment | None = None
+    for word, speaker in zip(words, speakers, strict=True):
+        if not word.text.strip():
+            continue
+        if current is not None:
+            gap = word.start - current.end
+            if speaker != current.speaker or gap >= pause_split_s:
+                segments.append(current)
+                current = None
+            elif word.end - current.start > max_segment_s:
+                head, tail = _split_at_sentence(current)
+                segments.append(head)
+                current = tail
+        if current is None:
+            current = DraftSegment(speaker)
+        current.words.append(word)
+    if current is not None and current.words:
+        segments.append(current)
+    return [s for s in segments if s.words]
+
+
+def _split_at_sentence(segment: DraftSegment) -> tuple[DraftSegment, DraftSegment | None]:
+    for i in range(len(segment.words) - 1, 0, -1):
+        if segment.words[i - 1].text.rstrip().endswith(_SENTENCE_END):
+            return (
+                DraftSegment(segment.speaker, segment.words[:i]),
+                DraftSegment(segment.speaker, segment.words[i:]),
+            )
+    return segment, None
+
+
+def rename_speakers(labels: Sequence[str]) -> list[str]:
+    """Rename labels to ``s0``, ``s1``, ... in order of first appearance."""
+    mapping: dict[str, str] = {}
+    for label in labels:
+        if label not in mapping:
+            mapping[label] = f"s{len(mapping)}"
+    return [mapping[label] for label in labels]

@@ -1,0 +1,103 @@
+"""Plain data passed between pipeline stages. Times are seconds on the original timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of time ``[start, end)`` in seconds."""
+
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds (never negative)."""
+        return max(0.0, self.end - self.start)
+
+    def overlap(self, other: Span) -> float:
+        """Seconds shared with ``other``."""
+        return max(0.0, min(self.end, other.end) - max(self.start, other.start))
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """One speaker talking over ``[start, end)``."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    """A recognised word on the original timeline."""
+
+    text: str
+    start: float
+    end: float
+    probability: float = 1.0
+
+
+@dataclass
+class Transcript:
+    """What a speech model heard in a whole recording.
+
+    ``state`` is the model's own data kept for the emotion pass (e.g. encoder states).
+    """
+
+    language: str
+    language_probability: float
+    words: list[WordTiming]
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class EmotionResult:
+    """A segment's emotion: class posterior plus derived dimensions."""
+
+    label: str
+    confidence: float
+    valence: float
+    arousal: float
+    dominance: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Speech regions read as one ASR window: the regions' audio is concatenated.
+
+    ``offsets[i]`` is where region ``i`` starts inside the concatenated window.
+    """
+
+    regions: tuple[Span, ...]
+    offsets: tuple[float, ...]
+
+    @property
+    def duration(self) -> float:
+        """Length of the concatenated window in seconds."""
+        return sum(r.duration for r in self.regions)
+
+    def to_original(self, t: float) -> float:
+        """Map a time inside the window to the original timeline."""
+        if not self.regions:
+            return t
+        index = 0
+        for i, off in enumerate(self.offsets):
+            if off <= t:
+                index = i
+        region = self.regions[index]
+        return min(region.end, region.start + max(0.0, t - self.offsets[index]))
+
+    def samples(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The window's audio: the regions' samples one after the other."""
+        parts = [
+            audio[round(r.start * sample_rate) : round(r.end * sample_rate)] for r in self.regions
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

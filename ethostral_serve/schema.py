@@ -1,0 +1,65 @@
+"""The service's data: one pydantic model per thing, one serializer (``model_dump_json``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+EMOTION_LABELS: tuple[str, ...] = (
+    "Neutral",
+    "Calm",
+    "Happy",
+    "Sad",
+    "Angry",
+    "Fearful",
+    "Disgust",
+    "Surprised",
+)
+
+
+class Emotion(BaseModel):
+    """How a segment sounded: a category plus valence, arousal and dominance."""
+
+    label: str = Field(description="categorical emotion, e.g. 'Happy'")
+    valence: float = Field(ge=-1.0, le=1.0, description="unpleasant (-1) to pleasant (1)")
+    arousal: float = Field(ge=-1.0, le=1.0, description="calm (-1) to excited (1)")
+    dominance: float = Field(ge=-1.0, le=1.0, description="submissive (-1) to in control (1)")
+    confidence: float = Field(ge=0.0, le=1.0, description="calibrated probability of the label")
+
+
+class Word(BaseModel):
+    """One recognised word with its time on the original timeline."""
+
+    word: str
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class Segment(BaseModel):
+    """One stretch of speech by one speaker."""
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    speaker: str = Field(description="'s0', 's1', ... in order of first appearance")
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
+    text: str
+    emotion: Emotion | None = Field(
+        description="null only when emotion analysis was turned off for the request"
+    )
+    words: list[Word] = Field(default_factory=list)
+
+
+class Session(BaseModel):
+    """A transcribed recording."""
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    filename: str
+    language: str
+    duration_ms: int = Field(ge=0)
+    created_at: str = Field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
+    )
+    segments: list[Segment] = Field(default_factory=list)

@@ -1,0 +1,115 @@
+"""One settings object for the whole service, read from ``ETHOSTRAL_*`` variables.
+
+Nested sections use ``__``: ``ETHOSTRAL_ASR__MODEL=tiny.en``,
+``ETHOSTRAL_LIMITS__MAX_DURATION_S=600``. Build it once and pass it explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ethostral"
+
+
+class VadSettings(BaseModel):
+    """Silero VAD: which frames are speech, and how regions are padded and merged."""
+
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="speech probability threshold")
+    min_speech_ms: int = Field(250, ge=0, description="drop speech regions shorter than this")
+    min_silence_ms: int = Field(300, ge=0, description="silence needed to end a speech region")
+    speech_pad_ms: int = Field(200, ge=0, description="padding added on each side of a region")
+    max_chunk_s: float = Field(
+        28.0, gt=1.0, le=30.0, description="speech is grouped into ASR windows up to this long"
+    )
+
+
+class AsrSettings(BaseModel):
+    """faster-whisper (CTranslate2) speech recognition."""
+
+    model: str = Field(
+        "base",
+        description="'base' (bundled, multilingual), 'tiny.en' (bundled) or a path to a "
+        "CTranslate2 Whisper directory",
+    )
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(0, ge=0, description="0: one per core")
+    beam_size: int = Field(5, ge=1)
+    word_timestamps: bool = True
+
+
+class DiarizerSettings(BaseModel):
+    """Speaker diarization: resemblyzer window embeddings clustered by k-means.
+
+    Defaults were tuned on LibriSpeech conversations and AMI excerpts
+    (``benchmarks/diarization.py``).
+    """
+
+    backend: Literal["embedded"] = "embedded"
+    window_s: float = Field(1.0, gt=0.3, le=10.0, description="embedding window length")
+    step_s: float = Field(0.25, gt=0.05, description="hop between embedding windows")
+    min_window_s: float = Field(
+        0.5, gt=0.0, description="shorter speech regions are not embedded; they join a neighbour"
+    )
+    threshold: float = Field(
+        0.13,
+        gt=0.0,
+        lt=2.0,
+        description="smallest cosine distance between two speakers' centroids",
+    )
+    min_cluster_s: float = Field(
+        3.0, ge=0.0, description="a speaker must cover at least this much speech"
+    )
+    min_turn_s: float = Field(0.3, ge=0.0, description="shorter speaker runs join a neighbour")
+    target_dbfs: float | None = Field(
+        -30.0, description="speech level the audio is scaled to before embedding (None: as is)"
+    )
+    min_speakers: int = Field(1, ge=1)
+    max_speakers: int = Field(10, ge=1)
+
+
+class EmotionSettings(BaseModel):
+    """Speech emotion recognition."""
+
+    backend: Literal["embedded"] = "embedded"
+    model_path: Path | None = Field(
+        None, description="weights .npz; default: the model bundled in the package"
+    )
+
+
+class SegmentSettings(BaseModel):
+    """How words are grouped into transcript segments."""
+
+    max_segment_s: float = Field(30.0, gt=1.0, description="split segments longer than this")
+    pause_split_s: float = Field(1.0, gt=0.0, description="split at pauses at least this long")
+
+
+class LimitSettings(BaseModel):
+    """Bounds on input."""
+
+    max_duration_s: float = Field(3 * 3600.0, gt=0.0, description="longest accepted audio")
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ETHOSTRAL_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    vad: VadSettings = VadSettings()
+    asr: AsrSettings = AsrSettings()
+    diarizer: DiarizerSettings = DiarizerSettings()
+    emotion: EmotionSettings = EmotionSettings()
+    segments: SegmentSettings = SegmentSettings()
+    limits: LimitSettings = LimitSettings()

@@ -1,0 +1,38 @@
+"""Shared fixtures: where the evaluation data lives, and loaded models (once per run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WEAVE_DISABLED", "true")
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ETHOSTRAL_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test saying the data is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"evaluation data not found at {path} (../shared/data is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings():
+    """Default settings, with the model cache under the user's cache dir."""
+    from ethostral_serve.settings import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    """Every real embedded model, loaded once for the whole test run."""
+    from ethostral_serve.engine import Engine
+
+    return Engine.load(settings)

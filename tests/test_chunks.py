@@ -1,0 +1,48 @@
+"""ASR windows built from VAD regions, and mapping times back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ethostral_serve.pipeline.chunks import build_chunks, split_long_regions
+from ethostral_serve.pipeline.types import Chunk, Span
+
+
+def test_regions_pack_into_windows_no_longer_than_the_limit() -> None:
+    regions = [Span(i * 10.0, i * 10.0 + 6.0) for i in range(10)]  # 60 s of speech
+    chunks = build_chunks(regions, max_chunk_s=20.0)
+    assert [len(c.regions) for c in chunks] == [3, 3, 3, 1]
+    assert all(c.duration <= 20.0 for c in chunks)
+    assert [r for c in chunks for r in c.regions] == regions
+
+
+def test_long_region_is_cut_into_equal_pieces() -> None:
+    pieces = split_long_regions([Span(5.0, 75.0)], max_len=28.0)
+    assert len(pieces) == 3
+    assert pieces[0].start == 5.0 and pieces[-1].end == pytest.approx(75.0)
+    assert all(p.duration <= 28.0 + 1e-9 for p in pieces)
+    chunks = build_chunks([Span(5.0, 75.0)], max_chunk_s=28.0)
+    assert all(c.duration <= 28.0 + 1e-9 for c in chunks)
+
+
+def test_window_time_maps_back_to_original_timeline() -> None:
+    chunk = build_chunks([Span(1.0, 3.0), Span(10.0, 12.5)], max_chunk_s=28.0)[0]
+    assert chunk.offsets == (0.0, 2.0)
+    assert chunk.to_original(0.5) == pytest.approx(1.5)
+    assert chunk.to_original(2.0) == pytest.approx(10.0)
+    assert chunk.to_original(3.0) == pytest.approx(11.0)
+    assert chunk.to_original(99.0) == pytest.approx(12.5)  # clamped to the last region
+
+
+def test_window_audio_is_the_regions_back_to_back() -> None:
+    audio = np.arange(16000 * 5, dtype=np.float32)
+    chunk = Chunk((Span(0.5, 1.0), Span(3.0, 3.25)), (0.0, 0.5))
+    out = chunk.samples(audio, 16000)
+    assert len(out) == 8000 + 4000
+    assert out[0] == 8000 and out[8000] == 48000
+
+
+def test_empty_regions_give_no_chunks() -> None:
+    assert build_chunks([], 28.0) == []
+    assert build_chunks([Span(2.0, 2.0)], 28.0) == []

@@ -1,0 +1,68 @@
+"""The ``ethostral`` command line, on real files with the real models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import require_data
+
+from ethostral_serve.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_jsonl_keeps_input_order_and_reports_bad_files(tmp_path, capsys) -> None:
+    jfk = require_data("asr", "jfk", "jfk.flac")
+    vox = sorted(require_data("asr", "librivox").glob("*.wav"))[0]
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF....WAVEfmt this is not audio at all" * 50)
+    code = main(
+        ["transcribe", str(jfk), str(garbage), str(vox), "--format", "jsonl", "--language", "en"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert [json.loads(line)["filename"] for line in lines] == ["jfk.flac", vox.name]
+    assert "fellow americans" in json.loads(lines[0])["segments"][0]["text"].lower()
+    errors = [line for line in err.splitlines() if line.startswith("ethostral: error:")]
+    assert len(errors) == 1 and "garbage.wav" in errors[0] and "decodable" in errors[0]
+
+
+def test_srt_and_vtt_into_a_directory(tmp_path) -> None:
+    jfk = require_data("asr", "jfk", "jfk.flac")
+    vox = sorted(require_data("asr", "librivox").glob("*.wav"))[0]
+    out = tmp_path / "subs"
+    assert (
+        main(
+            [
+                "transcribe",
+                str(jfk),
+                str(vox),
+                "--format",
+                "vtt",
+                "-o",
+                str(out),
+                "-q",
+                "--no-diarize",
+            ]
+        )
+        == 0
+    )
+    vtt = (out / "jfk.vtt").read_text()
+    assert vtt.startswith("WEBVTT") and "<v s0>" in vtt and "NOTE s0" in vtt
+    assert (out / f"{vox.stem}.vtt").is_file()
+    srt_file = tmp_path / "jfk.srt"
+    assert (
+        main(["transcribe", str(jfk), "--format", "srt", "-o", str(srt_file), "-q", "--no-emotion"])
+        == 0
+    )
+    assert srt_file.read_text().startswith("1\n00:00:")
+
+
+def test_usage_errors(tmp_path, capsys) -> None:
+    jfk = require_data("asr", "jfk", "jfk.flac")
+    assert main(["transcribe", str(jfk), str(jfk), "--format", "srt"]) == 2
+    assert "needs -o DIR" in capsys.readouterr().err
+    assert main(["transcribe", str(jfk), "--language", "xx"]) == 2
+    assert "not supported" in capsys.readouterr().err

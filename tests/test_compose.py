@@ -1,0 +1,146 @@
+"""The orchestration in ``pipeline.compose``, isolated from the models by small fakes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import numpy as np
+
+from ethostral_serve.audio import Audio
+from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionResult,
+    Span,
+    SpeakerTurn,
+    Transcript,
+    WordTiming,
+)
+from ethostral_serve.settings import Settings
+
+
+class FakeVad:
+    def __init__(self, regions: list[Span]) -> None:
+        self.regions = regions
+
+    def speech_regions(self, samples: np.ndarray) -> list[Span]:
+        return self.regions
+
+
+class FakeDiarizer:
+    def __init__(self, turns: list[SpeakerTurn]) -> None:
+        self.turns = turns
+        self.calls = 0
+
+    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+        self.calls += 1
+        return self.turns
+
+
+class FakeModel:
+    """Says one word per speech region, halfway through it; emotion from span length."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.emotion_spans: list[Span] = []
+
+    def check_language(self, language: str | None) -> str | None:
+        return language
+
+    def transcribe(
+        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+    ) -> Transcript:
+        self.chunks = list(chunks)
+        words = []
+        for chunk in chunks:
+            for i, region in enumerate(chunk.regions):
+                mid = chunk.to_original(chunk.offsets[i] + region.duration / 2)
+                words.append(WordTiming(f" w{len(words)}", mid - 0.1, mid + 0.1, 0.9))
+        return Transcript(language or "fr", 0.8, words)
+
+    def emotions(
+        self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
+    ) -> list[EmotionResult]:
+        self.emotion_spans = list(spans)
+        return [EmotionResult("Sad", 0.7, -0.63, -0.27, -0.33) for _ in spans]
+
+
+def _audio(seconds: float) -> Audio:
+    return Audio(np.zeros(int(seconds * 16000), np.float32))
+
+
+def _run(options: TranscribeOptions, turns: list[SpeakerTurn] | None = None):
+    regions = [Span(1.0, 2.0), Span(2.5, 3.5), Span(10.0, 11.0)]
+    model = FakeModel()
+    diarizer = FakeDiarizer(turns if turns is not None else [])
+    session = transcribe(
+        _audio(12.0),
+        "talk.wav",
+        options,
+        vad=FakeVad(regions),
+        diarizer=diarizer,
+        model=model,
+        settings=Settings(),
+    )
+    return session, model, diarizer
+
+
+def test_session_has_spec_fields_and_ms_times() -> None:
+    turns = [SpeakerTurn(0.5, 3.0, "spk_B"), SpeakerTurn(3.0, 12.0, "spk_A")]
+    session, model, diarizer = _run(TranscribeOptions(), turns)
+    uuid.UUID(session.id)
+    datetime.fromisoformat(session.created_at)
+    assert session.filename == "talk.wav"
+    assert session.language == "fr"
+    assert session.duration_ms == 12000
+    # w0 (1.5 s) lies in spk_B's turn and w2 (10.5 s) in spk_A's: renamed by first
+    # appearance, spk_B becomes s0 and spk_A s1.
+    speakers = [s.speaker for s in session.segments]
+    assert speakers[0] == "s0" and speakers[-1] == "s1"
+    first = session.segments[0]
+    assert first.start_ms == 1400 and first.end_ms == 1600
+    assert [w.word for w in first.words] == ["w0"]
+    assert all(s.emotion is not None and s.emotion.label == "Sad" for s in session.segments)
+    assert len(model.emotion_spans) == len(session.segments)
+    assert diarizer.calls == 1
+
+
+def test_pause_longer_than_setting_splits_same_speaker() -> None:
+    session, _, _ = _run(TranscribeOptions(diarize=False))
+    # words at 1.5, 3.0 and 10.5 s: the 7 s pause splits, the 1.3 s gap (>= 1.0) too
+    assert [s.text for s in session.segments] == ["w0", "w1", "w2"]
+    assert {s.speaker for s in session.segments} == {"s0"}
+
+
+def test_no_diarize_never_calls_the_diarizer() -> None:
+    _, _, diarizer = _run(TranscribeOptions(diarize=False), [SpeakerTurn(0, 12, "x")])
+    assert diarizer.calls == 0
+
+
+def test_emotion_off_gives_null_and_skips_the_model() -> None:
+    session, model, _ = _run(TranscribeOptions(emotion=False))
+    assert session.segments and all(s.emotion is None for s in session.segments)
+    assert model.emotion_spans == []
+
+
+def test_requested_language_passes_through() -> None:
+    session, _, _ = _run(TranscribeOptions(language="de"))
+    assert session.language == "de"
+
+
+def test_silence_gives_an_empty_session() -> None:
+    model = FakeModel()
+    session = transcribe(
+        _audio(3.0),
+        "quiet.wav",
+        TranscribeOptions(),
+        vad=FakeVad([]),
+        diarizer=FakeDiarizer([]),
+        model=model,
+        settings=Settings(),
+    )
+    assert session.segments == [] and session.language == "und"
+    assert session.duration_ms == 3000
+    assert model.chunks == []
