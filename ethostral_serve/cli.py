@@ -123,7 +123,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     say("ethostral: loading models ...")
     try:
-        engine = Engine.load(settings, diarize=options.diarize, emotion=options.emotion)
+        engine = Engine.load(
+            settings, diarize=options.diarize, emotion=options.emotion, background=True
+        )
         engine.model.check_language(options.language)
     except EthostralError as exc:
         print(f"ethostral: error: {exc.detail}", file=sys.stderr)

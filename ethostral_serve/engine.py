@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
+from ethostral_serve.pipeline.types import Span, SpeakerTurn
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
 
@@ -32,6 +36,29 @@ def load_speech_model(settings: Settings, with_emotion: bool = True) -> SpeechMo
     return EmbeddedSpeechModel(settings, with_emotion=with_emotion)
 
 
+class BackgroundDiarizer:
+    """A diarizer that loads on a background thread; ``diarize`` waits for it.
+
+    The CLI uses it so the diarizer's imports overlap the first file's decoding, VAD
+    and ASR instead of delaying them. A load error is raised by the first ``diarize``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-diarizer")
+        self._future = self._pool.submit(load_diarizer, settings)
+        self._pool.shutdown(wait=False)
+
+    def ready(self) -> DiarizerBackend:
+        """The loaded diarizer (waits for the load; re-raises its error)."""
+        return self._future.result()
+
+    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+        """Diarize with the loaded backend."""
+        return self.ready().diarize(samples, regions)
+
+
 @dataclass
 class Engine:
     """Every model the pipeline needs, loaded once."""
@@ -42,12 +69,24 @@ class Engine:
     model: SpeechModel
 
     @classmethod
-    def load(cls, settings: Settings, diarize: bool = True, emotion: bool = True) -> Engine:
-        """Load the backends; skip the diarizer or emotion model when never needed."""
+    def load(
+        cls,
+        settings: Settings,
+        diarize: bool = True,
+        emotion: bool = True,
+        background: bool = False,
+    ) -> Engine:
+        """Load the backends; skip the diarizer or emotion model when never needed.
+
+        With ``background`` the diarizer loads on a thread while work starts.
+        """
+        diarizer: DiarizerBackend | None = None
+        if diarize:
+            diarizer = BackgroundDiarizer(settings) if background else load_diarizer(settings)
         return cls(
             settings=settings,
             vad=load_vad(settings),
-            diarizer=load_diarizer(settings) if diarize else None,
+            diarizer=diarizer,
             model=load_speech_model(settings, with_emotion=emotion),
         )
 

@@ -1,14 +1,17 @@
 """Train the embedded emotion classifier on RAVDESS speech, speaker-independently.
 
-Features are exactly what the service computes at inference: each clip is decoded,
-split by silero VAD, packed into ASR windows, and every window is run through the
-Whisper encoder; the clip's encoder frames are pooled by ``pool_frames``. Frames are
-cached (float16, as the service keeps them), so a rerun starts training at once.
+Features are what the service computes at inference: each clip is decoded, split by
+silero VAD, packed into ASR windows and transcribed by ``WhisperAsr`` (which keeps the
+encoder states); words are grouped into segments and each segment's frames are pooled by
+``pool_frames``. Frames and segment bounds are cached (float16, as the service keeps
+them), so a rerun starts training at once.
 
-Protocol: actors are held out, never clips. Hyper-parameters are chosen by grouped
-cross-validation over actors (5 folds of 4 actors, repeated over several actor
-shuffles); the softmax temperature is fitted on the pooled out-of-fold predictions; the
-final model is fitted on all actors with the chosen settings and saved as float32 npz.
+Protocol: actors are held out, never clips. Variants are compared by cross-validation
+over actors (5 folds of 4 actors, repeated over 3 actor shuffles), scored by clip-level
+macro-F1 (each clip's label: the one covering most segment time); the chosen family is
+re-scored by nested CV (C picked by inner actor folds); the softmax temperature is
+fitted on the held-out segment logits; the final model is fitted on all actors and
+saved as a float32 npz.
 
     .venv/bin/python scripts/train_emotion.py \\
         --data ../shared/data/emotion/ravdess \\
@@ -501,6 +504,7 @@ def candidates(quick: bool) -> list[Candidate]:
         for view in ("segments", "segments+full", "segments+jitter")
         for c in cs
     ]
+    out += [Candidate(ms, "segments+full", "mlp", a, 256) for a in (1.0, 3.0)]
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from ethostral_serve.audio import Audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.chunks import build_chunks
 from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
-from ethostral_serve.pipeline.types import EmotionResult
+from ethostral_serve.pipeline.types import EmotionResult, SpeakerTurn
 from ethostral_serve.schema import Emotion, Segment, Session, Word
 from ethostral_serve.settings import Settings
 
@@ -72,13 +73,20 @@ def transcribe(
             duration_ms=audio.duration_ms,
             segments=[],
         )
-    turns = []
-    if options.diarize and diarizer is not None:
-        with times.stage("diarize", on_stage):
-            turns = diarizer.diarize(samples, regions)
-    with times.stage("asr", on_stage):
-        chunks = build_chunks(regions, settings.vad.max_chunk_s)
-        transcript = model.transcribe(samples, chunks, options.language)
+    turns: list[SpeakerTurn] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
+        # Diarization (torch) runs beside ASR (CTranslate2): both release the GIL in
+        # their kernels, and ASR's beam search leaves cores idle part of the time.
+        pending: Future[list[SpeakerTurn]] | None = None
+        if options.diarize and diarizer is not None:
+            pending = pool.submit(
+                _timed, times, "diarize", on_stage, diarizer.diarize, samples, regions
+            )
+        with times.stage("asr", on_stage):
+            chunks = build_chunks(regions, settings.vad.max_chunk_s)
+            transcript = model.transcribe(samples, chunks, options.language)
+        if pending is not None:
+            turns = pending.result()
     with times.stage("segment", on_stage):
         speakers = assign_speakers(transcript.words, turns)
         drafts = group_words(
@@ -117,6 +125,17 @@ def transcribe(
         duration_ms=audio.duration_ms,
         segments=segments,
     )
+
+
+def _timed(
+    times: StageTimes,
+    name: str,
+    hook: StageHook | None,
+    fn: Callable[..., list[SpeakerTurn]],
+    *args: object,
+) -> list[SpeakerTurn]:
+    with times.stage(name, hook):
+        return fn(*args)
 
 
 def _ms(seconds: float) -> int:
