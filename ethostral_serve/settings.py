@@ -44,7 +44,6 @@ class AsrSettings(BaseModel):
     compute_type: str = "int8"
     cpu_threads: int = Field(0, ge=0, description="0: one per core")
     beam_size: int = Field(5, ge=1)
-    word_timestamps: bool = True
 
 
 class DiarizerSettings(BaseModel):

@@ -125,3 +125,17 @@ def test_silent_file_gives_no_segments(engine) -> None:
     session = engine.run(folder / "empty.wav", "empty.wav", TranscribeOptions())
     assert session.segments == []
     assert session.duration_ms > 0
+
+
+def test_tiny_en_with_emotion_uses_a_separate_base_encoder(settings) -> None:
+    from ethostral_serve.engine import Engine
+
+    folder = require_data("asr", "jfk")
+    tiny = settings.model_copy(update={"asr": settings.asr.model_copy(update={"model": "tiny.en"})})
+    engine = Engine.load(tiny, diarize=False)
+    assert engine.model.asr.multilingual is False
+    assert engine.model._emotion_encoder is not None
+    session = engine.run(folder / "jfk.flac", "jfk.flac", TranscribeOptions(diarize=False))
+    assert session.language == "en"
+    _check_schema(session, 11_000)
+    assert _wer((folder / "jfk.txt").read_text(), " ".join(s.text for s in session.segments)) < 0.15

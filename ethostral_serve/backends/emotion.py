@@ -35,9 +35,9 @@ DEFAULT_POOL: tuple[str, ...] = ("mean", "std")
 # Russell, J. A. & Mehrabian, A. (1977). Evidence for a three-factor theory of emotions.
 # Journal of Research in Personality 11(3):273-294, doi:10.1016/0092-6566(77)90037-X:
 # mean pleasure/arousal/dominance ratings of emotion-denoting terms. Used terms: happy,
-# angry, disgusted, fearful, sad, surprised; Calm uses the paper's "relaxed" term (values
-# taken from public transcriptions of the paper's table, not the paper itself — see
-# MODEL_CARD.md). Neutral is the scale origin by definition.
+# angry, disgusted, fearful, sad, surprised; Calm uses the paper's "relaxed" term. The
+# values come from public transcriptions of the paper's table, not the paper itself
+# (see MODEL_CARD.md). Neutral is the scale origin by definition.
 EMOTION_VAD_NORMS: dict[str, tuple[float, float, float]] = {
     "Neutral": (0.0, 0.0, 0.0),
     "Calm": (0.68, -0.46, 0.06),

@@ -186,7 +186,7 @@ class WhisperAsr:
             suppress_tokens=[-1],
             without_timestamps=False,
             max_initial_timestamp=1.0,
-            word_timestamps=s.word_timestamps,
+            word_timestamps=True,  # segments and speakers are built from word times
             prepend_punctuations="\"'“¿([{-",
             append_punctuations="\"'.。,，!！?？:：”)]}、",
             multilingual=False,
