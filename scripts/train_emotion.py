@@ -392,6 +392,23 @@ def _fit_clips(cand: Candidate, s: Samples, y: np.ndarray, train_mask: np.ndarra
     return fit(cand, s.train_x[rows], y[s.train_clip[rows]])
 
 
+def _score_held_out(
+    model: Fitted,
+    s: Samples,
+    y: np.ndarray,
+    test: np.ndarray,
+    logits: np.ndarray,
+    pred: np.ndarray,
+) -> float:
+    """Predict the ``test`` clips' segments into ``logits`` and their clip labels into
+    ``pred`` (both filled in place); return the fold's clip-level macro-F1."""
+    rows = test[s.eval_clip]
+    logits[rows] = model.logits(s.eval_x[rows])
+    test_clips = np.flatnonzero(test)
+    pred[test_clips] = clip_votes(logits[rows], s.eval_clip[rows], s.eval_seconds[rows], test_clips)
+    return macro_f1(y[test_clips], pred[test_clips])
+
+
 def cross_validate(
     cand: Candidate,
     s: Samples,
@@ -414,13 +431,7 @@ def cross_validate(
         for test_actors in folds:
             test = np.isin(actors, test_actors) & universe
             model = _fit_clips(cand, s, y, universe & ~test)
-            rows = test[s.eval_clip]
-            logits[rows] = model.logits(s.eval_x[rows])
-            test_clips = np.flatnonzero(test)
-            pred[test_clips] = clip_votes(
-                logits[rows], s.eval_clip[rows], s.eval_seconds[rows], test_clips
-            )
-            fold_f1.append(macro_f1(y[test_clips], pred[test_clips]))
+            fold_f1.append(_score_held_out(model, s, y, test, logits, pred))
         seg_logits.append(logits)
         clip_pred.append(pred)
     return CvResult(fold_f1, seg_logits, clip_pred)
@@ -453,13 +464,7 @@ def nested_cv(
             best = family[int(np.argmax(scores))]
             chosen.append(best)
             model = _fit_clips(best, s, y, ~test)
-            rows = test[s.eval_clip]
-            logits[rows] = model.logits(s.eval_x[rows])
-            test_clips = np.flatnonzero(test)
-            pred[test_clips] = clip_votes(
-                logits[rows], s.eval_clip[rows], s.eval_seconds[rows], test_clips
-            )
-            fold_f1.append(macro_f1(y[test_clips], pred[test_clips]))
+            fold_f1.append(_score_held_out(model, s, y, test, logits, pred))
         seg_logits.append(logits)
         clip_pred.append(pred)
     return CvResult(fold_f1, seg_logits, clip_pred), chosen
