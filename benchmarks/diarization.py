@@ -7,8 +7,10 @@ Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utteranc
 separated by random 0.3-1.5 s pauses, RTTM written while concatenating), and reads the
 AMI excerpts of pyannote-debug and the pyannote-sample call. Scores with
 pyannote.metrics DER (collar 0.25 s, overlap scored); missed, false alarm and confusion
-are percentages of reference speech. Timing is diarizer time only (VAD excluded), in
-milliseconds per second of audio. ``--set`` overrides a ``DiarizerSettings`` field.
+are percentages of reference speech; "exclusive bound" is the lowest DER any
+one-speaker-at-a-time diarization can reach on the file (overlapped speech). Timing is
+diarizer time only (VAD excluded), in milliseconds per second of audio. ``--set``
+overrides a ``DiarizerSettings`` field.
 """
 
 from __future__ import annotations
@@ -204,6 +206,30 @@ class Score:
         ]
 
 
+def exclusive_oracle(case: Case, frame_s: float = 0.01) -> list[tuple[float, float, str]]:
+    """The reference made one-speaker-at-a-time: each frame goes to the latest-started turn.
+
+    It has no false alarm and no confusion, and misses only what overlaps another
+    speaker, so its DER is the lowest any exclusive diarization (one speaker per
+    instant, as transcript segments are) can reach on this file.
+    """
+    n = int(np.ceil(case.duration / frame_s)) + 1
+    latest = np.full(n, -1.0)
+    owner = np.full(n, -1)
+    names = sorted({spk for _, _, spk in case.reference})
+    for s, e, spk in case.reference:
+        a, b = round(s / frame_s), round(e / frame_s)
+        take = latest[a:b] <= s
+        latest[a:b][take] = s
+        owner[a:b][take] = names.index(spk)
+    turns: list[tuple[float, float, str]] = []
+    change = np.flatnonzero(np.diff(owner)) + 1
+    for a, b in zip(np.r_[0, change], np.r_[change, n], strict=True):
+        if owner[a] >= 0:
+            turns.append((a * frame_s, b * frame_s, names[owner[a]]))
+    return turns
+
+
 def score(case: Case, hypothesis: Sequence[tuple[float, float, str]]) -> Score:
     """DER components of one file (collar 0.25 s, overlap scored)."""
     from pyannote.core import Annotation, Segment, Timeline
@@ -240,6 +266,7 @@ def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) ->
         elapsed = time.perf_counter() - t0
         found = len({t.speaker for t in turns})
         sc = score(case, [(t.start, t.end, t.speaker) for t in turns])
+        bound = score(case, exclusive_oracle(case)).cells()[0]
         groups.setdefault(case.group, Score()).add(sc)
         spent = timing.setdefault(case.group, [0.0, 0.0])
         spent[0] += elapsed
@@ -253,10 +280,11 @@ def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) ->
                 found,
                 *sc.cells(),
                 f"{1000 * elapsed / case.duration:.1f}",
+                bound,
             ]
         )
     headers = ["set", "file", "dur s", "ref spk", "hyp spk", "DER %", "miss %", "FA %"]
-    headers += ["conf %", "ms/audio s"]
+    headers += ["conf %", "ms/audio s", "exclusive bound %"]
     print_table(headers, rows)
     print()
     summary = []
@@ -264,7 +292,7 @@ def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) ->
         spent, audio = timing[group]
         n = sum(1 for c in cases if c.group == group)
         summary.append([group, n, f"{audio:.0f}", *sc.cells(), f"{1000 * spent / audio:.1f}"])
-    print_table(["set", "files", "audio s", *headers[5:]], summary)
+    print_table(["set", "files", "audio s", *headers[5:-1]], summary)
     if repeat > 0:
         print()
         _timing(diarizer, vad, cases, repeat)

@@ -1,0 +1,35 @@
+"""The diarization benchmark's scoring helpers, on hand-made references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.diarization import SAMPLE_RATE, Case, exclusive_oracle, score
+
+
+def _case(reference: list[tuple[float, float, str]], duration: float = 20.0) -> Case:
+    return Case("test", "synthetic", np.zeros(int(duration * SAMPLE_RATE)), reference)
+
+
+def test_exclusive_oracle_without_overlap_is_the_reference() -> None:
+    case = _case([(1.0, 4.0, "A"), (5.0, 9.0, "B"), (10.0, 12.0, "A")])
+    turns = exclusive_oracle(case)
+    assert [t[2] for t in turns] == ["A", "B", "A"]
+    assert [(round(s, 2), round(e, 2)) for s, e, _ in turns] == [(1, 4), (5, 9), (10, 12)]
+    assert score(case, turns).cells()[0] == "0.0"
+
+
+def test_exclusive_oracle_misses_exactly_the_overlap() -> None:
+    # B talks over A from 4 s to 6 s.
+    case = _case([(0.0, 6.0, "A"), (4.0, 10.0, "B")])
+    turns = exclusive_oracle(case)
+    assert [(round(s, 2), round(e, 2), k) for s, e, k in turns] == [(0, 4, "A"), (4, 10, "B")]
+    result = score(case, turns)
+    # pyannote.metrics' 0.25 s collar removes ±0.125 s around each reference boundary
+    # (0, 4, 6 and 10 s) from scoring: 12 s of speech less 1 s of A and B in those
+    # windows is 11 s; the overlap less A's collared ends (4-4.125, 5.875-6) is 1.75 s.
+    assert result.total == pytest.approx(11.0)
+    assert result.missed == pytest.approx(1.75)
+    assert result.false_alarm == pytest.approx(0.0)
+    assert result.confusion == pytest.approx(0.0)
