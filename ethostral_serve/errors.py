@@ -47,6 +47,12 @@ class SessionNotFoundError(EthostralError):
     status_code = 404
 
 
+class CorruptSessionError(EthostralError):
+    """The value stored under a session's key is not that session's JSON (a server fault)."""
+
+    status_code = 500
+
+
 class StoreUnavailableError(EthostralError):
     """The session store cannot be reached."""
 
@@ -55,5 +61,17 @@ class StoreUnavailableError(EthostralError):
 
 class UnsupportedLanguageError(EthostralError):
     """The requested language is not one the speech model knows."""
+
+    status_code = 422
+
+
+class UploadTooLargeError(EthostralError):
+    """The upload is larger than the configured maximum size."""
+
+    status_code = 413
+
+
+class InvalidRequestError(EthostralError):
+    """A request value is malformed (bad form field, parameter or message)."""
 
     status_code = 422

@@ -63,3 +63,16 @@ class Session(BaseModel):
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
     )
     segments: list[Segment] = Field(default_factory=list)
+
+
+class ErrorDetail(BaseModel):
+    """Body of every error response."""
+
+    detail: str = Field(description="what was wrong, in words")
+
+
+class Health(BaseModel):
+    """Readiness of the service and of each part it depends on."""
+
+    status: str = Field(description="'ok' when every check passed, else 'unavailable'")
+    checks: dict[str, str] = Field(description="check name → 'ok' or what failed")

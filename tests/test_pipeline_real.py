@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-
-import numpy as np
 import pytest
 from conftest import require_data
+from speech import speaker_agreement, two_speaker_conversation
 
-from ethostral_serve.audio import decode_audio
 from ethostral_serve.errors import UnsupportedLanguageError
 from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 from ethostral_serve.schema import EMOTION_LABELS, Session
@@ -55,30 +52,11 @@ def test_jfk_44k_stereo_24bit(engine) -> None:
 
 
 def test_two_speaker_conversation(engine) -> None:
-    root = require_data("asr", "librispeech-test-other")
-    with (root / "transcripts.tsv").open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    # Alternate a male and a female speaker, 3 utterances each, 0.8 s pauses.
-    by_speaker: dict[str, list[dict[str, str]]] = {}
-    for r in rows:
-        by_speaker.setdefault(r["speaker"], []).append(r)
-    a = [r for r in by_speaker["1688"] if float(r["duration_s"]) < 9][:3]
-    b = [r for r in by_speaker["2414"] if float(r["duration_s"]) < 9][:3]
-    pause = np.zeros(int(0.8 * 16000), np.float32)
-    parts, refs, truth = [pause], [], []
-    t = len(pause) / 16000
-    for ra, rb in zip(a, b, strict=True):
-        for r, who in ((ra, "A"), (rb, "B")):
-            x = decode_audio(root / r["path"]).samples
-            truth.append((t, t + len(x) / 16000, who))
-            parts += [x, pause]
-            refs.append(r["transcript"])
-            t += (len(x) + len(pause)) / 16000
-    samples = np.concatenate(parts)
     from ethostral_serve.audio import Audio
 
+    talk = two_speaker_conversation()
     session = transcribe(
-        Audio(samples),
+        Audio(talk.samples),
         "conversation.wav",
         TranscribeOptions(language="en"),
         vad=engine.vad,
@@ -86,23 +64,11 @@ def test_two_speaker_conversation(engine) -> None:
         model=engine.model,
         settings=engine.settings,
     )
-    _check_schema(session, round(1000 * len(samples) / 16000))
+    _check_schema(session, talk.duration_ms)
     assert len({s.speaker for s in session.segments}) >= 2
-    assert _wer(" ".join(refs), " ".join(s.text for s in session.segments)) < 0.2
+    assert _wer(talk.reference, " ".join(s.text for s in session.segments)) < 0.2
     # Most of the speech is attributed to one consistent label per true speaker.
-    votes: dict[str, dict[str, float]] = {}
-    for seg in session.segments:
-        mid = (seg.start_ms + seg.end_ms) / 2000
-        who = next((w for s, e, w in truth if s - 0.3 <= mid <= e + 0.3), None)
-        if who:
-            votes.setdefault(who, {}).setdefault(seg.speaker, 0.0)
-            votes[who][seg.speaker] += (seg.end_ms - seg.start_ms) / 1000
-    top = {who: max(v, key=v.get) for who, v in votes.items()}
-    assert top["A"] != top["B"]
-    agreement = sum(v[top[w]] for w, v in votes.items()) / sum(
-        sum(v.values()) for v in votes.values()
-    )
-    assert agreement > 0.85
+    assert speaker_agreement(session.segments, talk.truth) > 0.85
 
 
 def test_no_emotion_and_no_diarize(engine) -> None:

@@ -7,7 +7,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionInput,
+    EmotionResult,
+    Span,
+    SpeakerTurn,
+    Transcript,
+    WindowResult,
+)
 
 
 @runtime_checkable
@@ -50,4 +58,27 @@ class SpeechModel(Protocol):
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
     ) -> list[EmotionResult]:
         """One emotion per span, using what ``transcribe`` kept in ``transcript.state``."""
+        ...
+
+
+@runtime_checkable
+class WindowedSpeechModel(SpeechModel, Protocol):
+    """A speech model whose work splits into units that batch across requests.
+
+    ASR runs on independent windows (:meth:`transcribe_windows`) and emotion on
+    independent segment inputs (:meth:`classify`); the serving layer batches both.
+    """
+
+    languages: tuple[str, ...]
+    multilingual: bool
+    reads_encoder_states: bool
+
+    def transcribe_windows(
+        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[WindowResult]:
+        """Recognise windows of at most 30 s; a ``None`` language is detected."""
+        ...
+
+    def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
+        """One emotion per segment input."""
         ...

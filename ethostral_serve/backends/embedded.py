@@ -14,7 +14,14 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper import EncoderStates, WhisperAsr
-from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, Transcript
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionInput,
+    EmotionResult,
+    Span,
+    Transcript,
+    WindowResult,
+)
 from ethostral_serve.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,27 +50,66 @@ class EmbeddedSpeechModel:
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
         return self.asr.check_language(language)
 
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Language codes the ASR model accepts."""
+        return self.asr.languages
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether the ASR model detects and recognises several languages."""
+        return self.asr.multilingual
+
     def transcribe(
         self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
     ) -> Transcript:
         """Words on the original timeline, plus the encoder states for emotion."""
         return self.asr.transcribe(samples, chunks, language)
 
+    def transcribe_windows(
+        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[WindowResult]:
+        """Recognise independent ASR windows together (the batched path)."""
+        return self.asr.transcribe_windows(windows, languages)
+
+    @property
+    def reads_encoder_states(self) -> bool:
+        """Whether emotion reads the ASR pass's encoder states (else segment audio)."""
+        return self.classifier is not None and self._emotion_encoder is None
+
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
     ) -> list[EmotionResult]:
         """One emotion per span from the encoder frames inside it."""
+        return self.classify(emotion_inputs(samples, transcript, spans, self.reads_encoder_states))
+
+    def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
+        """One emotion per input: its encoder frames, or its audio encoded here."""
         if self.classifier is None:
             raise RuntimeError("this model was loaded without emotion recognition")
-        if not spans:
-            return []
-        if self._emotion_encoder is None and isinstance(transcript.state, EncoderStates):
-            frames = [transcript.state.between(s.start, s.end) for s in spans]
-        else:
-            encoder = self._emotion_encoder or self.asr
-            frames = []
-            for s in spans:
-                lo = int(s.start * SAMPLE_RATE)
-                hi = int(min(s.end, s.start + _MAX_ENCODER_S) * SAMPLE_RATE)
-                frames.append(encoder.encode_clip(samples[lo : max(hi, lo + SAMPLE_RATE // 10)]))
-        return self.classifier.classify_frames(frames)
+        encoder = self._emotion_encoder or self.asr
+        frames = [
+            x.frames if x.frames is not None else encoder.encode_clip(_clip(x.audio))
+            for x in inputs
+        ]
+        return self.classifier.classify_frames(frames) if frames else []
+
+
+def emotion_inputs(
+    samples: np.ndarray, transcript: Transcript, spans: Sequence[Span], from_states: bool
+) -> list[EmotionInput]:
+    """Per span, the ASR's encoder frames inside it (``from_states``) or its audio."""
+    if from_states and isinstance(transcript.state, EncoderStates):
+        return [EmotionInput(frames=transcript.state.between(s.start, s.end)) for s in spans]
+    out = []
+    for s in spans:
+        lo = int(s.start * SAMPLE_RATE)
+        hi = int(min(s.end, s.start + _MAX_ENCODER_S) * SAMPLE_RATE)
+        out.append(EmotionInput(audio=samples[lo : max(hi, lo + SAMPLE_RATE // 10)]))
+    return out
+
+
+def _clip(audio: np.ndarray | None) -> np.ndarray:
+    if audio is None:
+        raise ValueError("an emotion input needs frames or audio")
+    return audio

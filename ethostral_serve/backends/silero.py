@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
@@ -36,20 +38,23 @@ class SileroVad:
         # The "sequence" ONNX graph scores blocks of ~16 s per call with the same
         # per-frame probabilities as the streaming model, instead of one call per 32 ms.
         self._model = silero_vad.load_silero_vad(onnx=True, sequence=True)  # type: ignore[attr-defined]
+        # The wrapper keeps recurrent state between calls: one recording at a time.
+        self._lock = threading.Lock()
 
     def speech_regions(self, samples: np.ndarray) -> list[Span]:
         """Speech regions in seconds, padded by ``speech_pad_ms`` and non-overlapping."""
         if samples.size == 0:
             return []
         s = self.settings
-        stamps = self._silero.get_speech_timestamps_sequence(  # type: ignore[attr-defined]
-            np.ascontiguousarray(samples, dtype=np.float32),
-            self._model,
-            threshold=s.threshold,
-            sampling_rate=SAMPLE_RATE,
-            min_speech_duration_ms=s.min_speech_ms,
-            min_silence_duration_ms=s.min_silence_ms,
-            speech_pad_ms=s.speech_pad_ms,
-            max_speech_duration_s=s.max_chunk_s,
-        )
+        with self._lock:
+            stamps = self._silero.get_speech_timestamps_sequence(  # type: ignore[attr-defined]
+                np.ascontiguousarray(samples, dtype=np.float32),
+                self._model,
+                threshold=s.threshold,
+                sampling_rate=SAMPLE_RATE,
+                min_speech_duration_ms=s.min_speech_ms,
+                min_silence_duration_ms=s.min_silence_ms,
+                speech_pad_ms=s.speech_pad_ms,
+                max_speech_duration_s=s.max_chunk_s,
+            )
         return [Span(st["start"] / SAMPLE_RATE, st["end"] / SAMPLE_RATE) for st in stamps]

@@ -16,7 +16,7 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper_models import resolve_whisper_model
 from ethostral_serve.errors import ModelLoadError, UnsupportedLanguageError
-from ethostral_serve.pipeline.types import Chunk, Transcript, WordTiming
+from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
 from ethostral_serve.settings import AsrSettings
 
 FRAME_S = 0.02  # one Whisper encoder frame covers 20 ms
@@ -38,6 +38,45 @@ class EncoderStates:
             nearest = int(np.clip(lo, 0, len(self.times) - 1))
             return self.frames[nearest : nearest + 1]
         return self.frames[lo:hi]
+
+
+def transcript_from_windows(
+    chunks: Sequence[Chunk], results: Sequence[WindowResult], multilingual: bool
+) -> Transcript:
+    """Join per-window results into one transcript on the original timeline.
+
+    The language is the first window's that has one (detected or given); with no
+    window recognised it is ``und`` (``en`` for an English-only model).
+    """
+    words: list[WordTiming] = []
+    frames: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    language, probability = None, 1.0
+    for chunk, result in zip(chunks, results, strict=True):
+        if language is None and result.language is not None:
+            language, probability = result.language, result.language_probability
+        for w in result.words:
+            start = chunk.to_original(w.start)
+            end = max(start, chunk.to_original(w.end))
+            words.append(WordTiming(w.text, start, end, float(w.probability)))
+        if len(result.frames):
+            frames.append(result.frames)
+            times.append(
+                np.array(
+                    [chunk.to_original((j + 0.5) * FRAME_S) for j in range(len(result.frames))]
+                )
+            )
+    if language is None:
+        language = "und" if multilingual else "en"
+    d = frames[0].shape[1] if frames else 0
+    state = EncoderStates(
+        np.concatenate(frames) if frames else np.zeros((0, d), np.float16),
+        np.concatenate(times) if times else np.zeros(0),
+    )
+    order = np.argsort(state.times, kind="stable")
+    return Transcript(
+        language, probability, words, EncoderStates(state.frames[order], state.times[order])
+    )
 
 
 def default_cpu_threads() -> int:
@@ -93,56 +132,77 @@ class WhisperAsr:
         language: str | None,
         progress: Callable[[float], None] | None = None,
     ) -> Transcript:
-        """Recognise each window; words are mapped back to the original timeline."""
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
+        """Recognise each window; words are mapped back to the original timeline.
 
+        Windows are decoded one after another; the first one detects the language when
+        none is given, and the others use it.
+        """
         language = self.check_language(language)
-        fe = self.model.feature_extractor
-        words: list[WordTiming] = []
-        frames: list[np.ndarray] = []
-        times: list[np.ndarray] = []
-        language_probability = 1.0
-        tokenizer = None
+        results: list[WindowResult] = []
         for index, chunk in enumerate(chunks):
-            audio = chunk.samples(samples, SAMPLE_RATE)
-            if audio.size < SAMPLE_RATE // 10:
-                continue
-            features = fe(audio)
-            encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
-            if tokenizer is None:
-                if language is None:
-                    language, language_probability = self._detect(encoded)
-                tokenizer = Tokenizer(
-                    self.model.hf_tokenizer,
-                    self.multilingual,
-                    task="transcribe",
-                    language=language,
-                )
-            options = self._options()
-            for segment in self.model.generate_segments(
-                features, tokenizer, options, False, encoded
-            ):
-                for w in segment.words or []:
-                    start = chunk.to_original(float(w.start))
-                    end = max(start, chunk.to_original(float(w.end)))
-                    words.append(WordTiming(w.word, start, end, float(w.probability)))
-            n = min(int(np.ceil(chunk.duration / FRAME_S)), fe.nb_max_frames // 2)
-            states = np.asarray(encoded)[0, :n]
-            frames.append(states.astype(np.float16))
-            times.append(np.array([chunk.to_original((j + 0.5) * FRAME_S) for j in range(n)]))
+            (result,) = self.transcribe_windows([chunk.samples(samples, SAMPLE_RATE)], [language])
+            results.append(result)
+            if language is None and result.language is not None:
+                language = result.language
             if progress is not None:
                 progress((index + 1) / len(chunks))
+        return transcript_from_windows(chunks, results, self.multilingual)
+
+    def transcribe_windows(
+        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[WindowResult]:
+        """Recognise independent windows of at most 30 s; ``None`` language: detect it.
+
+        On CPU the windows are encoded in one batched encoder pass; each is then decoded
+        (beam search, word timestamps) from its own encoder output. Times in the results
+        are seconds inside each window.
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        if len(windows) != len(languages):
+            raise ValueError("one language (or None) per window")
+        fe = self.model.feature_extractor
+        todo = [i for i, w in enumerate(windows) if w.size >= SAMPLE_RATE // 10]
+        results = [WindowResult.empty(lang) for lang in languages]
+        if not todo:
+            return results
+        features = [fe(np.asarray(windows[i], dtype=np.float32)) for i in todo]
+        padded = [pad_or_trim(f[:, : fe.nb_max_frames]) for f in features]
+        for i, f, encoded in zip(todo, features, self._encode(padded), strict=True):
+            results[i] = self._decode_window(windows[i], f, encoded, languages[i])
+        return results
+
+    def _encode(self, padded: list[np.ndarray]) -> list[object]:
+        """Encoder outputs, one per padded feature matrix (batched on CPU)."""
+        if len(padded) == 1 or self.settings.device != "cpu":
+            return [self.model.encode(p) for p in padded]
+        import ctranslate2
+
+        batch = np.asarray(self.model.encode(np.stack(padded)))
+        return [ctranslate2.StorageView.from_array(batch[i : i + 1]) for i in range(len(batch))]
+
+    def _decode_window(
+        self, audio: np.ndarray, features: np.ndarray, encoded: object, language: str | None
+    ) -> WindowResult:
+        from faster_whisper.tokenizer import Tokenizer
+
+        probability = 1.0
         if language is None:
-            language = "en" if not self.multilingual else "und"
-        d = frames[0].shape[1] if frames else 0
-        state = EncoderStates(
-            np.concatenate(frames) if frames else np.zeros((0, d), np.float16),
-            np.concatenate(times) if times else np.zeros(0),
+            language, probability = self._detect(encoded)
+        tokenizer = Tokenizer(
+            self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
         )
-        order = np.argsort(state.times, kind="stable")
-        state = EncoderStates(state.frames[order], state.times[order])
-        return Transcript(language, language_probability, words, state)
+        words: list[WordTiming] = []
+        for segment in self.model.generate_segments(
+            features, tokenizer, self._options(), False, encoded
+        ):
+            for w in segment.words or []:
+                start = float(w.start)
+                words.append(WordTiming(w.word, start, max(start, float(w.end)), w.probability))
+        fe = self.model.feature_extractor
+        n = min(int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_S)), fe.nb_max_frames // 2)
+        frames = np.asarray(encoded)[0, :n].astype(np.float16)
+        return WindowResult(words, language, probability, frames)
 
     def encode_clip(self, audio: np.ndarray) -> np.ndarray:
         """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32."""

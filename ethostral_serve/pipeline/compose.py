@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,8 +80,16 @@ def transcribe(
         # their kernels, and ASR's beam search leaves cores idle part of the time.
         pending: Future[list[SpeakerTurn]] | None = None
         if options.diarize and diarizer is not None:
+            # The copied context keeps tracing context (Weave's current call) on the thread.
             pending = pool.submit(
-                _timed, times, "diarize", on_stage, diarizer.diarize, samples, regions
+                contextvars.copy_context().run,
+                _timed,
+                times,
+                "diarize",
+                on_stage,
+                diarizer.diarize,
+                samples,
+                regions,
             )
         with times.stage("asr", on_stage):
             chunks = build_chunks(regions, settings.vad.max_chunk_s)

@@ -101,3 +101,26 @@ class Chunk:
             audio[round(r.start * sample_rate) : round(r.end * sample_rate)] for r in self.regions
         ]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class WindowResult:
+    """One ASR window recognised: words and encoder frames, times inside the window."""
+
+    words: list[WordTiming]
+    language: str | None
+    language_probability: float
+    frames: np.ndarray  # (n, d) float16, frame j centred on (j + 0.5) * 20 ms
+
+    @classmethod
+    def empty(cls, language: str | None) -> WindowResult:
+        """A window too short to recognise."""
+        return cls([], language, 1.0, np.zeros((0, 0), np.float16))
+
+
+@dataclass
+class EmotionInput:
+    """What the emotion model reads for one segment: encoder frames, or else its audio."""
+
+    frames: np.ndarray | None = None
+    audio: np.ndarray | None = None

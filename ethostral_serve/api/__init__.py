@@ -1,0 +1,1 @@
+"""The HTTP edge: FastAPI app factory, request limits and error mapping."""

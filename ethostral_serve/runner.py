@@ -1,0 +1,112 @@
+"""Decode + pipeline for one request, over whichever backends it is given.
+
+The same runner serves the in-process API (backends loaded by :class:`Engine`) and the
+Ray Serve ingress (backends that forward to deployments): only the backends differ.
+Every run and every backend call is an op of the configured tracer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ethostral_serve.audio import AudioSource, decode_audio
+from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
+from ethostral_serve.pipeline.compose import StageTimes, TranscribeOptions, transcribe
+from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
+from ethostral_serve.schema import Session
+from ethostral_serve.settings import Settings
+from ethostral_serve.tracing import NoopTracer, Tracer
+
+
+@dataclass
+class PipelineRunner:
+    """Runs requests through the pipeline with the given backends."""
+
+    settings: Settings
+    vad: VadBackend
+    diarizer: DiarizerBackend | None
+    model: SpeechModel
+    tracer: Tracer
+
+    @classmethod
+    def traced(
+        cls,
+        settings: Settings,
+        vad: VadBackend,
+        diarizer: DiarizerBackend | None,
+        model: SpeechModel,
+        tracer: Tracer | None = None,
+    ) -> PipelineRunner:
+        """A runner whose backend calls are child ops of each traced run."""
+        tracer = tracer or NoopTracer()
+        if tracer.enabled:
+            vad = _TracedVad(vad, tracer)
+            diarizer = _TracedDiarizer(diarizer, tracer) if diarizer is not None else None
+            model = _TracedModel(model, tracer)
+        return cls(settings, vad, diarizer, model, tracer)
+
+    def check_language(self, language: str | None) -> str | None:
+        """``None``, ``""`` and ``"auto"`` mean detect; otherwise a supported ISO code."""
+        if language is None or language.strip().lower() in ("", "auto"):
+            return None
+        return self.model.check_language(language)
+
+    def run(self, source: AudioSource, filename: str, options: TranscribeOptions) -> Session:
+        """Decode ``source`` and transcribe it (blocking; call it from a worker thread)."""
+        options = replace(options, language=self.check_language(options.language))
+        if options.diarize and self.diarizer is None:
+            options = replace(options, diarize=False)
+        return self.tracer.op("transcribe", self._run)(source, filename, options)
+
+    def _run(self, source: AudioSource, filename: str, options: TranscribeOptions) -> Session:
+        times = StageTimes()
+        audio = self.tracer.op("decode", decode_audio)(source, self.settings.limits.max_duration_s)
+        return transcribe(
+            audio,
+            filename,
+            options,
+            vad=self.vad,
+            diarizer=self.diarizer,
+            model=self.model,
+            settings=self.settings,
+            times=times,
+        )
+
+
+class _TracedVad:
+    def __init__(self, inner: VadBackend, tracer: Tracer) -> None:
+        self._speech_regions = tracer.op("vad", inner.speech_regions)
+
+    def speech_regions(self, samples: np.ndarray) -> list[Span]:
+        return self._speech_regions(samples)
+
+
+class _TracedDiarizer:
+    def __init__(self, inner: DiarizerBackend, tracer: Tracer) -> None:
+        self._diarize = tracer.op("diarize", inner.diarize)
+
+    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+        return self._diarize(samples, regions)
+
+
+class _TracedModel:
+    def __init__(self, inner: SpeechModel, tracer: Tracer) -> None:
+        self._inner = inner
+        self._transcribe = tracer.op("asr", inner.transcribe)
+        self._emotions = tracer.op("emotion", inner.emotions)
+
+    def check_language(self, language: str | None) -> str | None:
+        return self._inner.check_language(language)
+
+    def transcribe(
+        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+    ) -> Transcript:
+        return self._transcribe(samples, chunks, language)
+
+    def emotions(
+        self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
+    ) -> list[EmotionResult]:
+        return self._emotions(samples, transcript, spans)

@@ -1,0 +1,1 @@
+"""The Ray Serve deployment graph (VAD → Diarizer → EthostralModel behind an ingress)."""

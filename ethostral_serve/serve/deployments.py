@@ -1,0 +1,186 @@
+"""The deployments: VAD, Diarizer, EthostralModel (batched) and the FastAPI ingress.
+
+Each wraps a backend from :mod:`ethostral_serve.engine`; the pipeline itself runs in the
+ingress through :class:`~ethostral_serve.runner.PipelineRunner` with backends that
+forward here (:mod:`ethostral_serve.serve.remote`). Resources below are the CPU
+defaults; ``serve_config.yaml`` and ``configs/`` override them per deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, Span, SpeakerTurn
+from ethostral_serve.serve.remote import ModelInfo, WindowJob
+from ethostral_serve.settings import Settings
+
+log = logging.getLogger("ethostral_serve.serve")
+
+
+def settings_from(overrides: dict[str, Any] | None) -> Settings:
+    """Settings from the environment (``ETHOSTRAL_*``) with the app's overrides on top."""
+    return Settings(**(overrides or {}))
+
+
+class BatchConfig(BaseModel):
+    """Live-tunable batching of the EthostralModel deployment (its ``user_config``)."""
+
+    max_batch_size: int = Field(4, ge=1, le=64, description="ASR windows per batch")
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0.0, le=5.0, description="how long a batch waits to fill"
+    )
+    emotion_max_batch_size: int = Field(32, ge=1, le=1024, description="segments per batch")
+    emotion_batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+
+
+@serve.deployment(name="VAD", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+class VAD:
+    """Silero speech detection."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        from ethostral_serve.engine import load_vad
+
+        self.vad = load_vad(settings_from(settings))
+
+    async def speech_regions(self, samples: np.ndarray) -> list[Span]:
+        """Speech regions of 16 kHz mono samples, in seconds."""
+        return await asyncio.to_thread(self.vad.speech_regions, samples)
+
+    async def ping(self) -> str:
+        """Answer when the replica is up."""
+        return "ok"
+
+
+@serve.deployment(name="Diarizer", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
+class Diarizer:
+    """Speaker diarization (the backend named in settings)."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        from ethostral_serve.engine import load_diarizer
+
+        self.diarizer = load_diarizer(settings_from(settings))
+
+    async def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+        """Speaker turns over the speech regions."""
+        return await asyncio.to_thread(self.diarizer.diarize, samples, regions)
+
+    async def ping(self) -> str:
+        """Answer when the replica is up."""
+        return "ok"
+
+
+@serve.deployment(
+    name="EthostralModel",
+    ray_actor_options={"num_cpus": 1.0},
+    max_ongoing_requests=64,
+    user_config=BatchConfig().model_dump(),
+)
+class EthostralModel:
+    """ASR + emotion with dynamic batching of windows and segments across requests."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        from ethostral_serve.backends.base import WindowedSpeechModel
+        from ethostral_serve.engine import load_speech_model
+
+        model = load_speech_model(settings_from(settings), with_emotion=True)
+        if not isinstance(model, WindowedSpeechModel):
+            raise TypeError(f"{type(model).__name__} cannot be batched by window")
+        self.model = model
+        self.batch_sizes: dict[str, Counter[int]] = {"asr": Counter(), "emotion": Counter()}
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batching knobs from ``user_config`` (live, no restart)."""
+        cfg = BatchConfig.model_validate(user_config or {})
+        self.transcribe_window.set_max_batch_size(cfg.max_batch_size)
+        self.transcribe_window.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.classify_segment.set_max_batch_size(cfg.emotion_max_batch_size)
+        self.classify_segment.set_batch_wait_timeout_s(cfg.emotion_batch_wait_timeout_s)
+        log.info("batching: %s", cfg.model_dump())
+
+    async def info(self) -> ModelInfo:
+        """Languages and how emotion reads its input."""
+        m = self.model
+        return ModelInfo(
+            languages=tuple(m.languages),
+            multilingual=bool(m.multilingual),
+            reads_encoder_states=bool(m.reads_encoder_states),
+            emotion=True,
+        )
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
+    async def transcribe_window(self, jobs: list[WindowJob]) -> list[Any]:
+        """ASR of a batch of windows (from any requests), one result per window."""
+        self.batch_sizes["asr"][len(jobs)] += 1
+        return await asyncio.to_thread(
+            self.model.transcribe_windows, [j.audio for j in jobs], [j.language for j in jobs]
+        )
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def classify_segment(self, inputs: list[EmotionInput]) -> list[EmotionResult]:
+        """Emotion of a batch of segments (from any requests), one result per segment."""
+        self.batch_sizes["emotion"][len(inputs)] += 1
+        return await asyncio.to_thread(self.model.classify, inputs)
+
+    async def batch_stats(self) -> dict[str, dict[int, int]]:
+        """How many batches of each size each method has run."""
+        return {name: dict(sizes) for name, sizes in self.batch_sizes.items()}
+
+    async def ping(self) -> str:
+        """Answer when the replica is up."""
+        return "ok"
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
+@serve.ingress()
+class Ingress:
+    """The FastAPI app: decodes uploads, runs the pipeline over the other deployments."""
+
+    def __init__(
+        self,
+        vad: DeploymentHandle,
+        diarizer: DeploymentHandle,
+        model: DeploymentHandle,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        from ethostral_serve.embedded_redis import resolve_redis_url
+        from ethostral_serve.runner import PipelineRunner
+        from ethostral_serve.serve.remote import RemoteDiarizer, RemoteSpeechModel, RemoteVad
+        from ethostral_serve.sessions import SessionStore
+        from ethostral_serve.tracing import make_tracer
+
+        self.settings = settings_from(settings)
+        self._handles = {"VAD": vad, "Diarizer": diarizer, "EthostralModel": model}
+        url, self._embedded_redis = resolve_redis_url(self.settings)
+        r = self.settings.redis
+        self.store = SessionStore(
+            url, key_prefix=r.key_prefix, ttl_s=r.ttl_s, timeout_s=r.timeout_s
+        )
+        self.runner = PipelineRunner.traced(
+            self.settings,
+            RemoteVad(vad),
+            RemoteDiarizer(diarizer),
+            RemoteSpeechModel(model),
+            make_tracer(self.settings.tracing),
+        )
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from ethostral_serve.api.app import create_app
+
+        checks = {name: _pinger(handle) for name, handle in self._handles.items()}
+        return create_app(self.runner, self.store, self.settings, health_checks=checks)
+
+
+def _pinger(handle: DeploymentHandle) -> Any:
+    async def ping() -> None:
+        await handle.ping.remote()
+
+    return ping

@@ -1,0 +1,198 @@
+"""The HTTP API in-process (FastAPI TestClient) over the real models and a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+
+import numpy as np
+import pytest
+from conftest import require_data
+from fastapi.testclient import TestClient
+from media import encode
+from redis_server import free_port, redis_server
+from speech import speaker_agreement, two_speaker_conversation
+
+from ethostral_serve.api.app import create_app
+from ethostral_serve.audio import decode_audio
+from ethostral_serve.runner import PipelineRunner
+from ethostral_serve.schema import EMOTION_LABELS
+from ethostral_serve.sessions import SessionStore
+
+pytestmark = pytest.mark.slow
+
+SESSION_KEYS = {"id", "filename", "language", "duration_ms", "created_at", "segments"}
+SEGMENT_KEYS = {"id", "speaker", "start_ms", "end_ms", "text", "emotion"}
+EMOTION_KEYS = {"label", "valence", "arousal", "dominance", "confidence"}
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def runner(engine) -> PipelineRunner:
+    return PipelineRunner.traced(engine.settings, engine.vad, engine.diarizer, engine.model)
+
+
+@pytest.fixture(scope="module")
+def client(runner, redis_url, settings) -> Iterator[TestClient]:
+    app = create_app(runner, SessionStore(redis_url), settings)
+    with TestClient(app) as c:
+        yield c
+
+
+def _dbsize(url: str) -> int:
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        return int(r.dbsize())
+
+
+def _wer(ref: str, hyp: str) -> float:
+    import jiwer
+
+    from benchmarks.common import normalise
+
+    return float(jiwer.wer(normalise(ref), normalise(hyp)))
+
+
+def test_upload_fetch_export_delete(client: TestClient) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    r = client.post("/transcribe", files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == SESSION_KEYS
+    assert str(uuid.UUID(body["id"])) == body["id"]
+    assert body["filename"] == "talk.wav"
+    assert body["language"] == "en"  # detected: no language was sent
+    assert abs(body["duration_ms"] - talk.duration_ms) <= 1
+    assert datetime.fromisoformat(body["created_at"]).tzinfo is not None
+    segments = body["segments"]
+    assert segments
+    previous = -1
+    for seg in segments:
+        assert set(seg) >= SEGMENT_KEYS
+        assert seg["speaker"][0] == "s" and seg["speaker"][1:].isdigit()
+        assert previous <= seg["start_ms"] <= seg["end_ms"] <= body["duration_ms"] + 50
+        previous = seg["start_ms"]
+        assert set(seg["emotion"]) == EMOTION_KEYS
+        assert seg["emotion"]["label"] in EMOTION_LABELS
+        for k in ("valence", "arousal", "dominance"):
+            assert -1.0 <= seg["emotion"][k] <= 1.0
+        assert 0.0 <= seg["emotion"]["confidence"] <= 1.0
+    assert len({s["speaker"] for s in segments}) >= 2
+    assert speaker_agreement(segments, talk.truth) > 0.85
+    assert _wer(talk.reference, " ".join(s["text"] for s in segments)) <= 0.2
+
+    got = client.get(f"/sessions/{body['id']}")
+    assert got.status_code == 200
+    assert got.json() == body
+
+    srt = client.get(f"/sessions/{body['id']}/srt")
+    assert srt.status_code == 200
+    assert srt.headers["content-type"].startswith("application/x-subrip")
+    assert "-->" in srt.text and segments[0]["text"].strip()[:10] in srt.text
+    vtt = client.get(f"/sessions/{body['id']}/vtt")
+    assert vtt.status_code == 200 and vtt.text.startswith("WEBVTT")
+
+    assert client.delete(f"/sessions/{body['id']}").status_code == 204
+    gone = client.get(f"/sessions/{body['id']}")
+    assert gone.status_code == 404 and body["id"] in gone.json()["detail"]
+    assert client.delete(f"/sessions/{body['id']}").status_code == 404
+
+
+def test_unknown_and_malformed_session_ids_are_404(client: TestClient) -> None:
+    for sid in (str(uuid.uuid4()), "not-a-uuid"):
+        for path in (f"/sessions/{sid}", f"/sessions/{sid}/srt"):
+            r = client.get(path)
+            assert r.status_code == 404 and r.json()["detail"]
+        assert client.delete(f"/sessions/{sid}").status_code == 404
+
+
+def test_aac_in_mp4_upload(client: TestClient) -> None:
+    folder = require_data("asr", "jfk")
+    x = decode_audio(folder / "jfk.flac").samples
+    m4a = encode(x[np.newaxis, :], 16000, "mp4", "aac", "fltp")
+    r = client.post(
+        "/transcribe",
+        files={"file": ("jfk.m4a", m4a, "audio/mp4")},
+        data={"language": "en", "diarize": "false"},
+    )
+    assert r.status_code == 200, r.text
+    text = " ".join(s["text"] for s in r.json()["segments"]).lower()
+    assert "ask not what your country can do for you" in text.replace(",", "")
+    assert {s["speaker"] for s in r.json()["segments"]} == {"s0"}
+
+
+def test_emotion_off_leaves_emotion_null(client: TestClient) -> None:
+    folder = require_data("asr", "jfk")
+    r = client.post(
+        "/transcribe",
+        files={"file": ("jfk.flac", (folder / "jfk.flac").read_bytes())},
+        data={"emotion": "false", "language": "auto"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["segments"] and all(s["emotion"] is None for s in r.json()["segments"])
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "needle"),
+    [
+        ({"file": ("noise.wav", b"\x00\x01garbage" * 100, "audio/wav")}, {}, 415, "decod"),
+        ({"file": ("empty.wav", b"", "audio/wav")}, {}, 400, "empty"),
+        (None, {"language": "en"}, 422, "file"),
+        ({"file": ("a.wav", b"x")}, {"diarize": "maybe"}, 422, "diarize"),
+        ({"file": ("a.wav", b"x")}, {"language": "klingon"}, 422, "klingon"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx_and_store_nothing(
+    client: TestClient, redis_url: str, files, data, status: int, needle: str
+) -> None:
+    before = _dbsize(redis_url)
+    r = client.post("/transcribe", files=files, data=data)
+    assert r.status_code == status, r.text
+    assert needle in str(r.json()["detail"]).lower()
+    assert _dbsize(redis_url) == before
+
+
+def test_upload_over_the_size_limit_is_413(runner, redis_url, settings) -> None:
+    small = settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"max_upload_mb": 0.01})}
+    )
+    app = create_app(runner, SessionStore(redis_url), small)
+    with TestClient(app) as c:
+        r = c.post("/transcribe", files={"file": ("big.wav", b"\0" * 50_000)})
+        assert r.status_code == 413
+        assert "0.01 MB" in r.json()["detail"]
+        # a body under the limit goes through to the decoder (and fails there: 415)
+        r = c.post("/transcribe", files={"file": ("small.wav", b"\1" * 2_000)})
+        assert r.status_code == 415
+
+
+def test_redis_down_is_503_with_retry_after(runner, settings) -> None:
+    app = create_app(runner, SessionStore(f"redis://127.0.0.1:{free_port()}/0"), settings)
+    folder = require_data("asr", "jfk")
+    with TestClient(app) as c:
+        r = c.post("/transcribe", files={"file": ("jfk.flac", (folder / "jfk.flac").read_bytes())})
+        assert r.status_code == 503
+        assert r.headers["retry-after"].isdigit()
+        assert "unavailable" in r.json()["detail"]
+        r = c.get(f"/sessions/{uuid.uuid4()}")
+        assert r.status_code == 503 and "retry-after" in r.headers
+        health = c.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable" and health.json()["checks"]["store"] != "ok"
+
+
+def test_healthz_and_openapi(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "checks": {"store": "ok"}}
+    spec = client.get("/openapi.json").json()
+    assert {"/transcribe", "/sessions/{session_id}", "/healthz"} <= set(spec["paths"])
+    responses = spec["paths"]["/transcribe"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)

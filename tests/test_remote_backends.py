@@ -1,0 +1,117 @@
+"""The forwarding backends' call pattern, with fake deployment handles (no Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ethostral_serve.errors import UnsupportedLanguageError
+from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, WindowResult, WordTiming
+from ethostral_serve.serve.remote import ModelInfo, RemoteSpeechModel, WindowJob
+
+
+@dataclass
+class _Done:
+    value: Any
+
+    def result(self) -> Any:
+        return self.value
+
+
+@dataclass
+class _Method:
+    fn: Any
+    calls: list[Any] = field(default_factory=list)
+
+    def remote(self, *args: Any) -> _Done:
+        self.calls.append(args)
+        return _Done(self.fn(*args))
+
+
+class _FakeModelHandle:
+    """Answers like the EthostralModel deployment: one word per window, named by index."""
+
+    def __init__(self, detected: str = "fr", reads_states: bool = True) -> None:
+        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states, True))
+        self.transcribe_window = _Method(self._window)
+        self.classify_segment = _Method(
+            lambda x: (
+                EmotionResult("Calm", 0.5, 0.1, -0.1, 0.0)
+                if x.frames is not None
+                else EmotionResult("Sad", 0.5, -0.5, -0.2, -0.3)
+            )
+        )
+        self.detected = detected
+
+    def _window(self, job: WindowJob) -> WindowResult:
+        if job.audio.size == 0:
+            return WindowResult.empty(job.language)
+        index = int(job.audio[0])
+        frames = np.full((int(len(job.audio) / 320), 4), index, np.float16)
+        return WindowResult(
+            [WordTiming(f" w{index}", 0.1, 0.3, 0.9)], job.language or self.detected, 0.8, frames
+        )
+
+
+def _chunks(n: int) -> tuple[np.ndarray, list[Chunk]]:
+    samples = np.zeros(16000 * 2 * n, np.float32)
+    chunks = []
+    for i in range(n):
+        samples[32000 * i : 32000 * (i + 1)] = i + 1
+        span = Span(2.0 * i, 2.0 * i + 2.0)
+        chunks.append(Chunk((span,), (0.0,)))
+    return samples, chunks
+
+
+def test_language_detected_on_the_first_window_then_sent_with_the_rest() -> None:
+    handle = _FakeModelHandle(detected="fr")
+    model = RemoteSpeechModel(handle)
+    samples, chunks = _chunks(3)
+    transcript = model.transcribe(samples, chunks, None)
+    languages = [args[0].language for args in handle.transcribe_window.calls]
+    assert languages == [None, "fr", "fr"]
+    assert transcript.language == "fr" and transcript.language_probability == 0.8
+    assert [w.text for w in transcript.words] == [" w1", " w2", " w3"]
+    assert [round(w.start, 2) for w in transcript.words] == [0.1, 2.1, 4.1]
+
+
+def test_given_language_sends_every_window_at_once() -> None:
+    handle = _FakeModelHandle()
+    samples, chunks = _chunks(3)
+    transcript = RemoteSpeechModel(handle).transcribe(samples, chunks, "en")
+    assert [a[0].language for a in handle.transcribe_window.calls] == ["en", "en", "en"]
+    assert transcript.language == "en"
+
+
+def test_emotion_reads_the_encoder_frames_inside_each_segment() -> None:
+    handle = _FakeModelHandle(reads_states=True)
+    model = RemoteSpeechModel(handle)
+    samples, chunks = _chunks(2)
+    transcript = model.transcribe(samples, chunks, "en")
+    results = model.emotions(samples, transcript, [Span(0.2, 1.0), Span(2.5, 3.5)])
+    assert [r.label for r in results] == ["Calm", "Calm"]
+    sent = [args[0].frames for args in handle.classify_segment.calls]
+    assert {float(f[0, 0]) for f in sent[:1]} == {1.0} and {float(f[0, 0]) for f in sent[1:]} == {
+        2.0
+    }
+
+
+def test_emotion_sends_audio_when_the_model_cannot_read_states() -> None:
+    handle = _FakeModelHandle(reads_states=False)
+    model = RemoteSpeechModel(handle)
+    samples, chunks = _chunks(1)
+    transcript = model.transcribe(samples, chunks, "en")
+    (result,) = model.emotions(samples, transcript, [Span(0.5, 1.5)])
+    assert result.label == "Sad"
+    (job,) = handle.classify_segment.calls[0]
+    assert job.frames is None and len(job.audio) == 16000
+
+
+def test_language_is_checked_against_the_deployments_list() -> None:
+    model = RemoteSpeechModel(_FakeModelHandle())
+    assert model.check_language(" EN ") == "en"
+    with pytest.raises(UnsupportedLanguageError, match="klingon"):
+        model.check_language("klingon")

@@ -1,0 +1,148 @@
+"""The Ray Serve graph end to end on a real local Ray: HTTP in, batching, health."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from conftest import require_data
+from redis_server import free_port, redis_server
+from speech import two_speaker_conversation
+
+pytestmark = pytest.mark.slow
+
+APP = "ethostral-test"
+
+
+@pytest.fixture(scope="module")
+def serve_url(tmp_path_factory) -> Iterator[str]:
+    """The default graph (embedded models) on a local Ray, sessions in a real Redis."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from ethostral_serve.serve.app import AppArgs, build_app
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as redis_url:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            app = build_app(AppArgs(settings={"redis": {"url": redis_url}}))
+            serve.run(app, name=APP, route_prefix="/", blocking=False)
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url)
+            yield url
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/healthz", timeout=10)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(1.0)
+    raise RuntimeError(f"the app never became healthy: {last!r}")
+
+
+def _model_handle():
+    from ray import serve
+
+    return serve.get_deployment_handle("EthostralModel", app_name=APP)
+
+
+def test_healthz_lists_every_deployment_and_the_store(serve_url: str) -> None:
+    r = httpx.get(f"{serve_url}/healthz", timeout=10)
+    assert r.status_code == 200
+    assert r.json()["checks"] == {
+        "store": "ok",
+        "VAD": "ok",
+        "Diarizer": "ok",
+        "EthostralModel": "ok",
+    }
+
+
+def test_upload_through_the_graph(serve_url: str) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert uuid.UUID(body["id"]) and body["filename"] == "talk.wav"
+    assert body["language"] == "en"
+    assert len({s["speaker"] for s in body["segments"]}) >= 2
+    assert all(s["emotion"]["label"] for s in body["segments"])
+    assert httpx.get(f"{serve_url}/sessions/{body['id']}", timeout=10).json() == body
+    bad = httpx.post(
+        f"{serve_url}/transcribe", files={"file": ("x.wav", b"garbage" * 50)}, timeout=60
+    )
+    assert bad.status_code == 415 and bad.json()["detail"]
+
+
+def test_concurrent_requests_form_batches(serve_url: str) -> None:
+    """Windows and segments sent at once by several callers are batched together."""
+    from ethostral_serve.audio import decode_audio
+    from ethostral_serve.pipeline.types import EmotionInput
+    from ethostral_serve.serve.remote import WindowJob
+
+    folder = require_data("asr", "jfk")
+    audio = decode_audio(folder / "jfk.flac").samples
+    handle = _model_handle()
+    before = handle.batch_stats.remote().result()
+    windows = [handle.transcribe_window.remote(WindowJob(audio, "en")) for _ in range(8)]
+    frames = np.random.default_rng(0).normal(size=(40, 512)).astype(np.float16)
+    segments = [handle.classify_segment.remote(EmotionInput(frames=frames)) for _ in range(40)]
+    texts = {"".join(w.text for w in r.result().words) for r in windows}
+    labels = {r.result().label for r in segments}
+    assert len(texts) == 1 and "country" in texts.pop()  # same window, same answer
+    assert len(labels) == 1
+    after = handle.batch_stats.remote().result()
+    for method in ("asr", "emotion"):
+        new = {
+            size: n - before.get(method, {}).get(size, 0)
+            for size, n in after[method].items()
+            if n > before.get(method, {}).get(size, 0)
+        }
+        assert max(new) > 1, f"{method}: no batch larger than one formed: {new}"
+    assert max(after["asr"]) <= 4  # the user_config's max_batch_size
+
+
+def test_concurrent_uploads_share_batches(serve_url: str) -> None:
+    folder = require_data("asr", "jfk")
+    data = (folder / "jfk.flac").read_bytes()
+    handle = _model_handle()
+    before = handle.batch_stats.remote().result()["asr"]
+
+    def upload(i: int) -> httpx.Response:
+        return httpx.post(
+            f"{serve_url}/transcribe",
+            files={"file": (f"jfk{i}.flac", data)},
+            data={"language": "en", "diarize": "false"},
+            timeout=300,
+        )
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(upload, range(4)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 4
+    after = handle.batch_stats.remote().result()["asr"]
+    grown = [size for size, n in after.items() if n > before.get(size, 0)]
+    assert max(grown) > 1, f"four concurrent uploads never shared an ASR batch: {after}"
