@@ -103,6 +103,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=87.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="also write the audio here")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[2, 4],
+        help="then upload the WAV this many times at once (0 values: skip)",
+    )
     args = parser.parse_args()
 
     x, reference, turns = conversation(args.speakers, args.seconds)
@@ -149,6 +156,43 @@ def main() -> None:
     headers = ["file", "MB", "run", "end-to-end s", "RTF", "speakers", "segments"]
     headers += ["WER %", "GET identical", "DELETE/GET"]
     print_table(headers, rows)
+    if args.concurrency:
+        print()
+        _concurrent(args.url, files["talk.wav"], audio_s, args.concurrency)
+
+
+def _concurrent(url: str, data: bytes, audio_s: float, levels: list[int]) -> None:
+    """Upload the same file N times at once: wall time, latency, audio hours per hour."""
+    import concurrent.futures as cf
+
+    import httpx
+
+    def one(i: int) -> float:
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=url, timeout=900) as c:
+            r = c.post("/transcribe", files={"file": (f"talk{i}.wav", data)})
+            r.raise_for_status()
+            c.delete(f"/sessions/{r.json()['id']}")
+        return time.perf_counter() - t0
+
+    rows = []
+    for n in levels:
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(n) as pool:
+            latencies = list(pool.map(one, range(n)))
+        wall = time.perf_counter() - t0
+        rows.append(
+            [
+                n,
+                f"{wall:.1f}",
+                f"{np.median(latencies):.1f}",
+                f"{max(latencies):.1f}",
+                f"{n * audio_s / wall:.1f}",
+            ]
+        )
+    print(f"concurrent uploads of the {audio_s:.0f} s WAV:")
+    headers = ["uploads at once", "wall s", "median latency s", "max latency s"]
+    print_table([*headers, "audio s per wall s"], rows)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,13 @@ APP = "ethostral-test"
 
 
 @pytest.fixture(scope="module")
-def serve_url(tmp_path_factory) -> Iterator[str]:
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def serve_url(redis_url: str) -> Iterator[str]:
     """The default graph (embedded models) on a local Ray, sessions in a real Redis."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -28,19 +34,18 @@ def serve_url(tmp_path_factory) -> Iterator[str]:
 
     from ethostral_serve.serve.app import AppArgs, build_app
 
-    with redis_server(tmp_path_factory.mktemp("redis")) as redis_url:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            app = build_app(AppArgs(settings={"redis": {"url": redis_url}}))
-            serve.run(app, name=APP, route_prefix="/", blocking=False)
-            url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url)
-            yield url
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app(AppArgs(settings={"redis": {"url": redis_url}}))
+        serve.run(app, name=APP, route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def _wait_healthy(url: str, timeout_s: float = 180.0) -> None:
@@ -146,3 +151,28 @@ def test_concurrent_uploads_share_batches(serve_url: str) -> None:
     after = handle.batch_stats.remote().result()["asr"]
     grown = [size for size, n in after.items() if n > before.get(size, 0)]
     assert max(grown) > 1, f"four concurrent uploads never shared an ASR batch: {after}"
+
+
+def test_user_config_sets_the_batch_size(serve_url: str, redis_url: str) -> None:
+    """Redeploying with max_batch_size 1 stops ASR windows from being batched."""
+    from ray import serve
+
+    from ethostral_serve.audio import decode_audio
+    from ethostral_serve.serve.deployments import VAD, Diarizer, EthostralModel, Ingress
+    from ethostral_serve.serve.remote import WindowJob
+
+    overrides = {"redis": {"url": redis_url}}
+    model = EthostralModel.options(
+        user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.05}
+    ).bind(overrides)
+    app = Ingress.bind(VAD.bind(overrides), Diarizer.bind(overrides), model, overrides)
+    serve.run(app, name=APP, route_prefix="/", blocking=False)
+    _wait_healthy(serve_url)
+    handle = _model_handle()
+    before = handle.batch_stats.remote().result()["asr"]
+    audio = decode_audio(require_data("asr", "jfk") / "jfk.flac").samples
+    pending = [handle.transcribe_window.remote(WindowJob(audio, "en")) for _ in range(4)]
+    assert all("country" in "".join(w.text for w in r.result().words) for r in pending)
+    after = handle.batch_stats.remote().result()["asr"]
+    grown = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
+    assert grown == {1: 4}

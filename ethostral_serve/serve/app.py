@@ -1,7 +1,7 @@
 """The Serve application builder: ``serve run serve_config.yaml`` calls :func:`build_app`."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Ray Serve reads the builder's annotation at
+# run time to turn the config's ``args`` into an ``AppArgs``.
 from typing import Any
 
 from pydantic import BaseModel, Field

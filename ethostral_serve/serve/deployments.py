@@ -23,7 +23,7 @@ from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, Span, Sp
 from ethostral_serve.serve.remote import ModelInfo, WindowJob
 from ethostral_serve.settings import Settings
 
-log = logging.getLogger("ethostral_serve.serve")
+log = logging.getLogger("ray.serve")  # replica logs go where Serve writes its own
 
 
 def settings_from(overrides: dict[str, Any] | None) -> Settings:
@@ -171,6 +171,14 @@ class Ingress:
             RemoteSpeechModel(model),
             make_tracer(self.settings.tracing),
         )
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica shuts down: stop the embedded Redis this
+        # replica started (its data is flushed to disk first), so nothing outlives
+        # `serve run`.
+        embedded = getattr(self, "_embedded_redis", None)
+        if embedded is not None:
+            embedded.stop()
 
     def __serve_build_asgi_app__(self) -> Any:
         from ethostral_serve.api.app import create_app
