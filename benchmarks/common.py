@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ETHOSTRAL_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -60,3 +61,24 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+def speaker_agreement(segments: Sequence[Any], truth: list[tuple[float, float, str]]) -> float:
+    """Share of segment time whose label is the majority label of its true speaker.
+
+    ``segments`` are Session segments (or their JSON dicts). Returns 0.0 when two true
+    speakers share a majority label.
+    """
+    votes: dict[str, dict[str, float]] = {}
+    for seg in segments:
+        s = seg if isinstance(seg, dict) else seg.model_dump()
+        mid = (s["start_ms"] + s["end_ms"]) / 2000
+        who = next((w for a, b, w in truth if a - 0.3 <= mid <= b + 0.3), None)
+        if who:
+            votes.setdefault(who, {}).setdefault(s["speaker"], 0.0)
+            votes[who][s["speaker"]] += (s["end_ms"] - s["start_ms"]) / 1000
+    top = {who: max(v, key=lambda k: v[k]) for who, v in votes.items()}
+    if len(set(top.values())) < len(top):
+        return 0.0
+    total = sum(sum(v.values()) for v in votes.values())
+    return sum(v[top[w]] for w, v in votes.items()) / total if total else 0.0

@@ -7,7 +7,8 @@ Builds a two-speaker conversation from LibriSpeech test-other utterances of the 
 speakers (no test uses 3080 or 533), alternating speakers with 0.4-1.0 s pauses until
 ``--seconds`` is reached, and uploads it as WAV and as AAC-in-MP4 (.m4a). For each
 upload it prints the wall time from the first byte sent to the last byte received, the
-real-time factor, the speakers found and the WER against the LibriSpeech transcripts;
+real-time factor, the speakers found, how much of the segment time carries its true
+speaker's majority label ("speaker agreement") and the WER against the LibriSpeech transcripts;
 then checks that GET returns the identical body, and that DELETE then GET gives 404.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA, machine, print_table, wer_counts
+from benchmarks.common import DATA, machine, print_table, speaker_agreement, wer_counts
 
 SAMPLE_RATE = 16_000
 
@@ -147,13 +148,15 @@ def main() -> None:
                         f"{elapsed:.2f}",
                         f"{elapsed / audio_s:.3f}",
                         len({s["speaker"] for s in body["segments"]}),
+                        f"{100 * speaker_agreement(body['segments'], turns):.1f}",
                         len(body["segments"]),
                         f"{100 * wer:.1f}",
                         "yes" if same else "NO",
                         f"{deleted}/{after}",
                     ]
                 )
-    headers = ["file", "MB", "run", "end-to-end s", "RTF", "speakers", "segments"]
+    headers = ["file", "MB", "run", "end-to-end s", "RTF", "speakers", "speaker agreement %"]
+    headers += ["segments"]
     headers += ["WER %", "GET identical", "DELETE/GET"]
     print_table(headers, rows)
     if args.concurrency:

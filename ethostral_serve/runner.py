@@ -14,7 +14,7 @@ import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
-from ethostral_serve.pipeline.compose import StageTimes, TranscribeOptions, transcribe
+from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
@@ -62,7 +62,6 @@ class PipelineRunner:
         return self.tracer.op("transcribe", self._run)(source, filename, options)
 
     def _run(self, source: AudioSource, filename: str, options: TranscribeOptions) -> Session:
-        times = StageTimes()
         audio = self.tracer.op("decode", decode_audio)(source, self.settings.limits.max_duration_s)
         return transcribe(
             audio,
@@ -72,7 +71,6 @@ class PipelineRunner:
             diarizer=self.diarizer,
             model=self.model,
             settings=self.settings,
-            times=times,
         )
 
 

@@ -58,24 +58,3 @@ def two_speaker_conversation(turns_each: int = 3, max_utterance_s: float = 9.0) 
             refs.append(r["transcript"])
             t += (len(x) + len(pause)) / SAMPLE_RATE
     return Conversation(np.concatenate(parts), " ".join(refs), truth)
-
-
-def speaker_agreement(segments: list, truth: list[tuple[float, float, str]]) -> float:
-    """Share of segment time whose label is the majority label of its true speaker.
-
-    ``segments`` are Session segments (or their JSON dicts). Returns 0.0 when two true
-    speakers share a majority label.
-    """
-    votes: dict[str, dict[str, float]] = {}
-    for seg in segments:
-        s = seg if isinstance(seg, dict) else seg.model_dump()
-        mid = (s["start_ms"] + s["end_ms"]) / 2000
-        who = next((w for a, b, w in truth if a - 0.3 <= mid <= b + 0.3), None)
-        if who:
-            votes.setdefault(who, {}).setdefault(s["speaker"], 0.0)
-            votes[who][s["speaker"]] += (s["end_ms"] - s["start_ms"]) / 1000
-    top = {who: max(v, key=lambda k: v[k]) for who, v in votes.items()}
-    if len(set(top.values())) < len(top):
-        return 0.0
-    total = sum(sum(v.values()) for v in votes.values())
-    return sum(v[top[w]] for w, v in votes.items()) / total if total else 0.0

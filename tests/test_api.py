@@ -12,8 +12,9 @@ from conftest import require_data
 from fastapi.testclient import TestClient
 from media import encode
 from redis_server import free_port, redis_server
-from speech import speaker_agreement, two_speaker_conversation
+from speech import two_speaker_conversation
 
+from benchmarks.common import speaker_agreement
 from ethostral_serve.api.app import create_app
 from ethostral_serve.audio import decode_audio
 from ethostral_serve.runner import PipelineRunner

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import require_data
-from speech import speaker_agreement, two_speaker_conversation
+from speech import two_speaker_conversation
 
+from benchmarks.common import speaker_agreement
 from ethostral_serve.errors import UnsupportedLanguageError
 from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 from ethostral_serve.schema import EMOTION_LABELS, Session

@@ -35,7 +35,7 @@ class _FakeModelHandle:
     """Answers like the EthostralModel deployment: one word per window, named by index."""
 
     def __init__(self, detected: str = "fr", reads_states: bool = True) -> None:
-        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states, True))
+        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states))
         self.transcribe_window = _Method(self._window)
         self.classify_segment = _Method(
             lambda x: (

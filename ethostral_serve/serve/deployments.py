@@ -113,7 +113,6 @@ class EthostralModel:
             languages=tuple(m.languages),
             multilingual=bool(m.multilingual),
             reads_encoder_states=bool(m.reads_encoder_states),
-            emotion=True,
         )
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)

@@ -35,7 +35,6 @@ class ModelInfo:
     languages: tuple[str, ...]
     multilingual: bool
     reads_encoder_states: bool
-    emotion: bool
 
 
 @dataclass(frozen=True)
