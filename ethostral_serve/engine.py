@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from ethostral_serve.audio import AudioSource, decode_audio
+from ethostral_serve.audio import AudioSource
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
-from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
+from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions
 from ethostral_serve.pipeline.types import Span, SpeakerTurn
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
@@ -99,20 +99,9 @@ class Engine:
         times: StageTimes | None = None,
     ) -> Session:
         """Decode ``source`` and transcribe it."""
-        times = times if times is not None else StageTimes()
-        options = replace(options, language=self.model.check_language(options.language))
-        with times.stage("decode", on_stage):
-            audio = decode_audio(source, self.settings.limits.max_duration_s)
+        from ethostral_serve.runner import PipelineRunner
+
         if options.diarize and self.diarizer is None:
             raise RuntimeError("the engine was loaded without a diarizer")
-        return transcribe(
-            audio,
-            filename,
-            options,
-            vad=self.vad,
-            diarizer=self.diarizer,
-            model=self.model,
-            settings=self.settings,
-            on_stage=on_stage,
-            times=times,
-        )
+        runner = PipelineRunner.traced(self.settings, self.vad, self.diarizer, self.model)
+        return runner.run(source, filename, options, on_stage=on_stage, times=times)

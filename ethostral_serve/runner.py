@@ -14,7 +14,7 @@ import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
-from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
+from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
 from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
@@ -54,15 +54,36 @@ class PipelineRunner:
             return None
         return self.model.check_language(language)
 
-    def run(self, source: AudioSource, filename: str, options: TranscribeOptions) -> Session:
-        """Decode ``source`` and transcribe it (blocking; call it from a worker thread)."""
+    def run(
+        self,
+        source: AudioSource,
+        filename: str,
+        options: TranscribeOptions,
+        on_stage: StageHook | None = None,
+        times: StageTimes | None = None,
+    ) -> Session:
+        """Decode ``source`` and transcribe it (blocking; call it from a worker thread).
+
+        ``on_stage`` hears each stage's name and seconds as it ends; ``times`` collects them.
+        """
         options = replace(options, language=self.check_language(options.language))
         if options.diarize and self.diarizer is None:
             options = replace(options, diarize=False)
-        return self.tracer.op("transcribe", self._run)(source, filename, options)
+        run = self.tracer.op("transcribe", self._run)
+        return run(source, filename, options, on_stage, times or StageTimes())
 
-    def _run(self, source: AudioSource, filename: str, options: TranscribeOptions) -> Session:
-        audio = self.tracer.op("decode", decode_audio)(source, self.settings.limits.max_duration_s)
+    def _run(
+        self,
+        source: AudioSource,
+        filename: str,
+        options: TranscribeOptions,
+        on_stage: StageHook | None,
+        times: StageTimes,
+    ) -> Session:
+        with times.stage("decode", on_stage):
+            audio = self.tracer.op("decode", decode_audio)(
+                source, self.settings.limits.max_duration_s
+            )
         return transcribe(
             audio,
             filename,
@@ -71,6 +92,8 @@ class PipelineRunner:
             diarizer=self.diarizer,
             model=self.model,
             settings=self.settings,
+            on_stage=on_stage,
+            times=times,
         )
 
 

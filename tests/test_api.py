@@ -18,7 +18,7 @@ from benchmarks.common import speaker_agreement
 from ethostral_serve.api.app import create_app
 from ethostral_serve.audio import decode_audio
 from ethostral_serve.runner import PipelineRunner
-from ethostral_serve.schema import EMOTION_LABELS
+from ethostral_serve.schema import EMOTION_LABELS, Session
 from ethostral_serve.sessions import SessionStore
 
 pytestmark = pytest.mark.slow
@@ -197,3 +197,5 @@ def test_healthz_and_openapi(client: TestClient) -> None:
     assert {"/transcribe", "/sessions/{session_id}", "/healthz"} <= set(spec["paths"])
     responses = spec["paths"]["/transcribe"]["post"]["responses"]
     assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+    example = spec["components"]["schemas"]["Session"]["examples"][0]
+    assert Session.model_validate(example).segments[0].emotion is not None

@@ -305,3 +305,16 @@ def test_resolve_redis_url_starts_an_embedded_redis_under_the_cache_dir(tmp_path
         run(store.ping(), store)
     finally:
         server.stop()
+
+
+def test_redis_url_comes_from_redis_url_unless_set_explicitly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/2")
+    monkeypatch.delenv("ETHOSTRAL_REDIS__URL", raising=False)
+    assert Settings().redis.url == "redis://cache.internal:6379/2"
+    monkeypatch.setenv("ETHOSTRAL_REDIS__URL", "redis://other:6379/0")
+    assert Settings().redis.url == "redis://other:6379/0"
+    monkeypatch.delenv("ETHOSTRAL_REDIS__URL")
+    monkeypatch.delenv("REDIS_URL")
+    assert Settings().redis.url is None
