@@ -107,6 +107,22 @@ class LimitSettings(BaseModel):
     )
 
 
+class StreamSettings(BaseModel):
+    """Live streams (``WS /transcribe/stream``): endpointing and per-connection bounds."""
+
+    end_silence_s: float = Field(0.6, gt=0.0, le=10.0, description="silence ending an utterance")
+    max_utterance_s: float = Field(12.0, gt=1.0, le=30.0, description="longest utterance")
+    partial_every_s: float = Field(0.3, gt=0.0, description="new speech between partials")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="speech probability to start")
+    end_threshold: float = Field(0.35, gt=0.0, lt=1.0, description="below this is silence")
+    speaker_threshold: float = Field(
+        0.22, gt=0.0, lt=2.0, description="cosine distance that makes a new speaker"
+    )
+    max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary message")
+    idle_timeout_s: float = Field(30.0, gt=0.0, description="close after this long silent")
+    max_stream_s: float = Field(4 * 3600.0, gt=0.0, description="longest stream (audio s)")
+
+
 class RedisSettings(BaseModel):
     """Where sessions are stored."""
 
@@ -146,5 +162,6 @@ class Settings(BaseSettings):
     emotion: EmotionSettings = EmotionSettings()
     segments: SegmentSettings = SegmentSettings()
     limits: LimitSettings = LimitSettings()
+    stream: StreamSettings = StreamSettings()
     redis: RedisSettings = Field(default_factory=RedisSettings)
     tracing: TracingSettings = TracingSettings()

@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import PurePath
 from typing import Annotated, Protocol
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
+from ethostral_serve.api.stream import serve_stream
+from ethostral_serve.backends.base import StreamBackends
 from ethostral_serve.errors import EthostralError, SessionNotFoundError, StoreUnavailableError
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.runner import PipelineRunner
@@ -34,6 +36,19 @@ API_DESCRIPTION = """\
 Diarized, emotion-annotated transcription. Upload audio or video to
 `POST /transcribe`; the stored session can be fetched, exported as subtitles and
 deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`.
+
+**Live streaming: `WS /transcribe/stream`.** Query parameters `sample_rate` (default
+16000), `encoding` (`pcm_s16le` default, or `pcm_f32le`), `language`, `diarize`,
+`emotion`, `filename` (or the same in a first text message `{"type": "start", ...}`).
+Send binary frames of mono PCM of any size, then `{"type": "stop"}`. The server sends
+JSON events `{"type": "partial" | "final", "segment_id", "speaker", "text",
+"start_ms", "end_ms", "emotion"}`: partials while an utterance is spoken (same
+`segment_id`, text may change, provisional speaker, `emotion` null), one final when
+it ends (stable speaker, emotion). After `stop`: `{"type": "session", "session_id"}`
+and a normal close (1000). Errors: `{"type": "error", "detail"}`, then close 1003
+(text that is not start/stop JSON), 1007 (NaN/inf audio), 1008 (bad parameters, idle
+too long, stream too long), 1009 (frame too large) or 1013 (session store down). The
+session is stored on stop and on an abrupt disconnect.
 """
 
 
@@ -74,8 +89,9 @@ def create_app(
     store: SessionStorage,
     settings: Settings,
     health_checks: Mapping[str, HealthCheck] | None = None,
+    stream_backends: StreamBackends | None = None,
 ) -> FastAPI:
-    """The HTTP API over a pipeline runner and a session store."""
+    """The HTTP API over a pipeline runner and a session store (+ live streams)."""
     app = FastAPI(
         title="ethostral-serve",
         description=API_DESCRIPTION,
@@ -156,6 +172,12 @@ def create_app(
     async def session_vtt(session_id: str) -> Response:
         session = await store.get(_session_id(session_id))
         return _subtitle(to_vtt(session), session, "vtt", "text/vtt")
+
+    if stream_backends is not None:
+
+        @app.websocket("/transcribe/stream")
+        async def transcribe_stream(websocket: WebSocket) -> None:
+            await serve_stream(websocket, stream_backends, store, settings)
 
     @app.get(
         "/healthz",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from ethostral_serve.pipeline.types import (
     Span,
     SpeakerTurn,
     Transcript,
+    UtteranceResult,
     WindowResult,
 )
 
@@ -81,4 +82,36 @@ class WindowedSpeechModel(SpeechModel, Protocol):
 
     def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
         """One emotion per segment input."""
+        ...
+
+
+@runtime_checkable
+class StreamBackends(Protocol):
+    """What a live stream needs: streaming VAD, drafts, finals and speaker embeddings.
+
+    Every method blocks; the WebSocket handler calls them from worker threads.
+    """
+
+    def new_vad_state(self) -> Any:
+        """A fresh per-stream VAD state."""
+        ...
+
+    def vad_step(self, samples: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """Speech probabilities of the new whole 512-sample frames, and the next state."""
+        ...
+
+    def check_language(self, language: str | None) -> str | None:
+        """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
+        ...
+
+    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of an utterance so far: text and language."""
+        ...
+
+    def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
+        """The utterance recognised in full, with its emotion when asked for."""
+        ...
+
+    def embed(self, audio: np.ndarray) -> np.ndarray | None:
+        """A unit-length speaker embedding of the utterance (None when too short)."""
         ...

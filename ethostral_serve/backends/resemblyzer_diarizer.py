@@ -65,6 +65,16 @@ class ResemblyzerDiarizer:
             return [SpeakerTurn(r.start, r.end, "s0") for r in spans]
         return diarize_windows(embeddings, windows, spans, self.options())
 
+    def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
+        """One unit-length speaker embedding for a whole utterance (None if too short)."""
+        spans = [Span(0.0, len(samples) / SAMPLE_RATE)]
+        embeddings, _ = self.embed_windows(samples, spans)
+        if len(embeddings) == 0:
+            return None
+        mean = embeddings.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm > 0 else None
+
     def embed_windows(
         self, samples: np.ndarray, regions: Sequence[Span]
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -204,6 +204,40 @@ class WhisperAsr:
         frames = np.asarray(encoded)[0, :n].astype(np.float16)
         return WindowResult(words, language, probability, frames)
 
+    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of what ``audio`` (at most 30 s) says: text and language.
+
+        For live partials: the encoder reads the audio rounded up to whole seconds
+        instead of padded to 30 s, and decoding is greedy without timestamps, so a
+        few seconds take about a tenth of a full pass. Finals use :meth:`transcribe_windows`.
+        """
+        fe = self.model.feature_extractor
+        features = fe(np.asarray(audio, dtype=np.float32))[:, : fe.nb_max_frames]
+        n = features.shape[1]
+        whole = min(fe.nb_max_frames, max(100, int(np.ceil(n / 100)) * 100))
+        features = np.pad(features, ((0, 0), (0, whole - n)))
+        encoded = self.model.encode(features)
+        if language is None:
+            language, _ = self._detect(encoded)
+        from faster_whisper.tokenizer import Tokenizer
+
+        tok = Tokenizer(
+            self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+        )
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        # Speech rarely passes ~4 tokens a second; the cap stops a draft from looping.
+        max_length = min(224, len(prompt) + 8 + int(6 * len(audio) / SAMPLE_RATE))
+        result = self.model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=1,
+            max_length=max_length,
+            suppress_blank=True,
+            no_repeat_ngram_size=4,
+        )
+        text = tok.decode([t for t in result[0].sequences_ids[0] if t < tok.eot])
+        return text.strip(), language
+
     def encode_clip(self, audio: np.ndarray) -> np.ndarray:
         """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32."""
         from faster_whisper.audio import pad_or_trim

@@ -112,15 +112,15 @@ def transcribe(
     segments = [
         Segment(
             speaker=name,
-            start_ms=_ms(d.start),
-            end_ms=max(_ms(d.end), _ms(d.start)),
+            start_ms=to_ms(d.start),
+            end_ms=max(to_ms(d.end), to_ms(d.start)),
             text=d.text,
-            emotion=_emotion(e),
+            emotion=to_emotion(e),
             words=[
                 Word(
                     word=w.text.strip(),
-                    start_ms=_ms(w.start),
-                    end_ms=max(_ms(w.end), _ms(w.start)),
+                    start_ms=to_ms(w.start),
+                    end_ms=max(to_ms(w.end), to_ms(w.start)),
                     probability=min(1.0, max(0.0, w.probability)),
                 )
                 for w in d.words
@@ -147,11 +147,13 @@ def _timed(
         return fn(*args)
 
 
-def _ms(seconds: float) -> int:
+def to_ms(seconds: float) -> int:
+    """Seconds → whole milliseconds, never negative."""
     return max(0, round(seconds * 1000))
 
 
-def _emotion(result: EmotionResult | None) -> Emotion | None:
+def to_emotion(result: EmotionResult | None) -> Emotion | None:
+    """The schema's emotion, values clipped to their ranges (None stays None)."""
     if result is None:
         return None
     return Emotion(

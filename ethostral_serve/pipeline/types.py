@@ -124,3 +124,17 @@ class EmotionInput:
 
     frames: np.ndarray | None = None
     audio: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class UtteranceResult:
+    """A finished live utterance: words (seconds inside it), language and emotion."""
+
+    words: list[WordTiming]
+    language: str
+    emotion: EmotionResult | None
+
+    @property
+    def text(self) -> str:
+        """The words joined as Whisper spells them."""
+        return "".join(w.text for w in self.words).strip()

@@ -1,0 +1,237 @@
+"""WS /transcribe/stream in-process over the real models and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from redis_server import free_port, redis_server
+from speech import two_speaker_conversation
+from starlette.websockets import WebSocketDisconnect
+
+from benchmarks.common import speaker_agreement, wer_counts
+from ethostral_serve.api.app import create_app
+from ethostral_serve.runner import PipelineRunner
+from ethostral_serve.schema import EMOTION_LABELS
+from ethostral_serve.sessions import SessionStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stream_backends(engine):
+    from ethostral_serve.backends.silero_stream import SileroStreamingVad
+    from ethostral_serve.backends.stream import LocalStreamBackends
+
+    return LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
+
+
+def _client(engine, stream_backends, redis_url: str, **stream_settings) -> TestClient:
+    settings = engine.settings.model_copy(
+        update={"stream": engine.settings.stream.model_copy(update=stream_settings)}
+    )
+    runner = PipelineRunner.traced(settings, engine.vad, engine.diarizer, engine.model)
+    app = create_app(runner, SessionStore(redis_url), settings, stream_backends=stream_backends)
+    return TestClient(app)
+
+
+def _pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def _session_keys(url: str) -> set[bytes]:
+    with redis.Redis.from_url(url) as r:
+        return set(r.keys("ethostral:session:*"))
+
+
+def test_two_speaker_stream_partials_finals_and_session(
+    engine, stream_backends, redis_url: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    events = []
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect("/transcribe/stream?language=en") as ws,
+    ):
+        for i in range(0, len(talk.samples), 1600):  # 100 ms chunks at ~3x real time
+            ws.send_bytes(_pcm16(talk.samples[i : i + 1600]))
+            time.sleep(0.03)
+        ws.send_text(json.dumps({"type": "stop"}))
+        while True:
+            event = ws.receive_json()
+            events.append(event)
+            if event["type"] in ("session", "error"):
+                break
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1000
+        partials = [e for e in events if e["type"] == "partial"]
+        finals = [e for e in events if e["type"] == "final"]
+        assert events[-1]["type"] == "session"
+        assert len(partials) >= 5
+        for f in finals:
+            assert f["speaker"].startswith("s") and f["segment_id"]
+            assert f["emotion"]["label"] in EMOTION_LABELS
+            assert 0 <= f["start_ms"] < f["end_ms"] <= talk.duration_ms + 50
+        # partials of an utterance share its final's segment_id
+        final_ids = {f["segment_id"] for f in finals}
+        assert {p["segment_id"] for p in partials} <= final_ids
+        stored = client.get(f"/sessions/{events[-1]['session_id']}").json()
+    assert len({s["speaker"] for s in stored["segments"]}) >= 2
+    assert speaker_agreement(stored["segments"], talk.truth) > 0.85
+    wer, _ = wer_counts([talk.reference], [" ".join(s["text"] for s in stored["segments"])])
+    assert wer <= 0.25
+    assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals if f["text"]]
+
+
+def test_start_message_and_resampling(engine, stream_backends, redis_url: str) -> None:
+    import soxr
+
+    talk = two_speaker_conversation(turns_each=1)
+    x = soxr.resample(talk.samples, 16000, 44100).astype("<f4")
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect("/transcribe/stream") as ws,
+    ):
+        start = {"type": "start", "sample_rate": 44100, "encoding": "pcm_f32le", "emotion": False}
+        ws.send_text(json.dumps(start))
+        data = x.tobytes()
+        for i in range(0, len(data), 7001):  # sizes that split samples
+            ws.send_bytes(data[i : i + 7001])
+        ws.send_text('{"type": "stop"}')
+        events = []
+        while not events or events[-1]["type"] not in ("session", "error"):
+            events.append(ws.receive_json())
+        finals = [e for e in events if e["type"] == "final"]
+        assert finals and all(f["emotion"] is None for f in finals)
+        text = " ".join(f["text"] for f in finals)
+        wer, _ = wer_counts([talk.reference], [text])
+        assert wer <= 0.25
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("sample_rate=abc", "sample_rate"),
+        ("encoding=mp3", "encoding"),
+        ("sample_rate=100", "sample_rate"),
+        ("colour=blue", "colour"),
+        ("language=klingon", "klingon"),
+    ],
+)
+def test_bad_parameters_close_1008(
+    engine, stream_backends, redis_url: str, query: str, needle: str
+) -> None:
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect(f"/transcribe/stream?{query}") as ws,
+    ):
+        ws.send_bytes(b"\0\0" * 1600)
+        event = ws.receive_json()
+        assert event["type"] == "error" and needle in event["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+
+
+@pytest.mark.parametrize("text", ["hello", "[1, 2]", '{"type": "dance"}'])
+def test_text_garbage_closes_1003(engine, stream_backends, redis_url: str, text: str) -> None:
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect("/transcribe/stream") as ws,
+    ):
+        ws.send_text(text)
+        event = ws.receive_json()
+        assert event["type"] == "error" and event["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1003
+
+
+def test_oversize_frame_closes_1009_and_keeps_the_session(
+    engine, stream_backends, redis_url: str
+) -> None:
+    before = _session_keys(redis_url)
+    with (
+        _client(engine, stream_backends, redis_url, max_frame_bytes=64_000) as client,
+        client.websocket_connect("/transcribe/stream") as ws,
+    ):
+        ws.send_bytes(b"\0\0" * 16_000)
+        ws.send_bytes(b"\0" * 64_001)
+        event = ws.receive_json()
+        assert event["type"] == "error" and "64000" in event["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1009
+    assert len(_session_keys(redis_url) - before) == 1
+
+
+def test_idle_stream_is_closed(engine, stream_backends, redis_url: str) -> None:
+    with (
+        _client(engine, stream_backends, redis_url, idle_timeout_s=0.5) as client,
+        client.websocket_connect("/transcribe/stream") as ws,
+    ):
+        time.sleep(1.0)
+        event = ws.receive_json()
+        assert event["type"] == "error" and "idle" in event["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+
+
+@contextmanager
+def _uvicorn(app) -> Iterator[str]:
+    """The app behind a real uvicorn server on a free port (a real socket to drop)."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_abrupt_disconnect_still_stores_finalised_segments(
+    engine, stream_backends, redis_url: str
+) -> None:
+    from websockets.sync.client import connect
+
+    talk = two_speaker_conversation(turns_each=1)
+    before = _session_keys(redis_url)
+    client = _client(engine, stream_backends, redis_url)
+    with _uvicorn(client.app) as host:
+        ws = connect(f"ws://{host}/transcribe/stream?language=en")
+        for i in range(0, len(talk.samples), 1600):
+            ws.send(_pcm16(talk.samples[i : i + 1600]))
+        time.sleep(1.0)
+        ws.socket.close()  # no stop, no close handshake: the connection just drops
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (_session_keys(redis_url) - before):
+            time.sleep(0.2)
+    (key,) = _session_keys(redis_url) - before
+    with redis.Redis.from_url(redis_url) as r:
+        stored = json.loads(r.get(key))
+    assert stored["segments"], "segments finalised before the disconnect were lost"
+    wer, _ = wer_counts([talk.reference], [" ".join(s["text"] for s in stored["segments"])])
+    assert wer <= 0.3
