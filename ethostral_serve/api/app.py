@@ -8,9 +8,11 @@ become JSON ``{"detail": ...}`` responses in one place (:func:`install_error_han
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePath
 from typing import Annotated, Protocol
 
@@ -20,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
 from ethostral_serve.api.stream import serve_stream
 from ethostral_serve.backends.base import StreamBackends
-from ethostral_serve.errors import EthostralError, SessionNotFoundError, StoreUnavailableError
+from ethostral_serve.errors import EthostralError, SessionNotFoundError
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.runner import PipelineRunner
 from ethostral_serve.schema import ErrorDetail, Health, Session
@@ -107,6 +109,11 @@ def create_app(
         ),
     )
     install_error_handlers(app)
+    # Each upload holds a thread while the pipeline runs (asyncio's default pool has
+    # only cores + 4), so uploads get their own pool.
+    runs = ThreadPoolExecutor(
+        max_workers=settings.limits.max_concurrent_runs, thread_name_prefix="transcribe"
+    )
     checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
 
     @app.post(
@@ -130,7 +137,10 @@ def create_app(
         await store.ping()  # fail fast, before the expensive part
         filename = PurePath(file.filename or "upload").name or "upload"
         options = TranscribeOptions(language=code, diarize=diarize, emotion=emotion)
-        session = await asyncio.to_thread(runner.run, file.file, filename, options)
+        context = contextvars.copy_context()  # tracing context reaches the thread
+        session = await asyncio.get_running_loop().run_in_executor(
+            runs, context.run, runner.run, file.file, filename, options
+        )
         await store.save(session)
         return session
 
@@ -201,7 +211,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EthostralError)
     async def domain_error(request: Request, exc: EthostralError) -> JSONResponse:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status_code == 503 else None
-        if exc.status_code >= 500 and not isinstance(exc, StoreUnavailableError):
+        if exc.status_code >= 500 and exc.status_code != 503:
             return _internal_error(request, exc)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 

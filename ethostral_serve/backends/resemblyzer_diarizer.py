@@ -41,7 +41,8 @@ class ResemblyzerDiarizer:
         self.settings = settings
         self._torch: Any = torch
         self._mel_fn: Callable[[np.ndarray], np.ndarray] = audio.wav_to_mel_spectrogram
-        self._encoder: Any = VoiceEncoder(device="cpu", verbose=False).eval()
+        self._device = settings.device
+        self._encoder: Any = VoiceEncoder(device=settings.device, verbose=False).eval()
         self._mel_fn(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))  # warm librosa up
 
     def options(self) -> ClusteringOptions:
@@ -147,7 +148,7 @@ class ResemblyzerDiarizer:
         with torch.inference_mode():
             for i in range(0, len(mels), _BATCH):
                 batch = torch.from_numpy(np.ascontiguousarray(mels[i : i + _BATCH]))
-                out.append(self._encoder(batch).numpy())
+                out.append(self._encoder(batch.to(self._device)).cpu().numpy())
         return np.concatenate(out)
 
     def _embed_ragged(self, mels: list[np.ndarray]) -> np.ndarray:
@@ -157,11 +158,13 @@ class ResemblyzerDiarizer:
 
         enc = self._encoder
         with torch.inference_mode():
-            packed = pack_sequence([torch.from_numpy(m) for m in mels], enforce_sorted=False)
+            packed = pack_sequence(
+                [torch.from_numpy(m).to(self._device) for m in mels], enforce_sorted=False
+            )
             _, (hidden, _) = enc.lstm(packed)
             raw = enc.relu(enc.linear(hidden[-1]))
             emb = raw / torch.clamp(torch.norm(raw, dim=1, keepdim=True), min=1e-12)
-        return emb.numpy()
+        return emb.cpu().numpy()
 
 
 def _clip_regions(regions: Sequence[Span], duration: float) -> list[Span]:

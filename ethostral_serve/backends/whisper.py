@@ -79,6 +79,15 @@ def transcript_from_windows(
     )
 
 
+def host_array(storage: object) -> np.ndarray:
+    """A CTranslate2 StorageView as a numpy array, copied off the GPU when it is on one."""
+    if getattr(storage, "device", "cpu") != "cpu":
+        import ctranslate2
+
+        storage = storage.to_device(ctranslate2.Device.cpu)  # type: ignore[attr-defined]
+    return np.asarray(storage)
+
+
 def default_cpu_threads() -> int:
     """Cores this process may run on."""
     try:
@@ -173,13 +182,21 @@ class WhisperAsr:
         return results
 
     def _encode(self, padded: list[np.ndarray]) -> list[object]:
-        """Encoder outputs, one per padded feature matrix (batched on CPU)."""
-        if len(padded) == 1 or self.settings.device != "cpu":
-            return [self.model.encode(p) for p in padded]
+        """Encoder outputs, one per padded feature matrix, from one batched encoder pass.
+
+        Each item is split out on the host; on a GPU it is copied back to the device for
+        its own decoding.
+        """
+        if len(padded) == 1:
+            return [self.model.encode(padded[0])]
         import ctranslate2
 
-        batch = np.asarray(self.model.encode(np.stack(padded)))
-        return [ctranslate2.StorageView.from_array(batch[i : i + 1]) for i in range(len(batch))]
+        batch = host_array(self.model.encode(np.stack(padded)))
+        items = [ctranslate2.StorageView.from_array(batch[i : i + 1]) for i in range(len(batch))]
+        if self.settings.device == "cpu":
+            return list(items)
+        device = ctranslate2.Device.cuda
+        return [item.to_device(device) for item in items]
 
     def _decode_window(
         self, audio: np.ndarray, features: np.ndarray, encoded: object, language: str | None
@@ -201,7 +218,7 @@ class WhisperAsr:
                 words.append(WordTiming(w.word, start, max(start, float(w.end)), w.probability))
         fe = self.model.feature_extractor
         n = min(int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_S)), fe.nb_max_frames // 2)
-        frames = np.asarray(encoded)[0, :n].astype(np.float16)
+        frames = host_array(encoded)[0, :n].astype(np.float16)
         return WindowResult(words, language, probability, frames)
 
     def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
@@ -246,7 +263,7 @@ class WhisperAsr:
         features = fe(audio)
         encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
         n = min(int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_S)), fe.nb_max_frames // 2)
-        return np.asarray(encoded)[0, : max(1, n)].astype(np.float32)
+        return host_array(encoded)[0, : max(1, n)].astype(np.float32)
 
     def _detect(self, encoded: object) -> tuple[str, float]:
         if not self.multilingual:

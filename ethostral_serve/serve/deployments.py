@@ -163,11 +163,12 @@ class Ingress:
         self.store = SessionStore(
             url, key_prefix=r.key_prefix, ttl_s=r.ttl_s, timeout_s=r.timeout_s
         )
+        timeout = self.settings.limits.backend_timeout_s
         self.runner = PipelineRunner.traced(
             self.settings,
-            RemoteVad(vad),
-            RemoteDiarizer(diarizer),
-            RemoteSpeechModel(model),
+            RemoteVad(vad, timeout),
+            RemoteDiarizer(diarizer, timeout),
+            RemoteSpeechModel(model, timeout),
             make_tracer(self.settings.tracing),
         )
 

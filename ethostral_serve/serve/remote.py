@@ -17,7 +17,7 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import emotion_inputs
 from ethostral_serve.backends.whisper import transcript_from_windows
-from ethostral_serve.errors import UnsupportedLanguageError
+from ethostral_serve.errors import BackendUnavailableError, UnsupportedLanguageError
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionResult,
@@ -58,41 +58,74 @@ def check_language(language: str | None, languages: Sequence[str]) -> str | None
     return code
 
 
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def wait(response: Any, what: str, timeout_s: float) -> Any:
+    """A deployment call's result; 503 (``BackendUnavailableError``) when it takes too long."""
+    try:
+        return response.result(timeout_s=timeout_s)
+    except TimeoutError:
+        raise BackendUnavailableError(
+            f"the {what} deployment did not answer within {timeout_s:g} s; try again later"
+        ) from None
+
+
 class RemoteVad:
     """``VadBackend`` over the VAD deployment."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._handle = handle
+        self.timeout_s = timeout_s
 
     def speech_regions(self, samples: np.ndarray) -> list[Span]:
         """Speech regions, computed by the VAD deployment."""
-        return list(self._handle.speech_regions.remote(samples).result())
+        return list(wait(self._handle.speech_regions.remote(samples), "VAD", self.timeout_s))
 
 
 class RemoteDiarizer:
     """``DiarizerBackend`` over the Diarizer deployment."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._handle = handle
+        self.timeout_s = timeout_s
 
     def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
         """Speaker turns, computed by the Diarizer deployment."""
-        return list(self._handle.diarize.remote(samples, list(regions)).result())
+        response = self._handle.diarize.remote(samples, list(regions))
+        return list(wait(response, "Diarizer", self.timeout_s))
 
 
 class RemoteSpeechModel:
-    """``SpeechModel`` over the EthostralModel deployment's batched methods."""
+    """``SpeechModel`` over the EthostralModel deployment's batched methods.
 
-    def __init__(self, handle: Any) -> None:
+    One request keeps at most ``max_windows_in_flight`` ASR windows and
+    ``max_segments_in_flight`` emotion inputs outstanding, so a long file cannot fill
+    the deployment's queue and starve other requests (or its health checks).
+    """
+
+    def __init__(
+        self,
+        handle: Any,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_windows_in_flight: int = 8,
+        max_segments_in_flight: int = 32,
+    ) -> None:
         self._handle = handle
         self._info: ModelInfo | None = None
+        self.timeout_s = timeout_s
+        self.max_windows_in_flight = max(1, max_windows_in_flight)
+        self.max_segments_in_flight = max(1, max_segments_in_flight)
 
     @property
     def info(self) -> ModelInfo:
         """The deployment's model description (fetched once)."""
         if self._info is None:
-            self._info = self._handle.info.remote().result()
+            self._info = self._wait(self._handle.info.remote())
         return self._info
+
+    def _wait(self, response: Any) -> Any:
+        return wait(response, "EthostralModel", self.timeout_s)
 
     def check_language(self, language: str | None) -> str | None:
         """Validate against the deployment's language list."""
@@ -106,18 +139,20 @@ class RemoteSpeechModel:
         results: list[WindowResult | None] = [None] * len(windows)
         i = 0
         while language is None and i < len(windows):
-            first: WindowResult = self._handle.transcribe_window.remote(
-                WindowJob(windows[i], None)
-            ).result()
+            first: WindowResult = self._wait(
+                self._handle.transcribe_window.remote(WindowJob(windows[i], None))
+            )
             results[i] = first
             language = first.language
             i += 1
-        pending = [
-            (j, self._handle.transcribe_window.remote(WindowJob(windows[j], language)))
-            for j in range(i, len(windows))
-        ]
-        for j, response in pending:
-            results[j] = response.result()
+        step = self.max_windows_in_flight
+        for lo in range(i, len(windows), step):
+            wave = [
+                (j, self._handle.transcribe_window.remote(WindowJob(windows[j], language)))
+                for j in range(lo, min(lo + step, len(windows)))
+            ]
+            for j, response in wave:
+                results[j] = self._wait(response)
         done = [r if r is not None else WindowResult.empty(language) for r in results]
         return transcript_from_windows(chunks, done, self.info.multilingual)
 
@@ -126,5 +161,9 @@ class RemoteSpeechModel:
     ) -> list[EmotionResult]:
         """Send every segment as its own call to the batched emotion method."""
         inputs = emotion_inputs(samples, transcript, spans, self.info.reads_encoder_states)
-        pending = [self._handle.classify_segment.remote(x) for x in inputs]
-        return [response.result() for response in pending]
+        out: list[EmotionResult] = []
+        step = self.max_segments_in_flight
+        for lo in range(0, len(inputs), step):
+            wave = [self._handle.classify_segment.remote(x) for x in inputs[lo : lo + step]]
+            out += [self._wait(response) for response in wave]
+        return out
