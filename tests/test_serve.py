@@ -153,6 +153,34 @@ def test_concurrent_uploads_share_batches(serve_url: str) -> None:
     assert max(grown) > 1, f"four concurrent uploads never shared an ASR batch: {after}"
 
 
+def test_live_stream_through_the_graph(serve_url: str) -> None:
+    import json
+    import time
+
+    from websockets.sync.client import connect
+
+    talk = two_speaker_conversation(turns_each=1)
+    pcm = (np.clip(talk.samples, -1, 1) * 32767).astype("<i2").tobytes()
+    events = []
+    host = serve_url.removeprefix("http://")
+    with connect(f"ws://{host}/transcribe/stream?language=en&diarize=true") as ws:
+        for i in range(0, len(pcm), 3200):  # 100 ms chunks at ~3x real time
+            ws.send(pcm[i : i + 3200])
+            time.sleep(0.03)
+        ws.send(json.dumps({"type": "stop"}))
+        for message in ws:
+            events.append(json.loads(message))
+            if events[-1]["type"] in ("session", "error"):
+                break
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "session", events[-1]
+    assert "partial" in kinds and "final" in kinds
+    finals = [e for e in events if e["type"] == "final"]
+    assert all(f["emotion"] and f["speaker"].startswith("s") for f in finals)
+    stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=10).json()
+    assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals if f["text"]]
+
+
 def test_user_config_sets_the_batch_size(serve_url: str, redis_url: str) -> None:
     """Redeploying with max_batch_size 1 stops ASR windows from being batched."""
     from ray import serve

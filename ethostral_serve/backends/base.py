@@ -84,6 +84,10 @@ class WindowedSpeechModel(SpeechModel, Protocol):
         """One emotion per segment input."""
         ...
 
+    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of a live utterance (at most 30 s): text and language."""
+        ...
+
 
 @runtime_checkable
 class StreamBackends(Protocol):

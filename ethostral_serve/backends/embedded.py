@@ -66,6 +66,10 @@ class EmbeddedSpeechModel:
         """Words on the original timeline, plus the encoder states for emotion."""
         return self.asr.transcribe(samples, chunks, language)
 
+    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of a live utterance: text and language."""
+        return self.asr.partial_text(audio, language)
+
     def transcribe_windows(
         self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
     ) -> list[WindowResult]:

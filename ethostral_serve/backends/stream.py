@@ -12,7 +12,7 @@ from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
 from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
 from ethostral_serve.pipeline.types import EmotionInput, UtteranceResult, WindowResult
 
-_MAX_WINDOW = 30 * SAMPLE_RATE
+MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window
 
 
 class LocalStreamBackends:
@@ -43,11 +43,11 @@ class LocalStreamBackends:
 
     def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
         """A quick draft of the utterance so far."""
-        return self.model.asr.partial_text(audio[-_MAX_WINDOW:], language)
+        return self.model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language)
 
     def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
         """The utterance in full quality, with its emotion."""
-        (result,) = self.model.transcribe_windows([audio[:_MAX_WINDOW]], [language])
+        (result,) = self.model.transcribe_windows([audio[:MAX_WINDOW_SAMPLES]], [language])
         feeling = None
         if emotion and self.model.classifier is not None:
             (feeling,) = self.model.classify(
@@ -66,4 +66,4 @@ def utterance_emotion_input(
     """What the emotion model reads for a live utterance: its encoder frames or audio."""
     if reads_states and len(result.frames):
         return EmotionInput(frames=result.frames)
-    return EmotionInput(audio=audio[:_MAX_WINDOW])
+    return EmotionInput(audio=audio[:MAX_WINDOW_SAMPLES])

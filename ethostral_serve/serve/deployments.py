@@ -42,18 +42,25 @@ class BatchConfig(BaseModel):
     emotion_batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
 
 
-@serve.deployment(name="VAD", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+@serve.deployment(name="VAD", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class VAD:
     """Silero speech detection."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        from ethostral_serve.backends.silero_stream import SileroStreamingVad
         from ethostral_serve.engine import load_vad
 
         self.vad = load_vad(settings_from(settings))
+        self.stream_vad = SileroStreamingVad()
 
     async def speech_regions(self, samples: np.ndarray) -> list[Span]:
         """Speech regions of 16 kHz mono samples, in seconds."""
         return await asyncio.to_thread(self.vad.speech_regions, samples)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def stream_step(self, items: list[tuple[np.ndarray, Any]]) -> list[Any]:
+        """Live streams' VAD steps, batched across streams: (probabilities, next state)."""
+        return await asyncio.to_thread(self.stream_vad.step, items)
 
     async def ping(self) -> str:
         """Answer when the replica is up."""
@@ -72,6 +79,11 @@ class Diarizer:
     async def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
         """Speaker turns over the speech regions."""
         return await asyncio.to_thread(self.diarizer.diarize, samples, regions)
+
+    async def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
+        """A unit-length speaker embedding of a live utterance."""
+        embed = getattr(self.diarizer, "embed_utterance", None)
+        return None if embed is None else await asyncio.to_thread(embed, samples)
 
     async def ping(self) -> str:
         """Answer when the replica is up."""
@@ -129,6 +141,10 @@ class EthostralModel:
         self.batch_sizes["emotion"][len(inputs)] += 1
         return await asyncio.to_thread(self.model.classify, inputs)
 
+    async def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of a live utterance (not batched: drafts are latency-bound)."""
+        return await asyncio.to_thread(self.model.partial_text, audio, language)
+
     async def batch_stats(self) -> dict[str, dict[int, int]]:
         """How many batches of each size each method has run."""
         return {name: dict(sizes) for name, sizes in self.batch_sizes.items()}
@@ -152,7 +168,12 @@ class Ingress:
     ) -> None:
         from ethostral_serve.embedded_redis import resolve_redis_url
         from ethostral_serve.runner import PipelineRunner
-        from ethostral_serve.serve.remote import RemoteDiarizer, RemoteSpeechModel, RemoteVad
+        from ethostral_serve.serve.remote import (
+            RemoteDiarizer,
+            RemoteSpeechModel,
+            RemoteStreamBackends,
+            RemoteVad,
+        )
         from ethostral_serve.sessions import SessionStore
         from ethostral_serve.tracing import make_tracer
 
@@ -171,6 +192,7 @@ class Ingress:
             RemoteSpeechModel(model, timeout),
             make_tracer(self.settings.tracing),
         )
+        self.stream_backends = RemoteStreamBackends(vad, diarizer, model, timeout)
 
     def __del__(self) -> None:
         # Serve calls this when the replica shuts down: stop the embedded Redis this
@@ -184,7 +206,13 @@ class Ingress:
         from ethostral_serve.api.app import create_app
 
         checks = {name: _pinger(handle) for name, handle in self._handles.items()}
-        return create_app(self.runner, self.store, self.settings, health_checks=checks)
+        return create_app(
+            self.runner,
+            self.store,
+            self.settings,
+            health_checks=checks,
+            stream_backends=self.stream_backends,
+        )
 
 
 def _pinger(handle: DeploymentHandle) -> Any:

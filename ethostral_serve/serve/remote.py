@@ -16,6 +16,7 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import emotion_inputs
+from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES, utterance_emotion_input
 from ethostral_serve.backends.whisper import transcript_from_windows
 from ethostral_serve.errors import BackendUnavailableError, UnsupportedLanguageError
 from ethostral_serve.pipeline.types import (
@@ -24,6 +25,7 @@ from ethostral_serve.pipeline.types import (
     Span,
     SpeakerTurn,
     Transcript,
+    UtteranceResult,
     WindowResult,
 )
 
@@ -167,3 +169,59 @@ class RemoteSpeechModel:
             wave = [self._handle.classify_segment.remote(x) for x in inputs[lo : lo + step]]
             out += [self._wait(response) for response in wave]
         return out
+
+
+class RemoteStreamBackends:
+    """``StreamBackends`` over the deployments (VAD steps are batched across streams)."""
+
+    def __init__(
+        self, vad: Any, diarizer: Any, model: Any, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        self._vad = vad
+        self._diarizer = diarizer
+        self._model = RemoteSpeechModel(model, timeout_s)
+        self._model_handle = model
+        self.timeout_s = timeout_s
+
+    def new_vad_state(self) -> Any:
+        """A fresh per-stream VAD state (it travels with every step)."""
+        from ethostral_serve.backends.silero_stream import VadStreamState
+
+        return VadStreamState()
+
+    def vad_step(self, samples: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """One stream's step through the VAD deployment's batched ``stream_step``."""
+        probs, new_state = wait(
+            self._vad.stream_step.remote((samples, state)), "VAD", self.timeout_s
+        )
+        return probs, new_state
+
+    def check_language(self, language: str | None) -> str | None:
+        """Validate against the model deployment's language list."""
+        return self._model.check_language(language)
+
+    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A draft from the model deployment."""
+        response = self._model_handle.partial_text.remote(audio[-MAX_WINDOW_SAMPLES:], language)
+        text, detected = wait(response, "EthostralModel", self.timeout_s)
+        return text, detected
+
+    def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
+        """Full ASR through the batched window method, then batched emotion."""
+        window = audio[:MAX_WINDOW_SAMPLES]
+        result: WindowResult = wait(
+            self._model_handle.transcribe_window.remote(WindowJob(window, language)),
+            "EthostralModel",
+            self.timeout_s,
+        )
+        feeling = None
+        if emotion:
+            x = utterance_emotion_input(result, window, self._model.info.reads_encoder_states)
+            feeling = wait(
+                self._model_handle.classify_segment.remote(x), "EthostralModel", self.timeout_s
+            )
+        return UtteranceResult(result.words, result.language or "und", feeling)
+
+    def embed(self, audio: np.ndarray) -> np.ndarray | None:
+        """A speaker embedding from the Diarizer deployment."""
+        return wait(self._diarizer.embed_utterance.remote(audio), "Diarizer", self.timeout_s)
