@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
         help="output file; with several files and json/srt/vtt, a directory",
     )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    st = sub.add_parser(
+        "stream",
+        help="stream a file to a running service and print its live events",
+        description="Send a file to WS /transcribe/stream at real-time pace (PCM16 in "
+        "100 ms chunks) and print every event as one JSON line; the last line holds the "
+        "stored session's id.",
+    )
+    st.add_argument("file", type=Path, metavar="FILE")
+    st.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    st.add_argument("--language", help="ISO 639-1 code (default: detect)")
+    st.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
+    st.add_argument("--no-emotion", action="store_true", help="finals without emotion")
+    st.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
     m = sub.add_parser("models", help="manage the bundled models")
     msub = m.add_subparsers(dest="models_command", required=True)
     msub.add_parser(
@@ -178,6 +191,31 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    from ethostral_serve.audio import decode_audio
+    from ethostral_serve.errors import EthostralError
+    from ethostral_serve.stream_client import stream_audio
+
+    try:
+        audio = decode_audio(args.file)
+    except (EthostralError, OSError) as exc:
+        print(f"ethostral: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    params: dict[str, object] = {"diarize": not args.no_diarize, "emotion": not args.no_emotion}
+    if args.language:
+        params["language"] = args.language
+    params["filename"] = args.file.name
+    last: dict[str, object] = {}
+    try:
+        for event, _, _ in stream_audio(args.url, audio.samples, params, speed=args.speed):
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+            last = event
+    except OSError as exc:
+        print(f"ethostral: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if last.get("type") == "session" else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ethostral`` console script."""
     args = _parser().parse_args(argv)
@@ -185,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _transcribe(args)
     if args.command == "models":
         return _models_check()
+    if args.command == "stream":
+        return _stream(args)
     return 2  # pragma: no cover - argparse enforces the sub-command
 
 

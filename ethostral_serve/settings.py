@@ -127,7 +127,7 @@ class StreamSettings(BaseModel):
     )
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary message")
     idle_timeout_s: float = Field(30.0, gt=0.0, description="close after this long silent")
-    max_stream_s: float = Field(4 * 3600.0, gt=0.0, description="longest stream (audio s)")
+    max_stream_s: float = Field(3 * 3600.0, gt=0.0, description="longest stream (audio s)")
 
 
 class RedisSettings(BaseModel):

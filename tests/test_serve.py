@@ -181,6 +181,31 @@ def test_live_stream_through_the_graph(serve_url: str) -> None:
     assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals if f["text"]]
 
 
+def test_ethostral_stream_cli(serve_url: str, capsys) -> None:
+    import json
+
+    from ethostral_serve.cli import main
+
+    jfk = require_data("asr", "jfk") / "jfk.flac"
+    code = main(["stream", str(jfk), "--url", serve_url, "--language", "en", "--speed", "4"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert lines[-1]["type"] == "session"
+    text = " ".join(e["text"] for e in lines if e["type"] == "final").lower()
+    assert "country" in text
+    stored = httpx.get(f"{serve_url}/sessions/{lines[-1]['session_id']}", timeout=10).json()
+    assert stored["filename"] == "jfk.flac"
+
+
+def test_ethostral_stream_cli_without_a_service(capsys) -> None:
+    from ethostral_serve.cli import main
+
+    jfk = require_data("asr", "jfk") / "jfk.flac"
+    code = main(["stream", str(jfk), "--url", f"http://127.0.0.1:{free_port()}"])
+    assert code == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
 def test_user_config_sets_the_batch_size(serve_url: str, redis_url: str) -> None:
     """Redeploying with max_batch_size 1 stops ASR windows from being batched."""
     from ray import serve
