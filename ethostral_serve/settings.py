@@ -49,6 +49,9 @@ class AsrSettings(BaseModel):
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = Field(0, ge=0, description="0: one per core")
+    num_workers: int = Field(
+        1, ge=1, le=16, description="calls the model runs in parallel (each with cpu_threads)"
+    )
     beam_size: int = Field(5, ge=1)
 
 

@@ -115,6 +115,7 @@ class WhisperAsr:
                 device=settings.device,
                 compute_type=settings.compute_type,
                 cpu_threads=threads,
+                num_workers=settings.num_workers,
                 local_files_only=True,
             )
         except (RuntimeError, ValueError, OSError) as exc:
