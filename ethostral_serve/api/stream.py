@@ -32,9 +32,14 @@ from starlette.websockets import WebSocket, WebSocketState
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.base import StreamBackends
 from ethostral_serve.errors import EthostralError
-from ethostral_serve.pipeline.compose import UNDETERMINED_LANGUAGE, to_emotion, to_ms
+from ethostral_serve.pipeline.compose import (
+    UNDETERMINED_LANGUAGE,
+    to_emotion,
+    to_ms,
+    to_word,
+)
 from ethostral_serve.pipeline.streaming import Due, OnlineSpeakers, StreamOptions, StreamTracker
-from ethostral_serve.schema import Emotion, Segment, Session, Word
+from ethostral_serve.schema import Emotion, Segment, Session
 from ethostral_serve.settings import Settings
 
 log = logging.getLogger("ethostral_serve.stream")
@@ -157,7 +162,6 @@ class LiveStream:
         emotion = to_emotion(result.emotion)
         event = self._event("final", due, result.text, speaker, emotion)
         if result.text:
-            offset = due.start
             self.segments.append(
                 Segment(
                     id=event["segment_id"],
@@ -166,15 +170,7 @@ class LiveStream:
                     end_ms=event["end_ms"],
                     text=result.text,
                     emotion=emotion,
-                    words=[
-                        Word(
-                            word=w.text.strip(),
-                            start_ms=to_ms(offset + w.start),
-                            end_ms=max(to_ms(offset + w.end), to_ms(offset + w.start)),
-                            probability=min(1.0, max(0.0, float(w.probability))),
-                        )
-                        for w in result.words
-                    ],
+                    words=[to_word(w, due.start) for w in result.words],
                 )
             )
         return event

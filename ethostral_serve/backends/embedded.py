@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import EncoderStates, WhisperAsr
+from ethostral_serve.backends.whisper import MAX_WINDOW_S, EncoderStates, WhisperAsr
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -26,8 +26,6 @@ from ethostral_serve.settings import Settings
 
 if TYPE_CHECKING:
     from ethostral_serve.backends.emotion import EmotionClassifier
-
-_MAX_ENCODER_S = 30.0
 
 
 class EmbeddedSpeechModel:
@@ -108,7 +106,7 @@ def emotion_inputs(
     out = []
     for s in spans:
         lo = int(s.start * SAMPLE_RATE)
-        hi = int(min(s.end, s.start + _MAX_ENCODER_S) * SAMPLE_RATE)
+        hi = int(min(s.end, s.start + MAX_WINDOW_S) * SAMPLE_RATE)
         out.append(EmotionInput(audio=samples[lo : max(hi, lo + SAMPLE_RATE // 10)]))
     return out
 

@@ -61,8 +61,9 @@ class SileroStreamingVad:
             state = np.ascontiguousarray(rnn[active].transpose(1, 0, 2), dtype=np.float32)
             with self._lock:
                 out, new_state = self._session.run(None, {"input": x, "state": state, "sr": sr})
+            speech = np.asarray(out).reshape(len(active), -1)[:, 0]
             for j, i in enumerate(active):
-                probs[i][t] = float(np.asarray(out).reshape(len(active), -1)[j, 0])
+                probs[i][t] = float(speech[j])
                 rnn[i] = new_state[:, j, :]
                 context[i] = frames[j, -_CONTEXT:]
         results = []

@@ -10,9 +10,10 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import EmbeddedSpeechModel
 from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
 from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
+from ethostral_serve.backends.whisper import MAX_WINDOW_S
 from ethostral_serve.pipeline.types import EmotionInput, UtteranceResult, WindowResult
 
-MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window
+MAX_WINDOW_SAMPLES = round(MAX_WINDOW_S * SAMPLE_RATE)
 
 
 class LocalStreamBackends:

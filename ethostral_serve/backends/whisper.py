@@ -20,6 +20,7 @@ from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, Word
 from ethostral_serve.settings import AsrSettings
 
 FRAME_S = 0.02  # one Whisper encoder frame covers 20 ms
+MAX_WINDOW_S = 30.0  # the longest audio one Whisper encoder pass reads
 
 
 @dataclass
@@ -38,6 +39,19 @@ class EncoderStates:
             nearest = int(np.clip(lo, 0, len(self.times) - 1))
             return self.frames[nearest : nearest + 1]
         return self.frames[lo:hi]
+
+
+def check_language(language: str | None, languages: Sequence[str]) -> str | None:
+    """A supported, normalised language code (``None``: detect)."""
+    if language is None:
+        return None
+    code = language.strip().lower()
+    if code not in languages:
+        raise UnsupportedLanguageError(
+            f"language {language!r} is not supported by the ASR model; "
+            f"use one of: {', '.join(languages)}"
+        )
+    return code
 
 
 def transcript_from_windows(
@@ -68,14 +82,11 @@ def transcript_from_windows(
             )
     if language is None:
         language = "und" if multilingual else "en"
-    d = frames[0].shape[1] if frames else 0
-    state = EncoderStates(
-        np.concatenate(frames) if frames else np.zeros((0, d), np.float16),
-        np.concatenate(times) if times else np.zeros(0),
-    )
-    order = np.argsort(state.times, kind="stable")
+    all_frames = np.concatenate(frames) if frames else np.zeros((0, 0), np.float16)
+    all_times = np.concatenate(times) if times else np.zeros(0)
+    order = np.argsort(all_times, kind="stable")
     return Transcript(
-        language, probability, words, EncoderStates(state.frames[order], state.times[order])
+        language, probability, words, EncoderStates(all_frames[order], all_times[order])
     )
 
 
@@ -125,15 +136,7 @@ class WhisperAsr:
 
     def check_language(self, language: str | None) -> str | None:
         """Validate a requested language code (``None`` means detect)."""
-        if language is None:
-            return None
-        code = language.strip().lower()
-        if code not in self.languages:
-            raise UnsupportedLanguageError(
-                f"language {language!r} is not supported by the ASR model; "
-                f"use one of: {', '.join(self.languages)}"
-            )
-        return code
+        return check_language(language, self.languages)
 
     def transcribe(
         self,
@@ -217,10 +220,13 @@ class WhisperAsr:
             for w in segment.words or []:
                 start = float(w.start)
                 words.append(WordTiming(w.word, start, max(start, float(w.end)), w.probability))
-        fe = self.model.feature_extractor
-        n = min(int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_S)), fe.nb_max_frames // 2)
-        frames = host_array(encoded)[0, :n].astype(np.float16)
+        frames = host_array(encoded)[0, : self._frame_count(len(audio))].astype(np.float16)
         return WindowResult(words, language, probability, frames)
+
+    def _frame_count(self, n_samples: int) -> int:
+        """Encoder frames that cover ``n_samples`` of audio (the rest is padding)."""
+        frames = int(np.ceil(n_samples / SAMPLE_RATE / FRAME_S))
+        return min(frames, self.model.feature_extractor.nb_max_frames // 2)
 
     def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
         """A quick draft of what ``audio`` (at most 30 s) says: text and language.
@@ -263,8 +269,8 @@ class WhisperAsr:
         fe = self.model.feature_extractor
         features = fe(audio)
         encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
-        n = min(int(np.ceil(len(audio) / SAMPLE_RATE / FRAME_S)), fe.nb_max_frames // 2)
-        return host_array(encoded)[0, : max(1, n)].astype(np.float32)
+        n = max(1, self._frame_count(len(audio)))
+        return host_array(encoded)[0, :n].astype(np.float32)
 
     def _detect(self, encoded: object) -> tuple[str, float]:
         if not self.multilingual:

@@ -13,7 +13,7 @@ from ethostral_serve.audio import Audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.chunks import build_chunks
 from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
-from ethostral_serve.pipeline.types import EmotionResult, SpeakerTurn
+from ethostral_serve.pipeline.types import EmotionResult, SpeakerTurn, WordTiming
 from ethostral_serve.schema import Emotion, Segment, Session, Word
 from ethostral_serve.settings import Settings
 
@@ -116,15 +116,7 @@ def transcribe(
             end_ms=max(to_ms(d.end), to_ms(d.start)),
             text=d.text,
             emotion=to_emotion(e),
-            words=[
-                Word(
-                    word=w.text.strip(),
-                    start_ms=to_ms(w.start),
-                    end_ms=max(to_ms(w.end), to_ms(w.start)),
-                    probability=min(1.0, max(0.0, w.probability)),
-                )
-                for w in d.words
-            ],
+            words=[to_word(w) for w in d.words],
         )
         for d, name, e in zip(drafts, names, emotions, strict=True)
     ]
@@ -150,6 +142,17 @@ def _timed(
 def to_ms(seconds: float) -> int:
     """Seconds → whole milliseconds, never negative."""
     return max(0, round(seconds * 1000))
+
+
+def to_word(word: WordTiming, offset_s: float = 0.0) -> Word:
+    """The schema's word; its times shifted by ``offset_s`` onto the output timeline."""
+    start = to_ms(offset_s + word.start)
+    return Word(
+        word=word.text.strip(),
+        start_ms=start,
+        end_ms=max(to_ms(offset_s + word.end), start),
+        probability=min(1.0, max(0.0, float(word.probability))),
+    )
 
 
 def to_emotion(result: EmotionResult | None) -> Emotion | None:

@@ -17,8 +17,8 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import emotion_inputs
 from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES, utterance_emotion_input
-from ethostral_serve.backends.whisper import transcript_from_windows
-from ethostral_serve.errors import BackendUnavailableError, UnsupportedLanguageError
+from ethostral_serve.backends.whisper import check_language, transcript_from_windows
+from ethostral_serve.errors import BackendUnavailableError
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionResult,
@@ -45,19 +45,6 @@ class WindowJob:
 
     audio: np.ndarray
     language: str | None
-
-
-def check_language(language: str | None, languages: Sequence[str]) -> str | None:
-    """A supported, normalised language code (``None``: detect)."""
-    if language is None:
-        return None
-    code = language.strip().lower()
-    if code not in languages:
-        raise UnsupportedLanguageError(
-            f"language {language!r} is not supported by the ASR model; "
-            f"use one of: {', '.join(languages)}"
-        )
-    return code
 
 
 DEFAULT_TIMEOUT_S = 600.0
