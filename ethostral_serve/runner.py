@@ -14,6 +14,7 @@ import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
 from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
+from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
 from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
 from ethostral_serve.schema import Session
@@ -50,9 +51,7 @@ class PipelineRunner:
 
     def check_language(self, language: str | None) -> str | None:
         """``None``, ``""`` and ``"auto"`` mean detect; otherwise a supported ISO code."""
-        if language is None or language.strip().lower() in ("", "auto"):
-            return None
-        return self.model.check_language(language)
+        return self.model.check_language(requested_language(language))
 
     def run(
         self,

@@ -53,6 +53,13 @@ class AsrSettings(BaseModel):
         1, ge=1, le=16, description="calls the model runs in parallel (each with cpu_threads)"
     )
     beam_size: int = Field(5, ge=1)
+    cpu_priority: Literal["normal", "low", "idle"] = Field(
+        "normal",
+        description="CPU priority of the model's compute threads (Linux): 'low' is nice "
+        "+10; 'idle' runs them only on CPU time nothing else wants (SCHED_IDLE). With "
+        "live streams, lets their drafts (a separate stream.draft_model keeps normal "
+        "priority) run before uploads and finals",
+    )
 
 
 class DiarizerSettings(BaseModel):
@@ -123,10 +130,29 @@ class StreamSettings(BaseModel):
     end_silence_s: float = Field(0.6, gt=0.0, le=10.0, description="silence ending an utterance")
     max_utterance_s: float = Field(12.0, gt=1.0, le=30.0, description="longest utterance")
     partial_every_s: float = Field(0.3, gt=0.0, description="new speech between partials")
+    max_draft_wait_s: float = Field(
+        0.05,
+        ge=0.0,
+        description="a partial due while the previous draft still runs is drafted only if "
+        "that draft ends within this long; else the next, fresher one is (under load, "
+        "partials come less often rather than later)",
+    )
+    draft_model: str | None = Field(
+        "tiny.en",
+        description="Whisper model that drafts partials ('tiny.en' or 'base', both bundled, "
+        "or a CTranslate2 directory); used when it knows the stream's language, else the "
+        "ASR model drafts. None: the ASR model always drafts. Finals always use asr.model",
+    )
+    draft_cpu_threads: int = Field(
+        1, ge=0, description="threads of the draft model (0: one per core)"
+    )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="speech probability to start")
     end_threshold: float = Field(0.35, gt=0.0, lt=1.0, description="below this is silence")
     speaker_threshold: float = Field(
         0.22, gt=0.0, lt=2.0, description="cosine distance that makes a new speaker"
+    )
+    max_streams: int = Field(
+        32, ge=1, le=4096, description="live streams one ingress serves at once (more: 1013)"
     )
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary message")
     idle_timeout_s: float = Field(30.0, gt=0.0, description="close after this long silent")

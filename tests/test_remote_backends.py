@@ -149,3 +149,20 @@ def test_a_deployment_that_does_not_answer_is_a_503() -> None:
     with pytest.raises(BackendUnavailableError, match="VAD deployment did not answer") as err:
         RemoteVad(_Handle(), timeout_s=1.5).speech_regions(np.zeros(10))
     assert err.value.status_code == 503
+
+
+def test_stream_finals_share_one_window_call_and_get_an_emotion_each() -> None:
+    from ethostral_serve.serve.remote import RemoteStreamBackends
+
+    handle = _FakeModelHandle()
+    backends = RemoteStreamBackends(None, None, handle)
+    first = np.full(32000, 7.0, np.float32)  # 2 s; the fake names words by the first sample
+    second = np.full(16000, 9.0, np.float32)
+    results = backends.finals([first, second], "en", emotion=True)
+    ((job,),) = handle.transcribe_window.calls
+    assert len(job.audio) == 48000 and job.language == "en"
+    assert [r.text for r in results] == ["w7", ""]  # the one word sits in the first 2 s
+    frames = [args[0].frames for args in handle.classify_segment.calls]
+    assert [len(f) for f in frames] == [100, 50]  # each utterance's own encoder frames
+    assert all(r.emotion is not None and r.emotion.label == "Calm" for r in results)
+    assert backends.finals([first], "en", emotion=False)[0].emotion is None

@@ -44,7 +44,8 @@ def test_default_config_fits_two_cores_and_listens_on_loopback() -> None:
     cpus = sum(d.ray_actor_options.num_cpus * (d.num_replicas or 1) for d in app.deployments)
     assert cpus <= 2.0
     assert all(not d.ray_actor_options.num_gpus for d in app.deployments)
-    assert app.args == {"settings": {}}  # the embedded default models
+    # the embedded default models; the ASR model yields the CPU to live drafts
+    assert app.args == {"settings": {"asr": {"cpu_priority": "idle"}}}
 
 
 def test_gpu_config_shares_one_card_with_fractional_gpus() -> None:

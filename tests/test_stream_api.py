@@ -235,3 +235,53 @@ def test_abrupt_disconnect_still_stores_finalised_segments(
     assert stored["segments"], "segments finalised before the disconnect were lost"
     wer, _ = wer_counts([talk.reference], [" ".join(s["text"] for s in stored["segments"])])
     assert wer <= 0.3
+
+
+@pytest.mark.parametrize("language", ["auto", "", "AUTO"])
+def test_auto_or_empty_language_means_detect(
+    engine, stream_backends, redis_url: str, language: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=1)
+    first = talk.samples[: int(talk.truth[0][1] * 16000) + 16000]
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect(f"/transcribe/stream?language={language}") as ws,
+    ):
+        ws.send_bytes(_pcm16(first))
+        ws.send_text('{"type": "stop"}')
+        events = []
+        while not events or events[-1]["type"] not in ("session", "error"):
+            events.append(ws.receive_json())
+        assert events[-1]["type"] == "session", events[-1]
+        stored = client.get(f"/sessions/{events[-1]['session_id']}").json()
+    assert stored["language"] == "en"  # detected, the same as an upload with language=auto
+    assert stored["segments"]
+
+
+def test_a_stream_over_the_limit_is_closed_1013_and_the_others_go_on(
+    engine, stream_backends, redis_url: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=1)
+    first = talk.samples[: int(talk.truth[0][1] * 16000) + 16000]
+    with _client(engine, stream_backends, redis_url, max_streams=1) as client:
+        with client.websocket_connect("/transcribe/stream?language=en") as ws:
+            ws.send_bytes(_pcm16(first[:16000]))
+            with client.websocket_connect("/transcribe/stream") as extra:
+                error = extra.receive_json()
+                assert error["type"] == "error" and "limit of 1 live streams" in error["detail"]
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    extra.receive_json()
+                assert closed.value.code == 1013
+            ws.send_bytes(_pcm16(first[16000:]))
+            ws.send_text('{"type": "stop"}')
+            events = []
+            while not events or events[-1]["type"] not in ("session", "error"):
+                events.append(ws.receive_json())
+            assert events[-1]["type"] == "session"
+            assert any(e["type"] == "final" and e["text"] for e in events)
+            with pytest.raises(WebSocketDisconnect):
+                ws.receive_json()  # closed: the stream has ended
+        # its slot is free again
+        with client.websocket_connect("/transcribe/stream") as again:
+            again.send_text('{"type": "stop"}')
+            assert again.receive_json()["type"] == "session"

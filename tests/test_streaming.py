@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import pytest
 
 from ethostral_serve.pipeline.streaming import (
     VAD_FRAME,
+    Due,
     OnlineSpeakers,
     StreamOptions,
     StreamTracker,
+    take_window,
 )
 
 FRAME_S = VAD_FRAME / 16000
@@ -113,3 +117,21 @@ def test_online_speakers_keep_ids_and_add_new_ones() -> None:
 def test_stream_options_are_checked() -> None:
     with pytest.raises(ValueError):
         StreamOptions(threshold=0.3, end_threshold=0.5)
+
+
+def _due(utterance: int, seconds: float) -> Due:
+    return Due("final", utterance, 0.0, seconds, np.zeros(round(seconds * 16000), np.float32))
+
+
+def test_take_window_packs_queued_utterances_in_order_up_to_the_limit() -> None:
+    queue = deque([_due(0, 10.0), _due(1, 12.0), _due(2, 9.0), _due(3, 1.0)])
+    first = take_window(queue, 30 * 16000)
+    assert [d.utterance for d in first] == [0, 1]  # 2 would make 31 s; 3 may not jump it
+    assert [d.utterance for d in take_window(queue, 30 * 16000)] == [2, 3]
+    assert not queue
+
+
+def test_take_window_always_takes_the_first_utterance() -> None:
+    queue = deque([_due(0, 40.0), _due(1, 1.0)])
+    assert [d.utterance for d in take_window(queue, 30 * 16000)] == [0]
+    assert [d.utterance for d in queue] == [1]

@@ -20,7 +20,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
-from ethostral_serve.api.stream import serve_stream
+from ethostral_serve.api.stream import StreamCapacity, serve_stream
 from ethostral_serve.backends.base import StreamBackends
 from ethostral_serve.errors import EthostralError, SessionNotFoundError
 from ethostral_serve.pipeline.compose import TranscribeOptions
@@ -184,10 +184,11 @@ def create_app(
         return _subtitle(to_vtt(session), session, "vtt", "text/vtt")
 
     if stream_backends is not None:
+        capacity = StreamCapacity(settings.stream.max_streams)
 
         @app.websocket("/transcribe/stream")
         async def transcribe_stream(websocket: WebSocket) -> None:
-            await serve_stream(websocket, stream_backends, store, settings)
+            await serve_stream(websocket, stream_backends, store, settings, capacity)
 
     @app.get(
         "/healthz",

@@ -10,6 +10,13 @@ Protocol (also in the README and the OpenAPI description):
   text may change; ``speaker`` provisional, ``emotion`` null), one ``final`` per
   utterance (stable speaker, emotion), then ``{"type": "session", "session_id"}`` after
   ``stop``, and a normal close. Errors: ``{"type": "error", "detail"}`` then a close.
+  Events of neighbouring segments may interleave (a final can follow the next
+  segment's first partials); match events on ``segment_id``.
+
+Each connection runs two lanes: finals one after another in order, and drafts one at
+a time for the newest audio only. A final never waits behind drafts, and drafts never
+queue up: when drafting falls behind (long utterances, many streams on few cores),
+partials come less often instead of later.
 
 Finalised segments are never lost: the session is stored on ``stop``, on an abrupt
 disconnect, and before any close for a limit.
@@ -22,8 +29,11 @@ import contextlib
 import json
 import logging
 import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,18 +41,29 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.base import StreamBackends
+from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES
 from ethostral_serve.errors import EthostralError
+from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.compose import (
     UNDETERMINED_LANGUAGE,
     to_emotion,
     to_ms,
     to_word,
 )
-from ethostral_serve.pipeline.streaming import Due, OnlineSpeakers, StreamOptions, StreamTracker
+from ethostral_serve.pipeline.streaming import (
+    Due,
+    OnlineSpeakers,
+    StreamOptions,
+    StreamTracker,
+    take_window,
+)
+from ethostral_serve.pipeline.types import UtteranceResult
 from ethostral_serve.schema import Emotion, Segment, Session
 from ethostral_serve.settings import Settings
 
 log = logging.getLogger("ethostral_serve.stream")
+
+T = TypeVar("T")
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003  # a text message that is not start/stop JSON
@@ -51,6 +72,25 @@ CLOSE_POLICY = 1008  # bad parameters, idle too long, stream too long
 CLOSE_TOO_BIG = 1009  # a frame over the size limit
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013  # the session store is unavailable
+
+
+class StreamCapacity:
+    """How many streams this process serves at once, and the threads their calls use.
+
+    Model calls block a thread each (in-process models, or waits on deployments); a
+    stream holds at most three at once (a VAD step, a draft, a final), so the pool is
+    sized for ``max_streams`` of them and never makes one stream wait for another's
+    thread. Asyncio's default pool (cores + 4 threads) would.
+    """
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self.active = 0
+        self.pool = ThreadPoolExecutor(max_workers=3 * max_streams, thread_name_prefix="stream")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a stream thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
 class StreamParams(BaseModel):
@@ -82,6 +122,7 @@ class LiveStream:
     params: StreamParams
     backends: StreamBackends
     settings: Settings
+    capacity: StreamCapacity
     language: str | None = None
     tracker: StreamTracker = field(init=False)
     speakers: OnlineSpeakers = field(init=False)
@@ -92,6 +133,7 @@ class LiveStream:
     _segment_ids: dict[int, str] = field(default_factory=dict)
     _last_speaker: str = "s0"
     finished: bool = False
+    lanes: StreamLanes | None = None  # set when the stream opens
 
     def __post_init__(self) -> None:
         s = self.settings.stream
@@ -150,9 +192,13 @@ class LiveStream:
         text, _ = self.backends.partial(due.audio, self.language)
         return self._event("partial", due, text, self._last_speaker, None)
 
-    def final_event(self, due: Due) -> dict[str, Any]:
-        """Recognise a finished utterance, give it a speaker, keep it (blocking)."""
-        result = self.backends.final(due.audio, self.language, self.params.emotion)
+    def final_events(self, dues: Sequence[Due]) -> list[dict[str, Any]]:
+        """Recognise finished utterances (in one ASR pass), keep them (blocking)."""
+        results = self.backends.finals([d.audio for d in dues], self.language, self.params.emotion)
+        return [self._final(d, r) for d, r in zip(dues, results, strict=True)]
+
+    def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
+        """Give a recognised utterance its speaker and keep it."""
         if self.language is None and result.words:
             self.language = result.language
         speaker = "s0"
@@ -208,17 +254,152 @@ def coalesce(due: list[Due]) -> list[Due]:
     return out
 
 
+class StreamLanes:
+    """One connection's model work: finals in order, drafts one at a time.
+
+    ``submit`` hands over what the tracker says is due. Finals queue and run in order;
+    those waiting together are recognised together.
+    A partial replaces any draft still waiting, and is dropped once its utterance has a
+    final queued, so a slow draft never delays a final nor sends stale text. Events go
+    out one at a time. A failure in either lane is kept in ``error`` and reported
+    through ``on_failure`` (the connection's loop then ends the stream).
+    """
+
+    def __init__(self, ws: WebSocket, live: LiveStream, on_failure: Callable[[], None]) -> None:
+        self._ws = ws
+        self._live = live
+        self._on_failure = on_failure
+        self._finals: deque[Due] = deque()
+        self._finals_due = asyncio.Event()
+        self._closing = False
+        self._draft: Due | None = None
+        self._draft_submitted = 0.0
+        self._draft_due = asyncio.Event()
+        self._closed_utterance = -1  # the newest utterance whose final is queued
+        self._send_lock = asyncio.Lock()
+        self.send = True
+        self.error: Exception | None = None
+        self._final_task = asyncio.create_task(self._run_finals())
+        self._draft_task = asyncio.create_task(self._run_drafts())
+
+    def submit(self, due: Sequence[Due]) -> None:
+        """Queue finals; make the newest partial the next draft."""
+        for d in due:
+            if d.kind == "final":
+                self._closed_utterance = max(self._closed_utterance, d.utterance)
+                self._finals.append(d)
+                self._finals_due.set()
+            elif not self._stale(d):
+                self._draft = d
+                self._draft_submitted = asyncio.get_running_loop().time()
+                self._draft_due.set()
+
+    async def drain(self, send: bool) -> None:
+        """Stop drafting and run every queued final (sending the events when ``send``)."""
+        self.send = send
+        self._draft_task.cancel()
+        self._closing = True
+        self._finals_due.set()
+        await self._final_task
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._draft_task
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        """Drop all pending work (the stream ends without finishing it)."""
+        self._draft_task.cancel()
+        self._final_task.cancel()
+
+    def _stale(self, due: Due) -> bool:
+        return due.utterance <= self._closed_utterance
+
+    async def _run_finals(self) -> None:
+        try:
+            while True:
+                if not self._finals:
+                    if self._closing:
+                        return
+                    await self._finals_due.wait()
+                    self._finals_due.clear()
+                    continue
+                # Finals that queued up while the last ran share one ASR pass (up to
+                # 30 s): under load, finals catch up instead of falling further behind.
+                batch = take_window(self._finals, MAX_WINDOW_SAMPLES)
+                for event in await self._live.capacity.call(self._live.final_events, batch):
+                    await self._send(event)
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _run_drafts(self) -> None:
+        try:
+            while True:
+                await self._draft_due.wait()
+                self._draft_due.clear()
+                due, self._draft = self._draft, None
+                if due is None or self._stale(due):
+                    continue
+                waited = asyncio.get_running_loop().time() - self._draft_submitted
+                if waited > self._live.settings.stream.max_draft_wait_s:
+                    continue  # it waited for the last draft: draft the next, fresher audio
+                event = await self._live.capacity.call(self._live.partial_event, due)
+                if not self._stale(due):
+                    await self._send(event)
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if self.send and self._ws.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):  # the client may be gone mid-send
+                    await self._ws.send_json(event)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+            self._on_failure()
+
+
+LANE_FAILED = "ethostral.lane_failed"  # inbox message: a lane of this stream failed
+
+
 async def serve_stream(
-    ws: WebSocket, backends: StreamBackends, store: Any, settings: Settings
+    ws: WebSocket,
+    backends: StreamBackends,
+    store: Any,
+    settings: Settings,
+    capacity: StreamCapacity,
 ) -> None:
     """Run one WebSocket stream to its end (see the module docstring)."""
-    await ws.accept()
+    if capacity.active >= capacity.max_streams:
+        await ws.accept()  # accepted only to say why it closes at once
+        await _close(
+            ws,
+            CLOSE_TRY_AGAIN,
+            f"the server is at its limit of {capacity.max_streams} live streams; try again later",
+        )
+        return
+    capacity.active += 1  # counted before anything awaits, so no two can pass the check
+    try:
+        await ws.accept()
+        await _serve(ws, backends, store, settings, capacity)
+    finally:
+        capacity.active -= 1
+
+
+async def _serve(
+    ws: WebSocket,
+    backends: StreamBackends,
+    store: Any,
+    settings: Settings,
+    capacity: StreamCapacity,
+) -> None:
     opened: list[LiveStream] = []  # the stream, once its first audio arrived
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     reader = asyncio.create_task(_read(ws, inbox))
     try:
         params = _params(dict(ws.query_params))
-        live, stopped = await _run(ws, inbox, params, backends, settings, opened)
+        live, stopped = await _run(ws, inbox, params, backends, settings, capacity, opened)
         if stopped:
             session_id = await _store(live, store)
             await ws.send_json({"type": "session", "session_id": session_id})
@@ -233,12 +414,14 @@ async def serve_stream(
     except asyncio.CancelledError:
         # The server dropped the connection's task: finish and store regardless.
         if opened:
-            await asyncio.shield(_finish_and_store(ws, opened[0], store))
+            await asyncio.shield(_finish_and_store(opened[0], store))
         raise
-    except Exception as exc:  # a bug: say so without details, keep what we have
+    except Exception as exc:  # a bug or a failed backend: say so, keep what we have
         error_id = uuid.uuid4().hex[:12]
         log.error("stream error %s", error_id, exc_info=exc)
         if opened:
+            if opened[0].lanes is not None:
+                opened[0].lanes.cancel()
             with contextlib.suppress(Exception):
                 await _store(opened[0], store)
         await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})")
@@ -246,10 +429,10 @@ async def serve_stream(
         reader.cancel()
 
 
-async def _finish_and_store(ws: WebSocket, live: LiveStream, store: Any) -> None:
+async def _finish_and_store(live: LiveStream, store: Any) -> None:
     with contextlib.suppress(Exception):
         if not live.finished:
-            await _finish(ws, live, send=False)
+            await _finish(live, send=False)
         await _store(live, store)
 
 
@@ -259,6 +442,7 @@ async def _run(
     params: StreamParams,
     backends: StreamBackends,
     settings: Settings,
+    capacity: StreamCapacity,
     opened: list[LiveStream],
 ) -> tuple[LiveStream, bool]:
     """Process messages until ``stop`` (True) or a disconnect (False)."""
@@ -274,11 +458,15 @@ async def _run(
         batch = [first]
         while not inbox.empty():
             batch.append(inbox.get_nowait())
+        if opened and opened[0].lanes is not None and opened[0].lanes.error is not None:
+            raise opened[0].lanes.error
         audio: list[bytes] = []
         stop = disconnected = False
         error: StreamClosed | None = None
         try:
             for message in batch:
+                if message["type"] == LANE_FAILED:
+                    continue  # seen above
                 if message["type"] == "websocket.disconnect":
                     disconnected = True
                     break
@@ -310,57 +498,59 @@ async def _run(
         except StreamClosed as exc:
             error = exc  # the audio that came before the bad message still counts
         if not opened and (audio or stop or disconnected):
-            opened.append(await _open(params, backends, settings))
+            opened.append(await _open(ws, inbox, params, backends, settings, capacity))
         if not opened:
             if error is not None:
                 raise error
             continue
         live = opened[0]
         if audio:
-            await _process(ws, live, b"".join(audio), last=False)
+            await _process(live, b"".join(audio))
         if error is not None:
-            await _finish(ws, live, send=True)
+            await _finish(live, send=True)
             raise error
         if stop or disconnected:
-            await _finish(ws, live, send=not disconnected)
+            await _finish(live, send=not disconnected)
             return live, stop
         if live.duration_s > min(limits.max_stream_s, settings.limits.max_duration_s):
-            await _finish(ws, live, send=True)
+            await _finish(live, send=True)
             raise StreamClosed(
                 CLOSE_POLICY, f"stream too long: over {limits.max_stream_s:g} s of audio"
             )
 
 
-async def _open(params: StreamParams, backends: StreamBackends, settings: Settings) -> LiveStream:
+async def _open(
+    ws: WebSocket,
+    inbox: asyncio.Queue[dict[str, Any]],
+    params: StreamParams,
+    backends: StreamBackends,
+    settings: Settings,
+    capacity: StreamCapacity,
+) -> LiveStream:
     try:
-        language = await asyncio.to_thread(backends.check_language, params.language)
+        language = await capacity.call(backends.check_language, requested_language(params.language))
     except EthostralError as exc:
         raise StreamClosed(CLOSE_POLICY, exc.detail) from None
     params = params.model_copy(update={"language": language})
-    return LiveStream(params, backends, settings, language=language)
+    live = LiveStream(params, backends, settings, capacity, language=language)
+    live.lanes = StreamLanes(ws, live, lambda: inbox.put_nowait({"type": LANE_FAILED}))
+    return live
 
 
-async def _process(ws: WebSocket, live: LiveStream, data: bytes, last: bool) -> None:
-    samples = live.decode(data, last=last)
-    due = await asyncio.to_thread(live.step, samples) if samples.size or last else []
-    await _emit(ws, live, due, send=True)
+async def _process(live: LiveStream, data: bytes) -> None:
+    samples = live.decode(data)
+    if samples.size and live.lanes is not None:
+        live.lanes.submit(await live.capacity.call(live.step, samples))
 
 
-async def _finish(ws: WebSocket, live: LiveStream, send: bool) -> None:
+async def _finish(live: LiveStream, send: bool) -> None:
+    """Finalise the open utterance and run every queued final."""
     live.finished = True
     tail = live.decode(b"", last=True)
-    due = await asyncio.to_thread(live.step, tail) if tail.size else []
-    due = coalesce(due + live.tracker.finish())
-    await _emit(ws, live, [d for d in due if d.kind == "final"], send=send)
-
-
-async def _emit(ws: WebSocket, live: LiveStream, due: list[Due], send: bool) -> None:
-    for d in due:
-        maker = live.final_event if d.kind == "final" else live.partial_event
-        event = await asyncio.to_thread(maker, d)
-        if send and ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):  # the client may be gone mid-send
-                await ws.send_json(event)
+    due = await live.capacity.call(live.step, tail) if tail.size else []
+    if live.lanes is not None:
+        live.lanes.submit([d for d in coalesce(due + live.tracker.finish()) if d.kind == "final"])
+        await live.lanes.drain(send)
 
 
 async def _store(live: LiveStream, store: Any) -> str:

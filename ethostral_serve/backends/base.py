@@ -112,8 +112,11 @@ class StreamBackends(Protocol):
         """A quick draft of an utterance so far: text and language."""
         ...
 
-    def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
-        """The utterance recognised in full, with its emotion when asked for."""
+    def finals(
+        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+    ) -> list[UtteranceResult]:
+        """Finished utterances of one stream (at most 30 s together) recognised in full,
+        each with its emotion when asked for; read together, they share one ASR pass."""
         ...
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:

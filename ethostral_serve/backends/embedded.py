@@ -7,13 +7,19 @@ a separate Whisper base encoder is loaded and run on each segment's audio instea
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import MAX_WINDOW_S, EncoderStates, WhisperAsr
+from ethostral_serve.backends.whisper import (
+    MAX_WINDOW_S,
+    EncoderStates,
+    WhisperAsr,
+    default_cpu_threads,
+)
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -34,6 +40,8 @@ class EmbeddedSpeechModel:
     def __init__(self, settings: Settings, with_emotion: bool = True) -> None:
         self.settings = settings
         self.asr = WhisperAsr(settings.asr, settings.cache_dir)
+        self._drafter: WhisperAsr | None = None
+        self._drafter_lock = threading.Lock()
         self.classifier: EmotionClassifier | None = None
         self._emotion_encoder: WhisperAsr | None = None
         if with_emotion:
@@ -65,8 +73,38 @@ class EmbeddedSpeechModel:
         return self.asr.transcribe(samples, chunks, language)
 
     def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
-        """A quick draft of a live utterance: text and language."""
+        """A quick draft of a live utterance: text and language.
+
+        The draft model (``stream.draft_model``) writes it when it knows the language
+        (an English-only model drafts only streams known to be English); otherwise the
+        ASR model does.
+        """
+        drafter = self.load_drafter()
+        if drafter.multilingual or language in drafter.languages:
+            return drafter.partial_text(audio, language)
         return self.asr.partial_text(audio, language)
+
+    def load_drafter(self) -> WhisperAsr:
+        """The model that drafts partials, loaded on first use (the ASR model if none)."""
+        name = self.settings.stream.draft_model
+        if name is None or name == self.settings.asr.model:
+            return self.asr
+        with self._drafter_lock:
+            if self._drafter is None:
+                threads = self.settings.stream.draft_cpu_threads or default_cpu_threads()
+                self._drafter = WhisperAsr(
+                    self.settings.asr.model_copy(
+                        update={
+                            "model": name,
+                            "cpu_threads": threads,
+                            # as many drafts at once as the cores hold
+                            "num_workers": max(1, default_cpu_threads() // threads),
+                            "cpu_priority": "normal",  # drafts must not wait
+                        }
+                    ),
+                    self.settings.cache_dir,
+                )
+            return self._drafter
 
     def transcribe_windows(
         self, windows: Sequence[np.ndarray], languages: Sequence[str | None]

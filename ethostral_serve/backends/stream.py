@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,14 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import EmbeddedSpeechModel
 from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
 from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
-from ethostral_serve.backends.whisper import MAX_WINDOW_S
-from ethostral_serve.pipeline.types import EmotionInput, UtteranceResult, WindowResult
+from ethostral_serve.backends.whisper import FRAME_S, MAX_WINDOW_S
+from ethostral_serve.pipeline.types import (
+    EmotionInput,
+    EmotionResult,
+    UtteranceResult,
+    WindowResult,
+    WordTiming,
+)
 
 MAX_WINDOW_SAMPLES = round(MAX_WINDOW_S * SAMPLE_RATE)
 
@@ -46,19 +53,61 @@ class LocalStreamBackends:
         """A quick draft of the utterance so far."""
         return self.model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language)
 
-    def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
-        """The utterance in full quality, with its emotion."""
-        (result,) = self.model.transcribe_windows([audio[:MAX_WINDOW_SAMPLES]], [language])
-        feeling = None
-        if emotion and self.model.classifier is not None:
-            (feeling,) = self.model.classify(
-                [utterance_emotion_input(result, audio, self.model.reads_encoder_states)]
-            )
-        return UtteranceResult(result.words, result.language or "und", feeling)
+    def finals(
+        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+    ) -> list[UtteranceResult]:
+        """Utterances in full quality, read as one ASR window, each with its emotion."""
+        (result,) = self.model.transcribe_windows([join_utterances(utterances)], [language])
+        classify = self.model.classify if emotion and self.model.classifier is not None else None
+        return utterance_results(result, utterances, self.model.reads_encoder_states, classify)
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding of the utterance."""
         return None if self.diarizer is None else self.diarizer.embed_utterance(audio)
+
+
+def join_utterances(utterances: Sequence[np.ndarray]) -> np.ndarray:
+    """Utterances back to back as one ASR window (cut at the window's 30 s)."""
+    return np.concatenate(utterances)[:MAX_WINDOW_SAMPLES]
+
+
+def utterance_results(
+    window: WindowResult,
+    utterances: Sequence[np.ndarray],
+    reads_states: bool,
+    classify: Callable[[list[EmotionInput]], list[EmotionResult]] | None,
+) -> list[UtteranceResult]:
+    """Per-utterance results of a joined window; emotion from ``classify`` when given."""
+    parts = split_window(window, [len(u) for u in utterances])
+    feelings: list[EmotionResult | None] = [None] * len(parts)
+    if classify is not None:
+        pairs = zip(parts, utterances, strict=True)
+        feelings = list(classify([utterance_emotion_input(p, u, reads_states) for p, u in pairs]))
+    return [
+        UtteranceResult(p.words, p.language or "und", f)
+        for p, f in zip(parts, feelings, strict=True)
+    ]
+
+
+def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowResult]:
+    """Split the result of utterances read back to back as one window, one per utterance.
+
+    ``lengths`` are the utterances' sample counts in window order. A word goes to the
+    utterance holding its midpoint; times and encoder frames become the utterance's own.
+    """
+    bounds = np.concatenate([[0.0], np.cumsum(lengths) / SAMPLE_RATE])
+    parts = []
+    for i in range(len(lengths)):
+        start, end = float(bounds[i]), float(bounds[i + 1])
+        last = i == len(lengths) - 1
+        words = [
+            WordTiming(w.text, max(0.0, w.start - start), max(0.0, w.end - start), w.probability)
+            for w in result.words
+            if start <= (w.start + w.end) / 2 < end or (last and (w.start + w.end) / 2 >= end)
+        ]
+        frames = result.frames[int(start / FRAME_S) : int(np.ceil(end / FRAME_S))]
+        parts.append(WindowResult(words, result.language, result.language_probability, frames))
+    return parts
 
 
 def utterance_emotion_input(

@@ -8,16 +8,21 @@ frame on the original timeline, so the emotion model reads it without a second p
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper_models import resolve_whisper_model
 from ethostral_serve.errors import ModelLoadError, UnsupportedLanguageError
+from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
 from ethostral_serve.settings import AsrSettings
+
+T = TypeVar("T")
 
 FRAME_S = 0.02  # one Whisper encoder frame covers 20 ms
 MAX_WINDOW_S = 30.0  # the longest audio one Whisper encoder pass reads
@@ -42,10 +47,10 @@ class EncoderStates:
 
 
 def check_language(language: str | None, languages: Sequence[str]) -> str | None:
-    """A supported, normalised language code (``None``: detect)."""
-    if language is None:
+    """A supported, normalised language code; ``None``, ``""`` and ``"auto"`` mean detect."""
+    code = requested_language(language)
+    if code is None:
         return None
-    code = language.strip().lower()
     if code not in languages:
         raise UnsupportedLanguageError(
             f"language {language!r} is not supported by the ASR model; "
@@ -107,6 +112,41 @@ def default_cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def at_cpu_priority(priority: str, make: Callable[[], T]) -> T:
+    """``make()`` run on a new thread at a lower CPU ``priority`` ('low' or 'idle').
+
+    On Linux a thread starts with its creator's priority and scheduling policy, so the
+    compute threads a CTranslate2 model starts while being built all run at it, while
+    the calling thread keeps its own. 'low' adds 10 to the nice value; 'idle' is
+    SCHED_IDLE. 'normal' (or a system without these calls) just calls ``make()``.
+    """
+    if priority == "normal" or not hasattr(os, "sched_setscheduler"):
+        return make()
+    if priority not in ("low", "idle"):
+        raise ValueError(f"unknown CPU priority {priority!r}")
+    box: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            tid = threading.get_native_id()
+            if priority == "idle":
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10)
+                )
+            box["value"] = make()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=build, name="build-at-cpu-priority")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class WhisperAsr:
     """faster-whisper over the bundled (or a local) CTranslate2 Whisper model."""
 
@@ -121,13 +161,16 @@ class WhisperAsr:
         self.model_dir = resolve_whisper_model(settings.model, Path(cache_dir))
         threads = settings.cpu_threads or default_cpu_threads()
         try:
-            self.model = WhisperModel(
-                str(self.model_dir),
-                device=settings.device,
-                compute_type=settings.compute_type,
-                cpu_threads=threads,
-                num_workers=settings.num_workers,
-                local_files_only=True,
+            self.model = at_cpu_priority(
+                settings.cpu_priority,
+                lambda: WhisperModel(
+                    str(self.model_dir),
+                    device=settings.device,
+                    compute_type=settings.compute_type,
+                    cpu_threads=threads,
+                    num_workers=settings.num_workers,
+                    local_files_only=True,
+                ),
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelLoadError(f"could not load Whisper from {self.model_dir}: {exc}") from exc

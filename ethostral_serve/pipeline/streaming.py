@@ -10,6 +10,7 @@ the stream). It then runs the models and sends the events.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,6 +163,20 @@ class StreamTracker:
         drop = min(len(joined), keep_from - self._base)
         self._audio = [joined[drop:]]
         self._base += drop
+
+
+def take_window(queue: deque[Due], max_samples: int) -> list[Due]:
+    """Pop the first queued utterance, and those after it that fit one window with it.
+
+    The first is always taken (even if longer than ``max_samples``); later ones only
+    while the audio of all taken stays within ``max_samples``. Order is kept.
+    """
+    batch = [queue.popleft()]
+    total = len(batch[0].audio)
+    while queue and total + len(queue[0].audio) <= max_samples:
+        total += len(queue[0].audio)
+        batch.append(queue.popleft())
+    return batch
 
 
 @dataclass

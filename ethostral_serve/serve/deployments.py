@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -23,7 +24,18 @@ from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, Span, Sp
 from ethostral_serve.serve.remote import ModelInfo, WindowJob
 from ethostral_serve.settings import Settings
 
+T = TypeVar("T")
 log = logging.getLogger("ray.serve")  # replica logs go where Serve writes its own
+
+# Model calls block a thread each while the model works or queues. Asyncio's default
+# pool has cores + 4 threads, which live drafts, finals and upload batches together
+# outgrow, so calls would wait for a thread rather than for the model.
+_MODEL_CALLS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="model-call")
+
+
+async def offload(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the model-call threads."""
+    return await asyncio.get_running_loop().run_in_executor(_MODEL_CALLS, fn, *args)
 
 
 def settings_from(overrides: dict[str, Any] | None) -> Settings:
@@ -107,6 +119,9 @@ class EthostralModel:
         if not isinstance(model, WindowedSpeechModel):
             raise TypeError(f"{type(model).__name__} cannot be batched by window")
         self.model = model
+        load_drafter = getattr(model, "load_drafter", None)
+        if load_drafter is not None:
+            load_drafter()  # load it now, not on the first live partial
         self.batch_sizes: dict[str, Counter[int]] = {"asr": Counter(), "emotion": Counter()}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -131,7 +146,7 @@ class EthostralModel:
     async def transcribe_window(self, jobs: list[WindowJob]) -> list[Any]:
         """ASR of a batch of windows (from any requests), one result per window."""
         self.batch_sizes["asr"][len(jobs)] += 1
-        return await asyncio.to_thread(
+        return await offload(
             self.model.transcribe_windows, [j.audio for j in jobs], [j.language for j in jobs]
         )
 
@@ -139,11 +154,11 @@ class EthostralModel:
     async def classify_segment(self, inputs: list[EmotionInput]) -> list[EmotionResult]:
         """Emotion of a batch of segments (from any requests), one result per segment."""
         self.batch_sizes["emotion"][len(inputs)] += 1
-        return await asyncio.to_thread(self.model.classify, inputs)
+        return await offload(self.model.classify, inputs)
 
     async def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
         """A quick draft of a live utterance (not batched: drafts are latency-bound)."""
-        return await asyncio.to_thread(self.model.partial_text, audio, language)
+        return await offload(self.model.partial_text, audio, language)
 
     async def batch_stats(self) -> dict[str, dict[int, int]]:
         """How many batches of each size each method has run."""

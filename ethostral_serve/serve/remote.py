@@ -16,11 +16,16 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.embedded import emotion_inputs
-from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES, utterance_emotion_input
+from ethostral_serve.backends.stream import (
+    MAX_WINDOW_SAMPLES,
+    join_utterances,
+    utterance_results,
+)
 from ethostral_serve.backends.whisper import check_language, transcript_from_windows
 from ethostral_serve.errors import BackendUnavailableError
 from ethostral_serve.pipeline.types import (
     Chunk,
+    EmotionInput,
     EmotionResult,
     Span,
     SpeakerTurn,
@@ -149,7 +154,12 @@ class RemoteSpeechModel:
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
     ) -> list[EmotionResult]:
         """Send every segment as its own call to the batched emotion method."""
-        inputs = emotion_inputs(samples, transcript, spans, self.info.reads_encoder_states)
+        return self.classify(
+            emotion_inputs(samples, transcript, spans, self.info.reads_encoder_states)
+        )
+
+    def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
+        """One emotion per input, each its own call to the batched emotion method."""
         out: list[EmotionResult] = []
         step = self.max_segments_in_flight
         for lo in range(0, len(inputs), step):
@@ -193,21 +203,20 @@ class RemoteStreamBackends:
         text, detected = wait(response, "EthostralModel", self.timeout_s)
         return text, detected
 
-    def final(self, audio: np.ndarray, language: str | None, emotion: bool) -> UtteranceResult:
-        """Full ASR through the batched window method, then batched emotion."""
-        window = audio[:MAX_WINDOW_SAMPLES]
+    def finals(
+        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+    ) -> list[UtteranceResult]:
+        """Utterances read as one window through the batched window method, then emotion."""
         result: WindowResult = wait(
-            self._model_handle.transcribe_window.remote(WindowJob(window, language)),
+            self._model_handle.transcribe_window.remote(
+                WindowJob(join_utterances(utterances), language)
+            ),
             "EthostralModel",
             self.timeout_s,
         )
-        feeling = None
-        if emotion:
-            x = utterance_emotion_input(result, window, self._model.info.reads_encoder_states)
-            feeling = wait(
-                self._model_handle.classify_segment.remote(x), "EthostralModel", self.timeout_s
-            )
-        return UtteranceResult(result.words, result.language or "und", feeling)
+        reads_states = self._model.info.reads_encoder_states
+        classify = self._model.classify if emotion else None
+        return utterance_results(result, utterances, reads_states, classify)
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding from the Diarizer deployment."""

@@ -1,0 +1,56 @@
+"""Finished utterances read together as one ASR window, then split back per utterance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ethostral_serve.backends.stream import join_utterances, split_window, utterance_results
+from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, WindowResult, WordTiming
+
+
+def _window(words: list[tuple[str, float, float]], seconds: float) -> WindowResult:
+    frames = np.arange(round(seconds / 0.02), dtype=np.float16)[:, None].repeat(3, axis=1)
+    return WindowResult([WordTiming(t, s, e, 0.9) for t, s, e in words], "en", 0.9, frames)
+
+
+def test_words_go_to_the_utterance_holding_their_midpoint_with_its_own_times() -> None:
+    # utterances of 2.0 s and 1.5 s back to back; a word straddles the joint at 2.0 s
+    result = _window([(" a", 0.2, 0.6), (" b", 1.7, 2.1), (" c", 1.95, 2.5), (" d", 3.0, 3.6)], 3.5)
+    first, second = split_window(result, [32000, 24000])
+    assert [w.text for w in first.words] == [" a", " b"]  # b's midpoint 1.9 s
+    assert [w.text for w in second.words] == [" c", " d"]  # c's midpoint 2.225 s
+    assert second.words[0].start == pytest.approx(0.0)  # clipped at the utterance start
+    assert second.words[1].start == pytest.approx(1.0) and second.words[1].end == pytest.approx(1.6)
+    assert first.words[0].start == pytest.approx(0.2)
+    # encoder frames (20 ms each) are cut at the joint: frame values are their indices
+    assert len(first.frames) == 100 and first.frames[0, 0] == 0
+    assert len(second.frames) == 75 and second.frames[0, 0] == 100
+
+
+def test_words_past_the_last_utterance_stay_with_it() -> None:
+    (only,) = split_window(_window([(" x", 0.1, 0.3), (" y", 1.05, 1.4)], 1.5), [16000])
+    assert [w.text for w in only.words] == [" x", " y"]
+
+
+def test_utterance_results_classify_each_utterance_from_its_own_frames() -> None:
+    seen: list[EmotionInput] = []
+
+    def classify(inputs: list[EmotionInput]) -> list[EmotionResult]:
+        seen.extend(inputs)
+        return [EmotionResult("Calm", 0.5, 0.1, 0.0, 0.0) for _ in inputs]
+
+    utterances = [np.zeros(16000, np.float32), np.ones(8000, np.float32)]
+    window = join_utterances(utterances)
+    assert len(window) == 24000 and window[16000] == 1.0
+    result = _window([(" one", 0.2, 0.5), (" two", 1.1, 1.4)], 1.5)
+    out = utterance_results(result, utterances, True, classify)
+    assert [r.text for r in out] == ["one", "two"]
+    assert [len(x.frames) for x in seen] == [50, 25]
+    assert all(r.emotion is not None and r.emotion.label == "Calm" for r in out)
+    # without classify: no emotion, and audio is never read
+    assert all(r.emotion is None for r in utterance_results(result, utterances, True, None))
+
+
+def test_join_utterances_stops_at_thirty_seconds() -> None:
+    assert len(join_utterances([np.zeros(20 * 16000), np.zeros(20 * 16000)])) == 30 * 16000
