@@ -191,6 +191,32 @@ def test_idle_stream_is_closed(engine, stream_backends, redis_url: str) -> None:
         assert closed.value.code == 1008
 
 
+def test_an_idle_stream_keeps_what_was_said_before_it_went_quiet(
+    engine, stream_backends, redis_url: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=1)
+    first = talk.samples[: int(talk.truth[0][1] * 16000)]  # ends mid-utterance: no final yet
+    before = _session_keys(redis_url)
+    with (
+        _client(engine, stream_backends, redis_url, idle_timeout_s=1.0) as client,
+        client.websocket_connect("/transcribe/stream?language=en") as ws,
+    ):
+        ws.send_bytes(_pcm16(first))
+        events = []
+        while not events or events[-1]["type"] != "error":
+            events.append(ws.receive_json())
+        assert "idle" in events[-1]["detail"]
+        finals = [e for e in events if e["type"] == "final"]
+        assert finals and finals[-1]["end_ms"] >= talk.truth[0][1] * 1000 - 200
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+    (key,) = _session_keys(redis_url) - before
+    with redis.Redis.from_url(redis_url) as r:
+        stored = json.loads(r.get(key))
+    assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals if f["text"]]
+
+
 @contextmanager
 def _uvicorn(app) -> Iterator[str]:
     """The app behind a real uvicorn server on a free port (a real socket to drop)."""

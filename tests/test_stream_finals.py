@@ -21,16 +21,25 @@ def test_words_go_to_the_utterance_holding_their_midpoint_with_its_own_times() -
     assert [w.text for w in first.words] == [" a", " b"]  # b's midpoint 1.9 s
     assert [w.text for w in second.words] == [" c", " d"]  # c's midpoint 2.225 s
     assert second.words[0].start == pytest.approx(0.0)  # clipped at the utterance start
-    assert second.words[1].start == pytest.approx(1.0) and second.words[1].end == pytest.approx(1.6)
+    assert second.words[1].start == pytest.approx(1.0)
+    assert second.words[1].end == pytest.approx(1.5)  # clipped at the utterance end
     assert first.words[0].start == pytest.approx(0.2)
     # encoder frames (20 ms each) are cut at the joint: frame values are their indices
     assert len(first.frames) == 100 and first.frames[0, 0] == 0
     assert len(second.frames) == 75 and second.frames[0, 0] == 100
 
 
-def test_words_past_the_last_utterance_stay_with_it() -> None:
+def test_words_past_the_last_utterance_stay_with_it_inside_its_bounds() -> None:
     (only,) = split_window(_window([(" x", 0.1, 0.3), (" y", 1.05, 1.4)], 1.5), [16000])
     assert [w.text for w in only.words] == [" x", " y"]
+    assert only.words[1].start == pytest.approx(1.0) and only.words[1].end == pytest.approx(1.0)
+
+
+def test_frames_split_exactly_at_utterance_edges_that_are_not_round_seconds() -> None:
+    # 0.3 s = 4800 samples = exactly 15 frames (0.3 / 0.02 is 14.999... in floats)
+    parts = split_window(_window([], 0.9), [4800, 4800, 4800])
+    assert [len(p.frames) for p in parts] == [15, 15, 15]
+    assert [int(p.frames[0, 0]) for p in parts] == [0, 15, 30]
 
 
 def test_utterance_results_classify_each_utterance_from_its_own_frames() -> None:

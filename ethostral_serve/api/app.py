@@ -46,11 +46,13 @@ Send binary frames of mono PCM of any size, then `{"type": "stop"}`. The server 
 JSON events `{"type": "partial" | "final", "segment_id", "speaker", "text",
 "start_ms", "end_ms", "emotion"}`: partials while an utterance is spoken (same
 `segment_id`, text may change, provisional speaker, `emotion` null), one final when
-it ends (stable speaker, emotion). After `stop`: `{"type": "session", "session_id"}`
-and a normal close (1000). Errors: `{"type": "error", "detail"}`, then close 1003
-(text that is not start/stop JSON), 1007 (NaN/inf audio), 1008 (bad parameters, idle
-too long, stream too long), 1009 (frame too large) or 1013 (session store down). The
-session is stored on stop and on an abrupt disconnect.
+it ends (stable speaker, emotion); events of neighbouring utterances may interleave,
+so match them on `segment_id`. `language` empty or `auto` (the default): detected.
+After `stop`: `{"type": "session", "session_id"}` and a normal close (1000). Errors:
+`{"type": "error", "detail"}`, then close 1003 (text that is not start/stop JSON),
+1007 (NaN/inf audio), 1008 (bad parameters, idle too long, stream too long), 1009
+(frame too large) or 1013 (session store down, or the server's live-stream limit
+reached: try again later). The session is stored on stop and on an abrupt disconnect.
 """
 
 

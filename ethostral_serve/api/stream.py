@@ -452,6 +452,8 @@ async def _run(
         try:
             first = await asyncio.wait_for(inbox.get(), timeout=limits.idle_timeout_s)
         except TimeoutError:
+            if opened:  # keep what was said before the silence
+                await _finish(opened[0], send=True)
             raise StreamClosed(
                 CLOSE_POLICY, f"idle too long: no message for {limits.idle_timeout_s:g} s"
             ) from None

@@ -95,17 +95,24 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
     ``lengths`` are the utterances' sample counts in window order. A word goes to the
     utterance holding its midpoint; times and encoder frames become the utterance's own.
     """
-    bounds = np.concatenate([[0.0], np.cumsum(lengths) / SAMPLE_RATE])
+    frame = round(FRAME_S * SAMPLE_RATE)  # samples per encoder frame
+    edges = [0, *np.cumsum(lengths).tolist()]
     parts = []
     for i in range(len(lengths)):
-        start, end = float(bounds[i]), float(bounds[i + 1])
+        lo, hi = edges[i], edges[i + 1]
+        start, end = lo / SAMPLE_RATE, hi / SAMPLE_RATE
         last = i == len(lengths) - 1
         words = [
-            WordTiming(w.text, max(0.0, w.start - start), max(0.0, w.end - start), w.probability)
+            WordTiming(
+                w.text,
+                min(max(0.0, w.start - start), end - start),
+                min(max(0.0, w.end - start), end - start),
+                w.probability,
+            )
             for w in result.words
             if start <= (w.start + w.end) / 2 < end or (last and (w.start + w.end) / 2 >= end)
         ]
-        frames = result.frames[int(start / FRAME_S) : int(np.ceil(end / FRAME_S))]
+        frames = result.frames[lo // frame : -(-hi // frame)]
         parts.append(WindowResult(words, result.language, result.language_probability, frames))
     return parts
 
