@@ -62,6 +62,25 @@ class AsrSettings(BaseModel):
     )
 
 
+class EthostralSettings(BaseModel):
+    """The production speech model: Voxtral + a LoRA adapter (transformers + peft)."""
+
+    base_model: str = Field(
+        "mistralai/Voxtral-Mini-3B-2507",
+        description="local directory or hub id of the Voxtral base model and processor",
+    )
+    adapter: str | None = Field(
+        None, description="local directory or hub id of the peft LoRA adapter; None: base only"
+    )
+    revision: str | None = Field(None, description="hub revision of the base model")
+    merge_adapter: bool = Field(False, description="merge the LoRA into the base weights")
+    device: str = Field("cpu", description="torch device: 'cuda', 'cuda:1', 'cpu'")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on CPU"
+    )
+    max_new_tokens: int = Field(448, ge=1, le=4096, description="longest transcript per segment")
+
+
 class DiarizerSettings(BaseModel):
     """Speaker diarization: resemblyzer window embeddings clustered by k-means.
 
@@ -194,6 +213,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
+    ethostral: EthostralSettings = EthostralSettings()
     diarizer: DiarizerSettings = DiarizerSettings()
     emotion: EmotionSettings = EmotionSettings()
     segments: SegmentSettings = SegmentSettings()

@@ -1,0 +1,152 @@
+"""Ethostral: Voxtral (transformers) with a LoRA adapter (peft) that transcribes and
+tags emotion in one pass.
+
+The base model and the adapter each load from a local directory or a Hugging Face hub
+id (token from ``HF_TOKEN``). Segments are transcribed in batches: the processor's
+transcription request builds the prompts (language given, or detected when None),
+padded on the left with attention masks, and one ``generate`` call decodes them all.
+The transcript's inline tags (``[nervous] So... [laughs]``) are stripped from the text
+and give the segment's emotion (:mod:`ethostral_serve.backends.ethostral_tags`), with the
+model's own probability of writing the tag as confidence.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.ethostral_tags import TaggedText, parse_tags, tag_emotion
+from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.pipeline.types import EmotionResult
+from ethostral_serve.settings import EthostralSettings
+
+
+@dataclass(frozen=True)
+class EthostralResult:
+    """One segment: clean text, the raw transcript, its tags and the emotion they give."""
+
+    text: str
+    raw: str
+    tagged: TaggedText
+    tag_probabilities: tuple[float, ...]
+    emotion: EmotionResult | None
+
+
+def torch_dtype(settings: EthostralSettings) -> Any:
+    """bf16 on a GPU and float32 on CPU, unless settings name a dtype."""
+    import torch
+
+    if settings.dtype != "auto":
+        return getattr(torch, settings.dtype)
+    return torch.bfloat16 if settings.device.startswith("cuda") else torch.float32
+
+
+class EthostralAsr:
+    """A Voxtral base model, optionally with a LoRA adapter, on one device."""
+
+    def __init__(self, settings: EthostralSettings) -> None:
+        try:
+            from transformers import AutoProcessor, VoxtralForConditionalGeneration
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise ModelLoadError(f"transformers with Voxtral is missing: {exc}") from exc
+        self.settings = settings
+        token = os.environ.get("HF_TOKEN") or None
+        try:
+            self.processor = AutoProcessor.from_pretrained(
+                settings.base_model, token=token, revision=settings.revision
+            )
+            model = VoxtralForConditionalGeneration.from_pretrained(
+                settings.base_model,
+                token=token,
+                revision=settings.revision,
+                dtype=torch_dtype(settings),
+            )
+            if settings.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, settings.adapter, token=token)
+                if settings.merge_adapter:
+                    model = model.merge_and_unload()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"could not load Ethostral from {settings.base_model!r}"
+                + (f" with adapter {settings.adapter!r}" if settings.adapter else "")
+                + f": {exc}"
+            ) from exc
+        self.model = model.to(settings.device).eval()
+
+    def transcribe_segments(
+        self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[EthostralResult]:
+        """Transcribe 16 kHz mono segments (each at most 30 s) in one batched generation."""
+        import torch
+
+        if len(audios) != len(languages):
+            raise ValueError("one language (or None) per segment")
+        if not audios:
+            return []
+        inputs = self.processor.apply_transcription_request(
+            audio=[np.asarray(a, dtype=np.float32) for a in audios],
+            model_id=self.settings.base_model,
+            language=list(languages),
+            sampling_rate=SAMPLE_RATE,
+            format=["WAV"] * len(audios),
+            return_tensors="pt",
+        )
+        inputs = inputs.to(self.model.device)
+        if "input_features" in inputs:
+            inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.settings.max_new_tokens,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        prompt = inputs["input_ids"].shape[1]
+        tokens = out.sequences[:, prompt:].cpu()
+        # the probability the model gave each token it wrote (greedy: the top one)
+        logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1).cpu()
+        chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp().numpy()
+        return [self._result(tokens[i].tolist(), chosen[i]) for i in range(len(audios))]
+
+    def _result(self, ids: list[int], probabilities: np.ndarray) -> EthostralResult:
+        raw, spans = self._decode_with_spans(ids)
+        tagged = parse_tags(raw)
+        probs = [float(p) for p in probabilities[: len(spans)]]
+        tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
+        return EthostralResult(tagged.text, raw, tagged, tag_probs, tag_emotion(tagged, tag_probs))
+
+    def _decode_with_spans(self, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The generated text (up to end of sequence) and each token's character span.
+
+        Decoding growing prefixes keeps the spans right for tokens that are parts of
+        one character (byte fallback): such a token's span may be empty.
+        """
+        tok = self.processor.tokenizer
+        stop = {tok.eos_token_id, tok.pad_token_id}
+        ids = ids[: next((i for i, t in enumerate(ids) if t in stop), len(ids))]
+        spans: list[tuple[int, int]] = []
+        done = 0
+        for k in range(len(ids)):
+            length = max(done, len(tok.decode(ids[: k + 1], skip_special_tokens=True)))
+            spans.append((done, length))
+            done = length
+        return tok.decode(ids, skip_special_tokens=True), spans
+
+
+def _span_probability(
+    spans: list[tuple[int, int]], probs: list[float], start: int, end: int
+) -> float:
+    """Joint probability of the tokens whose characters overlap ``[start, end)``."""
+    joint = 1.0
+    for (lo, hi), p in zip(spans, probs, strict=True):
+        if lo < end and hi > start:
+            joint *= p
+    return joint

@@ -1,0 +1,98 @@
+"""The Ethostral backend's real loading and generation paths, on a tiny random Voxtral
+and LoRA adapter built on disk (the text is gibberish; paths, batching and parsing
+are what is checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_voxtral import NUM_SPECIAL, build_tiny_adapter, build_tiny_voxtral
+
+from ethostral_serve.backends.ethostral import EthostralAsr, torch_dtype
+from ethostral_serve.backends.ethostral_tags import parse_tags
+from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.settings import EthostralSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ethostral")
+    base = build_tiny_voxtral(root / "base")
+    return base, build_tiny_adapter(base, root / "adapter")
+
+
+def _settings(base: Path, adapter: Path | None = None, **extra) -> EthostralSettings:
+    return EthostralSettings(
+        base_model=str(base),
+        adapter=None if adapter is None else str(adapter),
+        max_new_tokens=12,
+        **extra,
+    )
+
+
+def _segments() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.normal(0, 0.1, 16000 * s).astype(np.float32) for s in (1, 3, 2)]
+
+
+def test_a_batch_gives_what_each_segment_gives_alone(tiny) -> None:
+    base, adapter = tiny
+    model = EthostralAsr(_settings(base, adapter))
+    segments, languages = _segments(), ["en", None, "fr"]
+    batch = model.transcribe_segments(segments, languages)
+    pairs = zip(segments, languages, strict=True)
+    alone = [model.transcribe_segments([s], [lang])[0] for s, lang in pairs]
+    assert [r.raw for r in batch] == [r.raw for r in alone]
+    for r in batch:
+        assert r.raw  # greedy decoding wrote something
+        assert r.text == parse_tags(r.raw).text
+        assert len(r.tag_probabilities) == len(r.tagged.tags)
+        assert all(0.0 <= p <= 1.0 for p in r.tag_probabilities)
+    assert model.transcribe_segments([], []) == []
+    with pytest.raises(ValueError, match="one language"):
+        model.transcribe_segments(segments, ["en"])
+
+
+def test_the_adapter_changes_the_output_and_merging_keeps_it(tiny) -> None:
+    base, adapter = tiny
+    segments = _segments()
+    plain = EthostralAsr(_settings(base)).transcribe_segments(segments, ["en"] * 3)
+    tuned = EthostralAsr(_settings(base, adapter)).transcribe_segments(segments, ["en"] * 3)
+    merged = EthostralAsr(_settings(base, adapter, merge_adapter=True)).transcribe_segments(
+        segments, ["en"] * 3
+    )
+    assert [r.raw for r in plain] != [r.raw for r in tuned]
+    assert [r.raw for r in merged] == [r.raw for r in tuned]
+
+
+def test_tags_in_the_generated_tokens_become_the_emotion_with_their_probability(tiny) -> None:
+    base, _ = tiny
+    model = EthostralAsr(_settings(base))
+    text = "[sad] hi"
+    ids = [b + NUM_SPECIAL for b in text.encode()] + [model.processor.tokenizer.eos_token_id, 5]
+    probabilities = np.array([0.5, 0.9, 0.9, 0.9, 0.8, 0.1, 0.3, 0.3, 1.0, 1.0])
+    result = model._result(ids, probabilities)
+    assert result.raw == text and result.text == "hi"
+    assert result.emotion is not None and result.emotion.label == "Sad"
+    # the tag's five tokens, "[sad]"; not the space or the words after it
+    assert result.emotion.confidence == pytest.approx(0.5 * 0.9**3 * 0.8)
+
+
+def test_dtype_is_bf16_on_gpu_and_float32_on_cpu_unless_named() -> None:
+    import torch
+
+    assert torch_dtype(EthostralSettings(device="cuda")) == torch.bfloat16
+    assert torch_dtype(EthostralSettings(device="cpu")) == torch.float32
+    assert torch_dtype(EthostralSettings(device="cuda", dtype="float16")) == torch.float16
+
+
+def test_a_missing_model_is_a_clear_load_error(tmp_path, tiny) -> None:
+    with pytest.raises(ModelLoadError, match="could not load Ethostral"):
+        EthostralAsr(_settings(tmp_path / "nowhere"))
+    base, _ = tiny
+    with pytest.raises(ModelLoadError, match="adapter"):
+        EthostralAsr(_settings(base, tmp_path / "no-adapter"))
