@@ -24,6 +24,10 @@ def load_vad(settings: Settings) -> VadBackend:
 
 def load_diarizer(settings: Settings) -> DiarizerBackend:
     """The diarization backend named in settings."""
+    if settings.diarizer.backend == "pyannote":
+        from ethostral_serve.backends.pyannote_diarizer import PyannoteDiarizer
+
+        return PyannoteDiarizer(settings.diarizer)
     from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
 
     return ResemblyzerDiarizer(settings.diarizer)

@@ -88,8 +88,14 @@ class DiarizerSettings(BaseModel):
     (``benchmarks/diarization.py``).
     """
 
-    backend: Literal["embedded"] = "embedded"
-    device: str = Field("cpu", description="torch device of the speaker encoder ('cuda' on GPUs)")
+    backend: Literal["embedded", "pyannote"] = Field(
+        "embedded", description="'embedded' (resemblyzer, bundled) or 'pyannote' (production)"
+    )
+    pyannote_pipeline: str = Field(
+        "pyannote/speaker-diarization-community-1",
+        description="pyannote backend: local pipeline directory (config.yaml) or hub id",
+    )
+    device: str = Field("cpu", description="torch device of the diarizer ('cuda' on GPUs)")
     window_s: float = Field(1.0, gt=0.3, le=10.0, description="embedding window length")
     step_s: float = Field(0.25, gt=0.05, description="hop between embedding windows")
     min_window_s: float = Field(
