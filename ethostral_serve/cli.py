@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
     st.add_argument("--no-emotion", action="store_true", help="finals without emotion")
     st.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
-    m = sub.add_parser("models", help="manage the bundled models")
+    m = sub.add_parser("models", help="check the bundled models, download production ones")
     msub = m.add_subparsers(dest="models_command", required=True)
     msub.add_parser(
         "check",
@@ -72,7 +72,47 @@ def _parser() -> argparse.ArgumentParser:
         description="Assemble Whisper base into the cache (sha256-checked) and load every "
         "model of the configured pipeline once.",
     )
+    pl = msub.add_parser(
+        "pull",
+        help="download the production models from the Hugging Face hub for offline use",
+        description="Download the Voxtral base model, a LoRA adapter and the pyannote "
+        "pipeline into DIR (token from HF_TOKEN), then print the settings that use them.",
+    )
+    pl.add_argument("--dir", type=Path, required=True, help="where the models go")
+    pl.add_argument("--base", default=None, help="Voxtral base hub id (default: the setting's)")
+    pl.add_argument("--adapter", default=None, help="LoRA adapter hub id (default: none)")
+    pl.add_argument(
+        "--pyannote", default=None, help="pyannote pipeline hub id (default: the setting's)"
+    )
+    pl.add_argument("--no-pyannote", action="store_true", help="skip the pyannote pipeline")
+    pl.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     return parser
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from ethostral_serve.model_pull import PullTarget, pull
+    from ethostral_serve.settings import Settings
+
+    settings = Settings()
+    targets = [
+        PullTarget(
+            args.base or settings.ethostral.base_model, "voxtral", "ETHOSTRAL_ETHOSTRAL__BASE_MODEL"
+        )
+    ]
+    if args.adapter:
+        targets.append(PullTarget(args.adapter, "adapter", "ETHOSTRAL_ETHOSTRAL__ADAPTER"))
+    if not args.no_pyannote:
+        repo = args.pyannote or settings.diarizer.pyannote_pipeline
+        targets.append(PullTarget(repo, "pyannote", "ETHOSTRAL_DIARIZER__PYANNOTE_PIPELINE"))
+    try:
+        done = pull(targets, args.dir, revision=args.revision)
+    except EthostralError as exc:
+        print(f"ethostral: error: {exc.detail}", file=sys.stderr)
+        return 1
+    print("downloaded; to use these copies offline, set:")
+    for setting, folder in done.items():
+        print(f"  {setting}={folder.resolve()}")
+    return 0
 
 
 def _models_check() -> int:
@@ -222,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "transcribe":
         return _transcribe(args)
     if args.command == "models":
-        return _models_check()
+        return _models_pull(args) if args.models_command == "pull" else _models_check()
     if args.command == "stream":
         return _stream(args)
     return 2  # pragma: no cover - argparse enforces the sub-command
