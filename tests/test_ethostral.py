@@ -55,6 +55,8 @@ def test_a_batch_gives_what_each_segment_gives_alone(tiny) -> None:
     assert model.transcribe_segments([], []) == []
     with pytest.raises(ValueError, match="one language"):
         model.transcribe_segments(segments, ["en"])
+    with pytest.raises(ValueError, match="at most 30 s"):
+        model.transcribe_segments([np.zeros(31 * 16000, np.float32)], ["en"])
 
 
 def test_the_adapter_changes_the_output_and_merging_keeps_it(tiny) -> None:

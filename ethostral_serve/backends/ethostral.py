@@ -25,6 +25,8 @@ from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import EmotionResult
 from ethostral_serve.settings import EthostralSettings
 
+MAX_SEGMENT_S = 30.0  # the processor's chunk: a longer segment would become two inputs
+
 
 @dataclass(frozen=True)
 class EthostralResult:
@@ -88,6 +90,8 @@ class EthostralAsr:
 
         if len(audios) != len(languages):
             raise ValueError("one language (or None) per segment")
+        if any(len(a) > MAX_SEGMENT_S * SAMPLE_RATE for a in audios):
+            raise ValueError(f"segments must be at most {MAX_SEGMENT_S:g} s")
         if not audios:
             return []
         inputs = self.processor.apply_transcription_request(
@@ -109,12 +113,18 @@ class EthostralAsr:
                 output_scores=True,
                 return_dict_in_generate=True,
             )
-        prompt = inputs["input_ids"].shape[1]
-        tokens = out.sequences[:, prompt:].cpu()
-        # the probability the model gave each token it wrote (greedy: the top one)
-        logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1).cpu()
-        chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp().numpy()
-        return [self._result(tokens[i].tolist(), chosen[i]) for i in range(len(audios))]
+        written = out.sequences[:, inputs["input_ids"].shape[1] :]
+        # the probability the model gave each token it wrote, step by step on the device
+        # (stacking every step's full-vocabulary scores would take hundreds of MB)
+        chosen = torch.stack(
+            [
+                step.float().log_softmax(-1).gather(-1, written[:, t : t + 1]).squeeze(-1)
+                for t, step in enumerate(out.scores)
+            ],
+            dim=1,
+        )
+        tokens, probs = written.cpu().tolist(), chosen.exp().cpu().numpy()
+        return [self._result(tokens[i], probs[i]) for i in range(len(audios))]
 
     def _result(self, ids: list[int], probabilities: np.ndarray) -> EthostralResult:
         raw, spans = self._decode_with_spans(ids)
