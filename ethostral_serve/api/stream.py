@@ -30,7 +30,7 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -87,6 +87,21 @@ class StreamCapacity:
         self.max_streams = max_streams
         self.active = 0
         self.pool = ThreadPoolExecutor(max_workers=3 * max_streams, thread_name_prefix="stream")
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[bool]:
+        """Hold one of the ``max_streams`` places while the stream runs; False if full.
+
+        The count changes before anything awaits, so no two streams take the last place.
+        """
+        if self.active >= self.max_streams:
+            yield False
+            return
+        self.active += 1
+        try:
+            yield True
+        finally:
+            self.active -= 1
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a stream thread."""
@@ -371,62 +386,49 @@ async def serve_stream(
     capacity: StreamCapacity,
 ) -> None:
     """Run one WebSocket stream to its end (see the module docstring)."""
-    if capacity.active >= capacity.max_streams:
-        await ws.accept()  # accepted only to say why it closes at once
-        await _close(
-            ws,
-            CLOSE_TRY_AGAIN,
-            f"the server is at its limit of {capacity.max_streams} live streams; try again later",
-        )
-        return
-    capacity.active += 1  # counted before anything awaits, so no two can pass the check
-    try:
+    async with capacity.slot() as admitted:
         await ws.accept()
-        await _serve(ws, backends, store, settings, capacity)
-    finally:
-        capacity.active -= 1
-
-
-async def _serve(
-    ws: WebSocket,
-    backends: StreamBackends,
-    store: Any,
-    settings: Settings,
-    capacity: StreamCapacity,
-) -> None:
-    opened: list[LiveStream] = []  # the stream, once its first audio arrived
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    reader = asyncio.create_task(_read(ws, inbox))
-    try:
-        params = _params(dict(ws.query_params))
-        live, stopped = await _run(ws, inbox, params, backends, settings, capacity, opened)
-        if stopped:
-            session_id = await _store(live, store)
-            await ws.send_json({"type": "session", "session_id": session_id})
-            await ws.close(CLOSE_NORMAL)
-        else:  # the client went away: keep what was finalised
-            await _store(live, store)
-    except StreamClosed as exc:
-        if opened and exc.code != CLOSE_TRY_AGAIN:
-            with contextlib.suppress(StreamClosed):
-                await _store(opened[0], store)
-        await _close(ws, exc.code, exc.detail)
-    except asyncio.CancelledError:
-        # The server dropped the connection's task: finish and store regardless.
-        if opened:
-            await asyncio.shield(_finish_and_store(opened[0], store))
-        raise
-    except Exception as exc:  # a bug or a failed backend: say so, keep what we have
-        error_id = uuid.uuid4().hex[:12]
-        log.error("stream error %s", error_id, exc_info=exc)
-        if opened:
-            if opened[0].lanes is not None:
-                opened[0].lanes.cancel()
-            with contextlib.suppress(Exception):
-                await _store(opened[0], store)
-        await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})")
-    finally:
-        reader.cancel()
+        if not admitted:
+            await _close(
+                ws,
+                CLOSE_TRY_AGAIN,
+                f"the server is at its limit of {capacity.max_streams} live streams; "
+                "try again later",
+            )
+            return
+        opened: list[LiveStream] = []  # the stream, once its first audio arrived
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        reader = asyncio.create_task(_read(ws, inbox))
+        try:
+            params = _params(dict(ws.query_params))
+            live, stopped = await _run(ws, inbox, params, backends, settings, capacity, opened)
+            if stopped:
+                session_id = await _store(live, store)
+                await ws.send_json({"type": "session", "session_id": session_id})
+                await ws.close(CLOSE_NORMAL)
+            else:  # the client went away: keep what was finalised
+                await _store(live, store)
+        except StreamClosed as exc:
+            if opened and exc.code != CLOSE_TRY_AGAIN:
+                with contextlib.suppress(StreamClosed):
+                    await _store(opened[0], store)
+            await _close(ws, exc.code, exc.detail)
+        except asyncio.CancelledError:
+            # The server dropped the connection's task: finish and store regardless.
+            if opened:
+                await asyncio.shield(_finish_and_store(opened[0], store))
+            raise
+        except Exception as exc:  # a bug or a failed backend: say so, keep what we have
+            error_id = uuid.uuid4().hex[:12]
+            log.error("stream error %s", error_id, exc_info=exc)
+            if opened:
+                if opened[0].lanes is not None:
+                    opened[0].lanes.cancel()
+                with contextlib.suppress(Exception):
+                    await _store(opened[0], store)
+            await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})")
+        finally:
+            reader.cancel()
 
 
 async def _finish_and_store(live: LiveStream, store: Any) -> None:
