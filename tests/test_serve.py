@@ -229,3 +229,35 @@ def test_user_config_sets_the_batch_size(serve_url: str, redis_url: str) -> None
     after = handle.batch_stats.remote().result()["asr"]
     grown = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
     assert grown == {1: 4}
+
+
+def test_an_upload_through_the_pyannote_diarizer_selected_by_settings(
+    serve_url: str, redis_url: str, tmp_path_factory
+) -> None:
+    """Redeploy with ``diarizer.backend: pyannote`` (a tiny random pipeline directory)."""
+    from ray import serve
+    from tiny_pyannote import build_tiny_pyannote
+
+    from ethostral_serve.serve.app import AppArgs, build_app
+
+    pipeline = build_tiny_pyannote(tmp_path_factory.mktemp("pyannote"))
+    settings = {
+        "redis": {"url": redis_url},
+        "diarizer": {"backend": "pyannote", "pyannote_pipeline": str(pipeline)},
+    }
+    serve.run(build_app(AppArgs(settings=settings)), name=APP, route_prefix="/", blocking=False)
+    _wait_healthy(serve_url)
+    diarizer = serve.get_deployment_handle("Diarizer", app_name=APP)
+    assert diarizer.backend.remote().result() == "PyannoteDiarizer"
+    talk = two_speaker_conversation(turns_each=1)
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        data={"language": "en"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    session = r.json()
+    assert session["segments"] and all(s["speaker"].startswith("s") for s in session["segments"])
+    stored = httpx.get(f"{serve_url}/sessions/{session['id']}", timeout=30).json()
+    assert stored == session

@@ -92,6 +92,10 @@ class Diarizer:
         """Speaker turns over the speech regions."""
         return await asyncio.to_thread(self.diarizer.diarize, samples, regions)
 
+    async def backend(self) -> str:
+        """The diarization backend this replica runs (its class name)."""
+        return type(self.diarizer).__name__
+
     async def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
         """A unit-length speaker embedding of a live utterance."""
         embed = getattr(self.diarizer, "embed_utterance", None)
