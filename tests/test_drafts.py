@@ -89,3 +89,7 @@ def test_without_a_draft_model_the_asr_model_drafts(settings) -> None:
     )
     model = EmbeddedSpeechModel(plain, with_emotion=False)
     assert model.load_drafter() is model.asr
+    model.settings = settings.model_copy(
+        update={"stream": settings.stream.model_copy(update={"draft_model": ""})}
+    )
+    assert model.load_drafter() is model.asr  # ETHOSTRAL_STREAM__DRAFT_MODEL= (empty)

@@ -87,7 +87,7 @@ class EmbeddedSpeechModel:
     def load_drafter(self) -> WhisperAsr:
         """The model that drafts partials, loaded on first use (the ASR model if none)."""
         name = self.settings.stream.draft_model
-        if name is None or name == self.settings.asr.model:
+        if not name or name == self.settings.asr.model:  # None or "": the ASR model
             return self.asr
         with self._drafter_lock:
             if self._drafter is None:
