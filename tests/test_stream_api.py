@@ -51,6 +51,13 @@ def _pcm16(x: np.ndarray) -> bytes:
     return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
 
 
+def _close_code(ws) -> int:
+    """The code the server closes ``ws`` with, once it has nothing more to send."""
+    with pytest.raises(WebSocketDisconnect) as closed:
+        ws.receive_json()
+    return closed.value.code
+
+
 def _session_keys(url: str) -> set[bytes]:
     with redis.Redis.from_url(url) as r:
         return set(r.keys("ethostral:session:*"))
@@ -74,9 +81,7 @@ def test_two_speaker_stream_partials_finals_and_session(
             events.append(event)
             if event["type"] in ("session", "error"):
                 break
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1000
+        assert _close_code(ws) == 1000
         partials = [e for e in events if e["type"] == "partial"]
         finals = [e for e in events if e["type"] == "final"]
         assert events[-1]["type"] == "session"
@@ -141,9 +146,7 @@ def test_bad_parameters_close_1008(
         ws.send_bytes(b"\0\0" * 1600)
         event = ws.receive_json()
         assert event["type"] == "error" and needle in event["detail"]
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1008
+        assert _close_code(ws) == 1008
 
 
 @pytest.mark.parametrize("text", ["hello", "[1, 2]", '{"type": "dance"}'])
@@ -155,9 +158,7 @@ def test_text_garbage_closes_1003(engine, stream_backends, redis_url: str, text:
         ws.send_text(text)
         event = ws.receive_json()
         assert event["type"] == "error" and event["detail"]
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1003
+        assert _close_code(ws) == 1003
 
 
 def test_oversize_frame_closes_1009_and_keeps_the_session(
@@ -172,9 +173,7 @@ def test_oversize_frame_closes_1009_and_keeps_the_session(
         ws.send_bytes(b"\0" * 64_001)
         event = ws.receive_json()
         assert event["type"] == "error" and "64000" in event["detail"]
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1009
+        assert _close_code(ws) == 1009
     assert len(_session_keys(redis_url) - before) == 1
 
 
@@ -186,9 +185,7 @@ def test_idle_stream_is_closed(engine, stream_backends, redis_url: str) -> None:
         time.sleep(1.0)
         event = ws.receive_json()
         assert event["type"] == "error" and "idle" in event["detail"]
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1008
+        assert _close_code(ws) == 1008
 
 
 def test_an_idle_stream_keeps_what_was_said_before_it_went_quiet(
@@ -208,9 +205,7 @@ def test_an_idle_stream_keeps_what_was_said_before_it_went_quiet(
         assert "idle" in events[-1]["detail"]
         finals = [e for e in events if e["type"] == "final"]
         assert finals and finals[-1]["end_ms"] >= talk.truth[0][1] * 1000 - 200
-        with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
-        assert closed.value.code == 1008
+        assert _close_code(ws) == 1008
     (key,) = _session_keys(redis_url) - before
     with redis.Redis.from_url(redis_url) as r:
         stored = json.loads(r.get(key))
@@ -295,9 +290,7 @@ def test_a_stream_over_the_limit_is_closed_1013_and_the_others_go_on(
             with client.websocket_connect("/transcribe/stream") as extra:
                 error = extra.receive_json()
                 assert error["type"] == "error" and "limit of 1 live streams" in error["detail"]
-                with pytest.raises(WebSocketDisconnect) as closed:
-                    extra.receive_json()
-                assert closed.value.code == 1013
+                assert _close_code(extra) == 1013
             ws.send_bytes(_pcm16(first[16000:]))
             ws.send_text('{"type": "stop"}')
             events = []
@@ -305,8 +298,7 @@ def test_a_stream_over_the_limit_is_closed_1013_and_the_others_go_on(
                 events.append(ws.receive_json())
             assert events[-1]["type"] == "session"
             assert any(e["type"] == "final" and e["text"] for e in events)
-            with pytest.raises(WebSocketDisconnect):
-                ws.receive_json()  # closed: the stream has ended
+            assert _close_code(ws) == 1000  # the stream has ended
         # its slot is free again
         with client.websocket_connect("/transcribe/stream") as again:
             again.send_text('{"type": "stop"}')
