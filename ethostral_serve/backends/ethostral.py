@@ -127,28 +127,32 @@ class EthostralAsr:
         return [self._result(tokens[i], probs[i]) for i in range(len(audios))]
 
     def _result(self, ids: list[int], probabilities: np.ndarray) -> EthostralResult:
-        raw, spans = self._decode_with_spans(ids)
+        tok = self.processor.tokenizer
+        stop = {tok.eos_token_id, tok.pad_token_id}
+        ids = ids[: next((i for i, t in enumerate(ids) if t in stop), len(ids))]
+        raw = tok.decode(ids, skip_special_tokens=True)
         tagged = parse_tags(raw)
-        probs = [float(p) for p in probabilities[: len(spans)]]
-        tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
+        tag_probs: tuple[float, ...] = ()
+        if tagged.tags:  # token spans cost a decode per token: only when there are tags
+            spans = self._token_spans(ids)
+            probs = [float(p) for p in probabilities[: len(spans)]]
+            tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
         return EthostralResult(tagged.text, raw, tagged, tag_probs, tag_emotion(tagged, tag_probs))
 
-    def _decode_with_spans(self, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-        """The generated text (up to end of sequence) and each token's character span.
+    def _token_spans(self, ids: list[int]) -> list[tuple[int, int]]:
+        """Each token's character span in the decoded text.
 
         Decoding growing prefixes keeps the spans right for tokens that are parts of
         one character (byte fallback): such a token's span may be empty.
         """
         tok = self.processor.tokenizer
-        stop = {tok.eos_token_id, tok.pad_token_id}
-        ids = ids[: next((i for i, t in enumerate(ids) if t in stop), len(ids))]
         spans: list[tuple[int, int]] = []
         done = 0
         for k in range(len(ids)):
             length = max(done, len(tok.decode(ids[: k + 1], skip_special_tokens=True)))
             spans.append((done, length))
             done = length
-        return tok.decode(ids, skip_special_tokens=True), spans
+        return spans
 
 
 def _span_probability(
