@@ -125,6 +125,15 @@ class RemoteSpeechModel:
         """Validate against the deployment's language list."""
         return check_language(language, self.info.languages)
 
+    def window(self, audio: np.ndarray, language: str | None) -> WindowResult:
+        """One ASR window through the deployment's batched window method."""
+        return self._wait(self._handle.transcribe_window.remote(WindowJob(audio, language)))
+
+    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of a live utterance: text and language."""
+        text, detected = self._wait(self._handle.partial_text.remote(audio, language))
+        return text, detected
+
     def transcribe(
         self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
     ) -> Transcript:
@@ -133,9 +142,7 @@ class RemoteSpeechModel:
         results: list[WindowResult | None] = [None] * len(windows)
         i = 0
         while language is None and i < len(windows):
-            first: WindowResult = self._wait(
-                self._handle.transcribe_window.remote(WindowJob(windows[i], None))
-            )
+            first = self.window(windows[i], None)
             results[i] = first
             language = first.language
             i += 1
@@ -177,7 +184,6 @@ class RemoteStreamBackends:
         self._vad = vad
         self._diarizer = diarizer
         self._model = RemoteSpeechModel(model, timeout_s)
-        self._model_handle = model
         self.timeout_s = timeout_s
 
     def new_vad_state(self) -> Any:
@@ -199,21 +205,13 @@ class RemoteStreamBackends:
 
     def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
         """A draft from the model deployment."""
-        response = self._model_handle.partial_text.remote(audio[-MAX_WINDOW_SAMPLES:], language)
-        text, detected = wait(response, "EthostralModel", self.timeout_s)
-        return text, detected
+        return self._model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language)
 
     def finals(
         self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
     ) -> list[UtteranceResult]:
         """Utterances read as one window through the batched window method, then emotion."""
-        result: WindowResult = wait(
-            self._model_handle.transcribe_window.remote(
-                WindowJob(join_utterances(utterances), language)
-            ),
-            "EthostralModel",
-            self.timeout_s,
-        )
+        result = self._model.window(join_utterances(utterances), language)
         reads_states = self._model.info.reads_encoder_states
         classify = self._model.classify if emotion else None
         return utterance_results(result, utterances, reads_states, classify)
