@@ -35,6 +35,10 @@ def load_diarizer(settings: Settings) -> DiarizerBackend:
 
 def load_speech_model(settings: Settings, with_emotion: bool = True) -> SpeechModel:
     """The ASR + emotion model named in settings."""
+    if settings.speech_model == "ethostral":
+        from ethostral_serve.backends.ethostral_speech import EthostralSpeechModel
+
+        return EthostralSpeechModel(settings, with_emotion=with_emotion)
     from ethostral_serve.backends.embedded import EmbeddedSpeechModel
 
     return EmbeddedSpeechModel(settings, with_emotion=with_emotion)

@@ -79,6 +79,25 @@ class EthostralSettings(BaseModel):
         "auto", description="auto: bfloat16 on a GPU, float32 on CPU"
     )
     max_new_tokens: int = Field(448, ge=1, le=4096, description="longest transcript per segment")
+    languages: list[str] = Field(
+        ["en", "es", "fr", "pt", "hi", "de", "nl", "it"],
+        min_length=1,
+        description="language codes accepted (Voxtral's eight; others may work less well)",
+    )
+    batch_size: int = Field(
+        4, ge=1, le=64, description="windows per generate call outside Serve (CLI)"
+    )
+    detect_language: bool = Field(
+        True,
+        description="detect the language of audio sent without one with the bundled Whisper "
+        "base (Voxtral does not report it); False: Voxtral guesses it and the session "
+        "language is 'und'",
+    )
+    emotion_fallback: bool = Field(
+        True,
+        description="segments without an emotion tag get the embedded emotion model's "
+        "emotion (Whisper base encoder + classifier, on asr.device); False: none",
+    )
 
 
 class DiarizerSettings(BaseModel):
@@ -173,8 +192,12 @@ class StreamSettings(BaseModel):
     )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="speech probability to start")
     end_threshold: float = Field(0.35, gt=0.0, lt=1.0, description="below this is silence")
-    speaker_threshold: float = Field(
-        0.22, gt=0.0, lt=2.0, description="cosine distance that makes a new speaker"
+    speaker_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=2.0,
+        description="cosine distance from every speaker that makes a new speaker; None: "
+        "the diarizer backend's default (see stream_speaker_threshold)",
     )
     max_streams: int = Field(
         32, ge=1, le=4096, description="live streams one ingress serves at once (more: 1013)"
@@ -217,6 +240,11 @@ class Settings(BaseSettings):
     )
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
+    speech_model: Literal["embedded", "ethostral"] = Field(
+        "embedded",
+        description="'embedded' (faster-whisper + bundled emotion model, CPU) or "
+        "'ethostral' (Voxtral + LoRA adapter from the ethostral section, production)",
+    )
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
     ethostral: EthostralSettings = EthostralSettings()
@@ -227,3 +255,26 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     redis: RedisSettings = Field(default_factory=RedisSettings)
     tracing: TracingSettings = TracingSettings()
+
+
+# Default live-stream speaker thresholds (cosine distance of an utterance's embedding from
+# a speaker's unit-length centroid), per diarizer backend.
+EMBEDDED_SPEAKER_THRESHOLD = 0.22  # resemblyzer: tuned on LibriSpeech (pipeline/streaming.py)
+# pyannote: derived from, not tuned on, pyannote's offline clustering (real pyannote weights
+# cannot be downloaded here). pyannote/speaker-diarization-3.1's config.yaml clusters
+# WeSpeaker ResNet34 embeddings with centroid linkage at threshold 0.7045654963945799, a
+# Euclidean distance between unit-normalized embeddings (pyannote.audio's
+# AgglomerativeClustering normalizes them for centroid linkage); for unit vectors that is
+# a cosine distance of 0.7046**2 / 2 = 0.248 (up to ~0.29 against a grown cluster's
+# shrunken centroid), so 0.70 itself would be far too loose as a cosine distance.
+PYANNOTE_SPEAKER_THRESHOLD = 0.25
+
+
+def stream_speaker_threshold(settings: Settings) -> float:
+    """The live-stream speaker threshold: ``stream.speaker_threshold`` if set, else the
+    default of the configured diarizer backend."""
+    if settings.stream.speaker_threshold is not None:
+        return settings.stream.speaker_threshold
+    if settings.diarizer.backend == "pyannote":
+        return PYANNOTE_SPEAKER_THRESHOLD
+    return EMBEDDED_SPEAKER_THRESHOLD

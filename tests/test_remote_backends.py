@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from ethostral_serve.errors import BackendUnavailableError, UnsupportedLanguageError
-from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, WindowResult, WordTiming
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionResult,
+    Span,
+    TimedEmotion,
+    WindowResult,
+    WordTiming,
+)
 from ethostral_serve.serve.remote import ModelInfo, RemoteSpeechModel, RemoteVad, WindowJob
 
 
@@ -37,11 +44,22 @@ class _Method:
         return _Done(self.fn(*args), self)
 
 
-class _FakeModelHandle:
-    """Answers like the EthostralModel deployment: one word per window, named by index."""
+NERVOUS = EmotionResult("Fearful", 0.7, -0.3, 0.6, -0.4)
 
-    def __init__(self, detected: str = "fr", reads_states: bool = True) -> None:
-        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states))
+
+class _FakeModelHandle:
+    """Answers like the EthostralModel deployment: one word per window, named by index;
+    windows whose index is in ``tagged`` carry an inline emotion 0.2 s in."""
+
+    def __init__(
+        self,
+        detected: str = "fr",
+        reads_states: bool = True,
+        classifies: bool = True,
+        tagged: tuple[int, ...] = (),
+    ) -> None:
+        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states, classifies))
+        self.tagged = tagged
         self.transcribe_window = _Method(self._window)
         self.classify_segment = _Method(
             lambda x: (
@@ -57,8 +75,13 @@ class _FakeModelHandle:
             return WindowResult.empty(job.language)
         index = int(job.audio[0])
         frames = np.full((int(len(job.audio) / 320), 4), index, np.float16)
+        inline = [TimedEmotion(0.2, NERVOUS)] if index in self.tagged else []
         return WindowResult(
-            [WordTiming(f" w{index}", 0.1, 0.3, 0.9)], job.language or self.detected, 0.8, frames
+            [WordTiming(f" w{index}", 0.1, 0.3, 0.9)],
+            job.language or self.detected,
+            0.8,
+            frames,
+            inline,
         )
 
 
@@ -116,6 +139,29 @@ def test_emotion_sends_audio_when_the_model_cannot_read_states() -> None:
     assert job.frames is None and len(job.audio) == 16000
 
 
+def test_inline_emotions_win_and_only_the_other_segments_are_classified() -> None:
+    handle = _FakeModelHandle(tagged=(2,))  # window 2 (2 s to 4 s) has a tag at 2.2 s
+    model = RemoteSpeechModel(handle)
+    samples, chunks = _chunks(2)
+    transcript = model.transcribe(samples, chunks, "en")
+    assert [(e.time, e.emotion.label) for e in transcript.emotions] == [(2.2, "Fearful")]
+    results = model.emotions(samples, transcript, [Span(0.2, 1.0), Span(2.0, 3.5)])
+    assert [r.label for r in results] == ["Calm", "Fearful"]
+    assert results[1].confidence == 0.7
+    assert len(handle.classify_segment.calls) == 1  # the tagged segment is not sent
+
+
+def test_without_a_classifier_untagged_segments_get_no_emotion() -> None:
+    handle = _FakeModelHandle(classifies=False, tagged=(1,))
+    model = RemoteSpeechModel(handle)
+    samples, chunks = _chunks(2)
+    transcript = model.transcribe(samples, chunks, "en")
+    results = model.emotions(samples, transcript, [Span(0.0, 1.0), Span(2.0, 3.5)])
+    assert results[0] is not None and results[0].label == "Fearful"
+    assert results[1] is None
+    assert handle.classify_segment.calls == []
+
+
 def test_language_is_checked_against_the_deployments_list() -> None:
     model = RemoteSpeechModel(_FakeModelHandle())
     assert model.check_language(" EN ") == "en"
@@ -166,3 +212,16 @@ def test_stream_finals_share_one_window_call_and_get_an_emotion_each() -> None:
     assert [len(f) for f in frames] == [100, 50]  # each utterance's own encoder frames
     assert all(r.emotion is not None and r.emotion.label == "Calm" for r in results)
     assert backends.finals([first], "en", emotion=False)[0].emotion is None
+
+
+def test_stream_finals_take_an_utterances_inline_emotion_over_the_classifier() -> None:
+    from ethostral_serve.serve.remote import RemoteStreamBackends
+
+    handle = _FakeModelHandle(tagged=(7,))  # the joined window's tag sits 0.2 s in
+    backends = RemoteStreamBackends(None, None, handle)
+    first = np.full(32000, 7.0, np.float32)
+    second = np.full(16000, 9.0, np.float32)
+    results = backends.finals([first, second], "en", emotion=True)
+    assert [r.emotion.label if r.emotion else None for r in results] == ["Fearful", "Calm"]
+    assert len(handle.classify_segment.calls) == 1  # only the untagged second utterance
+    assert all(r.emotion is None for r in backends.finals([first, second], "en", emotion=False))

@@ -231,25 +231,38 @@ def test_user_config_sets_the_batch_size(serve_url: str, redis_url: str) -> None
     assert grown == {1: 4}
 
 
-def test_an_upload_through_the_pyannote_diarizer_selected_by_settings(
+def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_streams(
     serve_url: str, redis_url: str, tmp_path_factory
 ) -> None:
-    """Redeploy with ``diarizer.backend: pyannote`` (a tiny random pipeline directory)."""
+    """Redeploy with ``configs/ethostral-tiny.yaml``'s settings, pointed at tiny random
+    Voxtral + LoRA and pyannote directories built here (their output is gibberish)."""
+    import json
+    from pathlib import Path
+
+    import yaml
     from ray import serve
     from tiny_pyannote import build_tiny_pyannote
+    from tiny_voxtral import build_tiny_adapter, build_tiny_voxtral
+    from websockets.sync.client import connect
 
     from ethostral_serve.serve.app import AppArgs, build_app
 
-    pipeline = build_tiny_pyannote(tmp_path_factory.mktemp("pyannote"))
-    settings = {
-        "redis": {"url": redis_url},
-        "diarizer": {"backend": "pyannote", "pyannote_pipeline": str(pipeline)},
-    }
+    root = tmp_path_factory.mktemp("tiny-models")
+    build_tiny_adapter(build_tiny_voxtral(root / "voxtral"), root / "adapter")
+    build_tiny_pyannote(root / "pyannote")
+    config = Path(__file__).resolve().parents[1] / "configs" / "ethostral-tiny.yaml"
+    text = config.read_text(encoding="utf-8").replace("/tmp/ethostral-tiny", str(root))
+    (app_config,) = yaml.safe_load(text)["applications"]
+    settings = {**app_config["args"]["settings"], "redis": {"url": redis_url}}
     serve.run(build_app(AppArgs(settings=settings)), name=APP, route_prefix="/", blocking=False)
     _wait_healthy(serve_url)
+    assert _model_handle().backend.remote().result() == "EthostralSpeechModel"
     diarizer = serve.get_deployment_handle("Diarizer", app_name=APP)
     assert diarizer.backend.remote().result() == "PyannoteDiarizer"
     talk = two_speaker_conversation(turns_each=1)
+    embedding = diarizer.embed_utterance.remote(talk.samples[:32000]).result()
+    assert embedding is not None and np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
+
     r = httpx.post(
         f"{serve_url}/transcribe",
         files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
@@ -258,6 +271,28 @@ def test_an_upload_through_the_pyannote_diarizer_selected_by_settings(
     )
     assert r.status_code == 200, r.text
     session = r.json()
-    assert session["segments"] and all(s["speaker"].startswith("s") for s in session["segments"])
+    assert session["language"] == "en" and session["segments"]
+    for segment in session["segments"]:
+        assert segment["speaker"].startswith("s") and segment["text"]
+        assert "[" not in segment["text"] and segment["words"]
+        assert segment["emotion"] is not None  # a tag's, or the fallback model's
     stored = httpx.get(f"{serve_url}/sessions/{session['id']}", timeout=30).json()
     assert stored == session
+
+    pcm = (np.clip(talk.samples, -1, 1) * 32767).astype("<i2").tobytes()
+    events = []
+    host = serve_url.removeprefix("http://")
+    with connect(f"ws://{host}/transcribe/stream?diarize=true") as ws:
+        for i in range(0, len(pcm), 32000):  # 1 s chunks, as fast as they go
+            ws.send(pcm[i : i + 32000])
+        ws.send(json.dumps({"type": "stop"}))
+        for message in ws:
+            events.append(json.loads(message))
+            if events[-1]["type"] in ("session", "error"):
+                break
+    assert events[-1]["type"] == "session", events[-1]
+    finals = [e for e in events if e["type"] == "final" and e["text"]]
+    assert finals and all(f["emotion"] and f["speaker"].startswith("s") for f in finals)
+    stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=30).json()
+    assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals]
+    assert stored["language"] in ("en", "es", "fr", "pt", "hi", "de", "nl", "it")

@@ -59,7 +59,7 @@ from ethostral_serve.pipeline.streaming import (
 )
 from ethostral_serve.pipeline.types import UtteranceResult
 from ethostral_serve.schema import Emotion, Segment, Session
-from ethostral_serve.settings import Settings
+from ethostral_serve.settings import Settings, stream_speaker_threshold
 
 log = logging.getLogger("ethostral_serve.stream")
 
@@ -161,7 +161,7 @@ class LiveStream:
                 partial_every_s=s.partial_every_s,
             )
         )
-        self.speakers = OnlineSpeakers(threshold=s.speaker_threshold)
+        self.speakers = OnlineSpeakers(threshold=stream_speaker_threshold(self.settings))
         self._vad_state = self.backends.new_vad_state()
         if self.params.sample_rate != SAMPLE_RATE:
             import soxr
@@ -214,7 +214,7 @@ class LiveStream:
 
     def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
         """Give a recognised utterance its speaker and keep it."""
-        if self.language is None and result.words:
+        if self.language is None and result.words and result.language != UNDETERMINED_LANGUAGE:
             self.language = result.language
         speaker = "s0"
         if self.params.diarize:

@@ -57,8 +57,9 @@ class SpeechModel(Protocol):
 
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
-    ) -> list[EmotionResult]:
-        """One emotion per span, using what ``transcribe`` kept in ``transcript.state``."""
+    ) -> list[EmotionResult | None]:
+        """One emotion per span, from what ``transcribe`` kept in ``transcript`` (inline
+        emotions, ``state``); None for a span the model can tell nothing about."""
         ...
 
 
@@ -68,11 +69,14 @@ class WindowedSpeechModel(SpeechModel, Protocol):
 
     ASR runs on independent windows (:meth:`transcribe_windows`) and emotion on
     independent segment inputs (:meth:`classify`); the serving layer batches both.
+    ``reads_encoder_states``: emotion inputs are the ASR's encoder frames (else audio);
+    ``classifies``: :meth:`classify` works (else only inline emotions exist).
     """
 
     languages: tuple[str, ...]
     multilingual: bool
     reads_encoder_states: bool
+    classifies: bool
 
     def transcribe_windows(
         self, windows: Sequence[np.ndarray], languages: Sequence[str | None]

@@ -13,13 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import (
-    MAX_WINDOW_S,
-    EncoderStates,
-    WhisperAsr,
-    default_cpu_threads,
-)
+from ethostral_serve.backends.whisper import WhisperAsr, default_cpu_threads
+from ethostral_serve.backends.windows import span_emotions
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -117,11 +112,17 @@ class EmbeddedSpeechModel:
         """Whether emotion reads the ASR pass's encoder states (else segment audio)."""
         return self.classifier is not None and self._emotion_encoder is None
 
+    @property
+    def classifies(self) -> bool:
+        """Whether :meth:`classify` works (the model was loaded with emotion)."""
+        return self.classifier is not None
+
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
-    ) -> list[EmotionResult]:
+    ) -> list[EmotionResult | None]:
         """One emotion per span from the encoder frames inside it."""
-        return self.classify(emotion_inputs(samples, transcript, spans, self.reads_encoder_states))
+        classify = self.classify if self.classifies else None
+        return span_emotions(samples, transcript, spans, self.reads_encoder_states, classify)
 
     def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
         """One emotion per input: its encoder frames, or its audio encoded here."""
@@ -133,20 +134,6 @@ class EmbeddedSpeechModel:
             for x in inputs
         ]
         return self.classifier.classify_frames(frames) if frames else []
-
-
-def emotion_inputs(
-    samples: np.ndarray, transcript: Transcript, spans: Sequence[Span], from_states: bool
-) -> list[EmotionInput]:
-    """Per span, the ASR's encoder frames inside it (``from_states``) or its audio."""
-    if from_states and isinstance(transcript.state, EncoderStates):
-        return [EmotionInput(frames=transcript.state.between(s.start, s.end)) for s in spans]
-    out = []
-    for s in spans:
-        lo = int(s.start * SAMPLE_RATE)
-        hi = int(min(s.end, s.start + MAX_WINDOW_S) * SAMPLE_RATE)
-        out.append(EmotionInput(audio=samples[lo : max(hi, lo + SAMPLE_RATE // 10)]))
-    return out
 
 
 def _clip(audio: np.ndarray | None) -> np.ndarray:

@@ -30,13 +30,28 @@ MAX_SEGMENT_S = 30.0  # the processor's chunk: a longer segment would become two
 
 @dataclass(frozen=True)
 class EthostralResult:
-    """One segment: clean text, the raw transcript, its tags and the emotion they give."""
+    """One segment: clean text, the raw transcript, its tags and the emotion they give.
+
+    ``token_spans[k]`` is the character span of the k-th generated token in ``raw`` and
+    ``token_probabilities[k]`` the probability the model gave it.
+    """
 
     text: str
     raw: str
     tagged: TaggedText
     tag_probabilities: tuple[float, ...]
     emotion: EmotionResult | None
+    token_spans: tuple[tuple[int, int], ...] = ()
+    token_probabilities: tuple[float, ...] = ()
+
+    def probability(self, start: int, end: int) -> float:
+        """Mean probability of the tokens overlapping ``raw[start:end]`` (1.0 if none)."""
+        probs = [
+            p
+            for (lo, hi), p in zip(self.token_spans, self.token_probabilities, strict=True)
+            if lo < end and hi > start
+        ]
+        return float(np.mean(probs)) if probs else 1.0
 
 
 def torch_dtype(settings: EthostralSettings) -> Any:
@@ -83,9 +98,13 @@ class EthostralAsr:
         self.model = model.to(settings.device).eval()
 
     def transcribe_segments(
-        self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        max_new_tokens: int | None = None,
     ) -> list[EthostralResult]:
-        """Transcribe 16 kHz mono segments (each at most 30 s) in one batched generation."""
+        """Transcribe 16 kHz mono segments (each at most 30 s) in one batched generation,
+        writing at most ``max_new_tokens`` (default: the settings') per segment."""
         import torch
 
         if len(audios) != len(languages):
@@ -108,7 +127,7 @@ class EthostralAsr:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
-                max_new_tokens=self.settings.max_new_tokens,
+                max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
                 do_sample=False,
                 output_scores=True,
                 return_dict_in_generate=True,
@@ -132,12 +151,18 @@ class EthostralAsr:
         ids = ids[: next((i for i, t in enumerate(ids) if t in stop), len(ids))]
         raw = tok.decode(ids, skip_special_tokens=True)
         tagged = parse_tags(raw)
-        tag_probs: tuple[float, ...] = ()
-        if tagged.tags:  # token spans cost a decode per token: only when there are tags
-            spans = self._token_spans(ids)
-            probs = [float(p) for p in probabilities[: len(spans)]]
-            tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
-        return EthostralResult(tagged.text, raw, tagged, tag_probs, tag_emotion(tagged, tag_probs))
+        spans = self._token_spans(ids)
+        probs = [float(p) for p in probabilities[: len(spans)]]
+        tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
+        return EthostralResult(
+            tagged.text,
+            raw,
+            tagged,
+            tag_probs,
+            tag_emotion(tagged, tag_probs),
+            tuple(spans),
+            tuple(probs),
+        )
 
     def _token_spans(self, ids: list[int]) -> list[tuple[int, int]]:
         """Each token's character span in the decoded text.

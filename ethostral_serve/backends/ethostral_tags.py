@@ -97,10 +97,19 @@ class Tag:
 
 @dataclass(frozen=True)
 class TaggedText:
-    """A transcript with its tags removed, and the tags in order."""
+    """A transcript with its tags removed, and the tags in order.
+
+    ``offsets[k]`` is where ``text[k]`` came from in the raw text (a space put in where
+    a tag was removed points at the tag).
+    """
 
     text: str
     tags: tuple[Tag, ...]
+    offsets: tuple[int, ...] = ()
+
+    def position(self, raw_offset: int) -> int:
+        """How many characters of ``text`` came from before ``raw_offset`` in the raw text."""
+        return sum(1 for o in self.offsets if o < raw_offset)
 
     @property
     def emotion_tags(self) -> tuple[Tag, ...]:
@@ -128,7 +137,7 @@ def parse_tags(raw: str) -> TaggedText:
     - Unknown tags are removed too (``known=False``, no label).
     - Spaces are tidied: runs collapse to one, none before ``, . ! ? ; :``.
     """
-    out: list[str] = []
+    out: list[tuple[str, int]] = []  # kept characters and where they came from
     tags: list[Tag] = []
     i, n = 0, len(raw)
     while i < n:
@@ -137,7 +146,7 @@ def parse_tags(raw: str) -> TaggedText:
             i += 1
             continue
         if c != "[":
-            out.append(c)
+            out.append((c, i))
             i += 1
             continue
         start = i
@@ -151,13 +160,13 @@ def parse_tags(raw: str) -> TaggedText:
             while end < n and raw[end] == "]":
                 end += 1
             if len(inner) > MAX_TAG_CHARS:
-                out.append(inner)
+                out += [(ch, i + k) for k, ch in enumerate(inner)]
             else:
                 tags.append(_tag(normalise_tag(inner), start, end))
                 if _joins_word(out, raw, end):
                     pass  # hel[laughs]lo → hello
-                elif out and not out[-1].isspace():
-                    out.append(" ")
+                elif out and not out[-1][0].isspace():
+                    out.append((" ", start))
             i = end
             continue
         # unclosed: a known tag name right after the bracket is the tag
@@ -173,7 +182,8 @@ def parse_tags(raw: str) -> TaggedText:
             tags.append(_tag(name, start, end))
             i = end
         # else: drop the bracket(s), keep what follows
-    return TaggedText(_tidy("".join(out)), tuple(tags))
+    kept = _tidy(out)
+    return TaggedText("".join(c for c, _ in kept), tuple(tags), tuple(o for _, o in kept))
 
 
 def _tag(name: str, start: int, end: int) -> Tag:
@@ -181,14 +191,23 @@ def _tag(name: str, start: int, end: int) -> Tag:
     return Tag(name, start, end, TAG_LABELS.get(name) if known else None, known)
 
 
-def _joins_word(out: list[str], raw: str, end: int) -> bool:
+def _joins_word(out: list[tuple[str, int]], raw: str, end: int) -> bool:
     """A tag between two letters sat inside a word."""
-    return bool(out) and out[-1].isalpha() and end < len(raw) and raw[end].isalpha()
+    return bool(out) and out[-1][0].isalpha() and end < len(raw) and raw[end].isalpha()
 
 
-def _tidy(text: str) -> str:
-    text = " ".join(text.split())
-    return re.sub(r" +([,.!?;:])", r"\1", text).strip()
+def _tidy(chars: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Runs of spaces as one, none at the ends or before ``, . ! ? ; :``; offsets kept."""
+    kept: list[tuple[str, int]] = []
+    for c, o in chars:
+        if c.isspace():
+            if kept and kept[-1][0] != " ":
+                kept.append((" ", o))
+        elif c in ",.!?;:" and kept and kept[-1][0] == " ":
+            kept[-1] = (c, o)
+        else:
+            kept.append((c, o))
+    return kept[:-1] if kept and kept[-1][0] == " " else kept
 
 
 def tag_emotion(parsed: TaggedText, probabilities: Sequence[float]) -> EmotionResult | None:
@@ -208,5 +227,10 @@ def tag_emotion(parsed: TaggedText, probabilities: Sequence[float]) -> EmotionRe
     if best is None:
         return None
     confidence, label = best
+    return label_emotion(label, confidence)
+
+
+def label_emotion(label: str, confidence: float) -> EmotionResult:
+    """The emotion of a tag's ``label``: valence, arousal and dominance from its norms."""
     valence, arousal, dominance = EMOTION_VAD_NORMS[label]
     return EmotionResult(label, confidence, valence, arousal, dominance, {label: confidence})

@@ -4,7 +4,8 @@ The pipeline loads with ``Pipeline.from_pretrained`` from a local directory (its
 ``config.yaml`` with the segmentation, embedding and PLDA folders) or a hub id (token
 from ``HF_TOKEN``). It is fed the in-memory 16 kHz waveform (no file decoding), with
 pyannote's telemetry off, and its exclusive (one speaker at a time) output becomes
-turns named ``s0``, ``s1``, … in order of first appearance.
+turns named ``s0``, ``s1``, … in order of first appearance. Live streams' utterances are
+embedded with the pipeline's own speaker-embedding model (``embed_utterance``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import Span, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings
+
+MIN_EMBED_S = 0.5  # shorter utterances get no embedding (too little to tell a voice by)
+MAX_EMBED_S = 30.0  # longer utterances are embedded from their first 30 s
 
 
 def exclusive_turns(annotation: Any, duration: float | None = None) -> list[SpeakerTurn]:
@@ -79,3 +83,30 @@ class PyannoteDiarizer:
         )
         annotation = getattr(output, "exclusive_speaker_diarization", output)
         return exclusive_turns(annotation, len(samples) / SAMPLE_RATE)
+
+    def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
+        """Unit-length float32 speaker embedding of a 16 kHz mono utterance.
+
+        Uses the pipeline's own speaker-embedding model on the first ``MAX_EMBED_S``
+        seconds. None when the utterance is shorter than ``MIN_EMBED_S`` or than the
+        model's minimum input, when the embedding is not finite or zero, or when the
+        pipeline has no embedding model (e.g. oracle clustering).
+        """
+        import torch
+
+        model = getattr(self.pipeline, "_embedding", None)
+        if model is None:
+            return None
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)[: round(MAX_EMBED_S * SAMPLE_RATE)]
+        min_samples = max(
+            round(MIN_EMBED_S * SAMPLE_RATE), int(getattr(model, "min_num_samples", 0))
+        )
+        if len(x) < min_samples:
+            return None
+        with torch.inference_mode():
+            output = model(torch.from_numpy(np.ascontiguousarray(x))[None, None])
+        embedding = np.asarray(output, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(embedding))
+        if not np.isfinite(norm) or norm == 0.0:
+            return None
+        return embedding / np.float32(norm)

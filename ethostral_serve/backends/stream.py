@@ -1,20 +1,20 @@
-"""Live-stream backends in this process, over the loaded embedded models."""
+"""Live-stream backends in this process, over the loaded models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.embedded import EmbeddedSpeechModel
-from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
+from ethostral_serve.backends.base import WindowedSpeechModel
 from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
-from ethostral_serve.backends.whisper import FRAME_S, MAX_WINDOW_S
+from ethostral_serve.backends.windows import FRAME_S, MAX_WINDOW_S, Classify, inline_emotion
 from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
+    TimedEmotion,
     UtteranceResult,
     WindowResult,
     WordTiming,
@@ -26,12 +26,7 @@ MAX_WINDOW_SAMPLES = round(MAX_WINDOW_S * SAMPLE_RATE)
 class LocalStreamBackends:
     """``StreamBackends`` over in-process models."""
 
-    def __init__(
-        self,
-        vad: SileroStreamingVad,
-        model: EmbeddedSpeechModel,
-        diarizer: ResemblyzerDiarizer | None,
-    ) -> None:
+    def __init__(self, vad: SileroStreamingVad, model: WindowedSpeechModel, diarizer: Any) -> None:
         self.vad = vad
         self.model = model
         self.diarizer = diarizer
@@ -58,12 +53,15 @@ class LocalStreamBackends:
     ) -> list[UtteranceResult]:
         """Utterances in full quality, read as one ASR window, each with its emotion."""
         (result,) = self.model.transcribe_windows([join_utterances(utterances)], [language])
-        classify = self.model.classify if emotion and self.model.classifier is not None else None
-        return utterance_results(result, utterances, self.model.reads_encoder_states, classify)
+        classify = self.model.classify if emotion and self.model.classifies else None
+        return utterance_results(
+            result, utterances, self.model.reads_encoder_states, classify, emotion
+        )
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
-        """A speaker embedding of the utterance."""
-        return None if self.diarizer is None else self.diarizer.embed_utterance(audio)
+        """A speaker embedding of the utterance (None when the diarizer makes none)."""
+        embed = getattr(self.diarizer, "embed_utterance", None)
+        return None if embed is None else embed(audio)
 
 
 def join_utterances(utterances: Sequence[np.ndarray]) -> np.ndarray:
@@ -75,14 +73,20 @@ def utterance_results(
     window: WindowResult,
     utterances: Sequence[np.ndarray],
     reads_states: bool,
-    classify: Callable[[list[EmotionInput]], list[EmotionResult]] | None,
+    classify: Classify | None,
+    emotion: bool = True,
 ) -> list[UtteranceResult]:
-    """Per-utterance results of a joined window; emotion from ``classify`` when given."""
+    """Per-utterance results of a joined window, with their emotion when ``emotion``:
+    the utterance's inline emotion, else ``classify``'s (when given)."""
     parts = split_window(window, [len(u) for u in utterances])
     feelings: list[EmotionResult | None] = [None] * len(parts)
-    if classify is not None:
-        pairs = zip(parts, utterances, strict=True)
-        feelings = list(classify([utterance_emotion_input(p, u, reads_states) for p, u in pairs]))
+    if emotion:
+        feelings = [inline_emotion(p.emotions, 0.0, float("inf")) for p in parts]
+    todo = [i for i, f in enumerate(feelings) if emotion and f is None]
+    if classify is not None and todo:
+        inputs = [utterance_emotion_input(parts[i], utterances[i], reads_states) for i in todo]
+        for i, result in zip(todo, classify(inputs), strict=True):
+            feelings[i] = result
     return [
         UtteranceResult(p.words, p.language or "und", f)
         for p, f in zip(parts, feelings, strict=True)
@@ -93,7 +97,8 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
     """Split the result of utterances read back to back as one window, one per utterance.
 
     ``lengths`` are the utterances' sample counts in window order. A word goes to the
-    utterance holding its midpoint; times and encoder frames become the utterance's own.
+    utterance holding its midpoint, an inline emotion to the one holding its time; times
+    and encoder frames become the utterance's own.
     """
     frame = round(FRAME_S * SAMPLE_RATE)  # samples per encoder frame
     edges = [0, *np.cumsum(lengths).tolist()]
@@ -113,7 +118,14 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
             if start <= (w.start + w.end) / 2 < end or (last and (w.start + w.end) / 2 >= end)
         ]
         frames = result.frames[lo // frame : -(-hi // frame)]
-        parts.append(WindowResult(words, result.language, result.language_probability, frames))
+        emotions = [
+            TimedEmotion(min(max(0.0, e.time - start), end - start), e.emotion)
+            for e in result.emotions
+            if start <= e.time < end or (last and e.time >= end) or (i == 0 and e.time < 0)
+        ]
+        parts.append(
+            WindowResult(words, result.language, result.language_probability, frames, emotions)
+        )
     return parts
 
 

@@ -10,89 +10,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper_models import resolve_whisper_model
-from ethostral_serve.errors import ModelLoadError, UnsupportedLanguageError
-from ethostral_serve.languages import requested_language
+from ethostral_serve.backends.windows import (
+    FRAME_S,
+    check_language,
+    transcript_from_windows,
+)
+from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
 from ethostral_serve.settings import AsrSettings
 
 T = TypeVar("T")
-
-FRAME_S = 0.02  # one Whisper encoder frame covers 20 ms
-MAX_WINDOW_S = 30.0  # the longest audio one Whisper encoder pass reads
-
-
-@dataclass
-class EncoderStates:
-    """Whisper encoder frames of every window, with each frame's original time (s)."""
-
-    frames: np.ndarray  # (n, d) float16
-    times: np.ndarray  # (n,) float64, sorted
-
-    def between(self, start: float, end: float) -> np.ndarray:
-        """Frames whose centre lies in ``[start, end]`` (the nearest one if none)."""
-        if len(self.times) == 0:
-            return np.zeros((0, self.frames.shape[1] if self.frames.ndim == 2 else 0))
-        lo, hi = np.searchsorted(self.times, [start, end], side="left")
-        if hi <= lo:
-            nearest = int(np.clip(lo, 0, len(self.times) - 1))
-            return self.frames[nearest : nearest + 1]
-        return self.frames[lo:hi]
-
-
-def check_language(language: str | None, languages: Sequence[str]) -> str | None:
-    """A supported, normalised language code; ``None``, ``""`` and ``"auto"`` mean detect."""
-    code = requested_language(language)
-    if code is None:
-        return None
-    if code not in languages:
-        raise UnsupportedLanguageError(
-            f"language {language!r} is not supported by the ASR model; "
-            f"use one of: {', '.join(languages)}"
-        )
-    return code
-
-
-def transcript_from_windows(
-    chunks: Sequence[Chunk], results: Sequence[WindowResult], multilingual: bool
-) -> Transcript:
-    """Join per-window results into one transcript on the original timeline.
-
-    The language is the first window's that has one (detected or given); with no
-    window recognised it is ``und`` (``en`` for an English-only model).
-    """
-    words: list[WordTiming] = []
-    frames: list[np.ndarray] = []
-    times: list[np.ndarray] = []
-    language, probability = None, 1.0
-    for chunk, result in zip(chunks, results, strict=True):
-        if language is None and result.language is not None:
-            language, probability = result.language, result.language_probability
-        for w in result.words:
-            start = chunk.to_original(w.start)
-            end = max(start, chunk.to_original(w.end))
-            words.append(WordTiming(w.text, start, end, float(w.probability)))
-        if len(result.frames):
-            frames.append(result.frames)
-            times.append(
-                np.array(
-                    [chunk.to_original((j + 0.5) * FRAME_S) for j in range(len(result.frames))]
-                )
-            )
-    if language is None:
-        language = "und" if multilingual else "en"
-    all_frames = np.concatenate(frames) if frames else np.zeros((0, 0), np.float16)
-    all_times = np.concatenate(times) if times else np.zeros(0)
-    order = np.argsort(all_times, kind="stable")
-    return Transcript(
-        language, probability, words, EncoderStates(all_frames[order], all_times[order])
-    )
 
 
 def host_array(storage: object) -> np.ndarray:
@@ -314,6 +247,21 @@ class WhisperAsr:
         encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
         n = max(1, self._frame_count(len(audio)))
         return host_array(encoded)[0, :n].astype(np.float32)
+
+    def detect_language(
+        self, audio: np.ndarray, allowed: Sequence[str] | None = None
+    ) -> tuple[str, float]:
+        """The language spoken in ``audio`` (at most 30 s) and its probability; with
+        ``allowed``, the most probable of those languages."""
+        from faster_whisper.audio import pad_or_trim
+
+        if not self.multilingual:
+            return "en", 1.0
+        fe = self.model.feature_extractor
+        features = fe(np.asarray(audio, dtype=np.float32))
+        encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
+        ranked = [(t[2:-2], float(p)) for t, p in self.model.model.detect_language(encoded)[0]]
+        return next((x for x in ranked if allowed is None or x[0] in allowed), ranked[0])
 
     def _detect(self, encoded: object) -> tuple[str, float]:
         if not self.multilingual:

@@ -44,19 +44,6 @@ class WordTiming:
     probability: float = 1.0
 
 
-@dataclass
-class Transcript:
-    """What a speech model heard in a whole recording.
-
-    ``state`` is the model's own data kept for the emotion pass (e.g. encoder states).
-    """
-
-    language: str
-    language_probability: float
-    words: list[WordTiming]
-    state: Any = None
-
-
 @dataclass(frozen=True)
 class EmotionResult:
     """A segment's emotion: class posterior plus derived dimensions."""
@@ -67,6 +54,29 @@ class EmotionResult:
     arousal: float
     dominance: float
     probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TimedEmotion:
+    """An emotion the speech model wrote inline (a tag), at a time in seconds."""
+
+    time: float
+    emotion: EmotionResult
+
+
+@dataclass
+class Transcript:
+    """What a speech model heard in a whole recording.
+
+    ``state`` is the model's own data kept for the emotion pass (e.g. encoder states);
+    ``emotions`` are the emotions the model wrote inline, on the original timeline.
+    """
+
+    language: str
+    language_probability: float
+    words: list[WordTiming]
+    state: Any = None
+    emotions: list[TimedEmotion] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,14 @@ class Chunk:
 
 @dataclass
 class WindowResult:
-    """One ASR window recognised: words and encoder frames, times inside the window."""
+    """One ASR window recognised, times inside the window: words, encoder frames (for a
+    model whose emotion reads them; else none) and emotions the model wrote inline."""
 
     words: list[WordTiming]
     language: str | None
     language_probability: float
     frames: np.ndarray  # (n, d) float16, frame j centred on (j + 0.5) * 20 ms
+    emotions: list[TimedEmotion] = field(default_factory=list)
 
     @classmethod
     def empty(cls, language: str | None) -> WindowResult:

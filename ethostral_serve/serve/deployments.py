@@ -144,6 +144,7 @@ class EthostralModel:
             languages=tuple(m.languages),
             multilingual=bool(m.multilingual),
             reads_encoder_states=bool(m.reads_encoder_states),
+            classifies=bool(m.classifies),
         )
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
@@ -163,6 +164,10 @@ class EthostralModel:
     async def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
         """A quick draft of a live utterance (not batched: drafts are latency-bound)."""
         return await offload(self.model.partial_text, audio, language)
+
+    async def backend(self) -> str:
+        """The speech model this replica runs (its class name)."""
+        return type(self.model).__name__
 
     async def batch_stats(self) -> dict[str, dict[int, int]]:
         """How many batches of each size each method has run."""

@@ -15,13 +15,16 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.embedded import emotion_inputs
 from ethostral_serve.backends.stream import (
     MAX_WINDOW_SAMPLES,
     join_utterances,
     utterance_results,
 )
-from ethostral_serve.backends.whisper import check_language, transcript_from_windows
+from ethostral_serve.backends.windows import (
+    check_language,
+    span_emotions,
+    transcript_from_windows,
+)
 from ethostral_serve.errors import BackendUnavailableError
 from ethostral_serve.pipeline.types import (
     Chunk,
@@ -42,6 +45,7 @@ class ModelInfo:
     languages: tuple[str, ...]
     multilingual: bool
     reads_encoder_states: bool
+    classifies: bool
 
 
 @dataclass(frozen=True)
@@ -159,11 +163,12 @@ class RemoteSpeechModel:
 
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
-    ) -> list[EmotionResult]:
-        """Send every segment as its own call to the batched emotion method."""
-        return self.classify(
-            emotion_inputs(samples, transcript, spans, self.info.reads_encoder_states)
-        )
+    ) -> list[EmotionResult | None]:
+        """Inline emotions where the model wrote them; every other segment is sent as its
+        own call to the batched emotion method."""
+        info = self.info
+        classify = self.classify if info.classifies else None
+        return span_emotions(samples, transcript, spans, info.reads_encoder_states, classify)
 
     def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
         """One emotion per input, each its own call to the batched emotion method."""
@@ -212,9 +217,9 @@ class RemoteStreamBackends:
     ) -> list[UtteranceResult]:
         """Utterances read as one window through the batched window method, then emotion."""
         result = self._model.window(join_utterances(utterances), language)
-        reads_states = self._model.info.reads_encoder_states
-        classify = self._model.classify if emotion else None
-        return utterance_results(result, utterances, reads_states, classify)
+        info = self._model.info
+        classify = self._model.classify if emotion and info.classifies else None
+        return utterance_results(result, utterances, info.reads_encoder_states, classify, emotion)
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding from the Diarizer deployment."""

@@ -1,0 +1,191 @@
+"""Ethostral as the service's speech model: Voxtral + LoRA transcribes each ASR window
+and tags its emotions in one pass.
+
+- **Word times.** Voxtral writes text without timestamps, so a window's words are
+  placed by their share of its characters over the window's length. Windows are
+  speech regions joined by the VAD, so this is close within a window; it is not the
+  word-level alignment Whisper gives.
+- **Emotion.** A tag's time is where it sits in the text, on the same scale. A segment
+  takes its most probable emotion tag; a segment without one gets the embedded
+  emotion model's emotion of its audio (``ethostral.emotion_fallback``).
+- **Language.** Voxtral does not report the language it heard: audio sent without one
+  is identified with the bundled Whisper base among ``ethostral.languages``
+  (``ethostral.detect_language``), and that language is then given to Voxtral.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.ethostral import EthostralAsr, EthostralResult
+from ethostral_serve.backends.ethostral_tags import label_emotion
+from ethostral_serve.backends.windows import (
+    check_language,
+    span_emotions,
+    transcript_from_windows,
+)
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionInput,
+    EmotionResult,
+    Span,
+    TimedEmotion,
+    Transcript,
+    WindowResult,
+    WordTiming,
+)
+from ethostral_serve.settings import Settings
+
+if TYPE_CHECKING:
+    from ethostral_serve.backends.emotion import EmotionClassifier
+    from ethostral_serve.backends.whisper import WhisperAsr
+
+MIN_WINDOW_SAMPLES = SAMPLE_RATE // 10  # shorter windows hold no word
+
+
+def timed_words(result: EthostralResult, duration: float) -> list[WordTiming]:
+    """The words of ``result.text`` spread over ``duration`` seconds by character share,
+    each with the mean probability of the tokens it was written with."""
+    text, tagged = result.text, result.tagged
+    if not text:
+        return []
+    scale = duration / len(text)
+    words = []
+    for m in re.finditer(r"\S+", text):
+        a, b = m.span()
+        probability = result.probability(tagged.offsets[a], tagged.offsets[b - 1] + 1)
+        words.append(WordTiming(" " + m.group(), a * scale, b * scale, probability))
+    return words
+
+
+def timed_emotions(result: EthostralResult, duration: float) -> list[TimedEmotion]:
+    """The emotion tags of ``result`` at their place in the text, on the same scale as
+    :func:`timed_words`; confidence is the model's probability of the tag."""
+    tagged = result.tagged
+    scale = duration / len(tagged.text) if tagged.text else 0.0
+    return [
+        TimedEmotion(tagged.position(tag.start) * scale, label_emotion(tag.label, p))
+        for tag, p in zip(tagged.tags, result.tag_probabilities, strict=True)
+        if tag.label is not None
+    ]
+
+
+class EthostralSpeechModel:
+    """``WindowedSpeechModel`` over Ethostral (settings' ``ethostral`` section)."""
+
+    multilingual = True
+    reads_encoder_states = False  # the fallback emotion model reads segment audio
+
+    def __init__(self, settings: Settings, with_emotion: bool = True) -> None:
+        s = settings.ethostral
+        self.settings = settings
+        self.asr = EthostralAsr(s)
+        self.languages: tuple[str, ...] = tuple(dict.fromkeys(x.lower() for x in s.languages))
+        self.classifier: EmotionClassifier | None = None
+        self.whisper: WhisperAsr | None = None
+        fallback = with_emotion and s.emotion_fallback
+        if fallback or s.detect_language:
+            from ethostral_serve.backends.whisper import WhisperAsr
+
+            base = settings.asr.model_copy(update={"model": "base"})
+            self.whisper = WhisperAsr(base, settings.cache_dir)
+        if fallback:
+            from ethostral_serve.backends.emotion import EmotionClassifier
+
+            self.classifier = EmotionClassifier(settings.emotion)
+
+    @property
+    def classifies(self) -> bool:
+        """Whether untagged segments get the embedded emotion model's emotion."""
+        return self.classifier is not None
+
+    def check_language(self, language: str | None) -> str | None:
+        """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
+        return check_language(language, self.languages)
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str | None, float]:
+        """The language of ``audio`` among ours, or None (Voxtral guesses) when no
+        detector is loaded or the audio is too short."""
+        if self.whisper is None or len(audio) < MIN_WINDOW_SAMPLES:
+            return None, 1.0
+        return self.whisper.detect_language(audio[: 30 * SAMPLE_RATE], self.languages)
+
+    def transcribe(
+        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+    ) -> Transcript:
+        """Every window in batches of ``ethostral.batch_size``; when no language is
+        given, the first window's detected language is used for all."""
+        language = self.check_language(language)
+        windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
+        if language is None:
+            first = next((w for w in windows if len(w) >= MIN_WINDOW_SAMPLES), None)
+            language = None if first is None else self.detect_language(first)[0]
+        step = self.settings.ethostral.batch_size
+        results: list[WindowResult] = []
+        for lo in range(0, len(windows), step):
+            batch = windows[lo : lo + step]
+            results += self.transcribe_windows(batch, [language] * len(batch))
+        return transcript_from_windows(chunks, results, self.multilingual)
+
+    def transcribe_windows(
+        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[WindowResult]:
+        """Recognise windows (each at most 30 s) in one batched generation; a None
+        language is detected first. Times are seconds inside each window."""
+        if len(windows) != len(languages):
+            raise ValueError("one language (or None) per window")
+        results = [WindowResult.empty(lang) for lang in languages]
+        todo = [i for i, w in enumerate(windows) if len(w) >= MIN_WINDOW_SAMPLES]
+        if not todo:
+            return results
+        told = [
+            (languages[i], 1.0) if languages[i] else self.detect_language(windows[i]) for i in todo
+        ]
+        outputs = self.asr.transcribe_segments([windows[i] for i in todo], [t[0] for t in told])
+        for i, (language, probability), out in zip(todo, told, outputs, strict=True):
+            duration = len(windows[i]) / SAMPLE_RATE
+            results[i] = WindowResult(
+                timed_words(out, duration),
+                language,
+                probability,
+                np.zeros((0, 0), np.float16),
+                timed_emotions(out, duration),
+            )
+        return results
+
+    def emotions(
+        self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
+    ) -> list[EmotionResult | None]:
+        """Each span's most probable emotion tag, else the fallback's emotion (or None)."""
+        classify = self.classify if self.classifies else None
+        return span_emotions(samples, transcript, spans, False, classify)
+
+    def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
+        """The embedded emotion model's emotion of each input's audio."""
+        if self.classifier is None or self.whisper is None:
+            raise RuntimeError("this model was loaded without the fallback emotion model")
+        clips = []
+        for x in inputs:
+            if x.audio is None:
+                raise ValueError("Ethostral's fallback emotion reads segment audio")
+            clips.append(self.whisper.encode_clip(x.audio))
+        return self.classifier.classify_frames(clips) if clips else []
+
+    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+        """A quick draft of a live utterance: tag-free text and language.
+
+        Greedy like the finals but capped at a length speech rarely passes, so a draft
+        cannot run on.
+        """
+        if len(audio) < MIN_WINDOW_SAMPLES:
+            return "", language or "und"
+        if language is None:
+            language = self.detect_language(audio)[0]
+        cap = 16 + int(8 * len(audio) / SAMPLE_RATE)
+        (out,) = self.asr.transcribe_segments([audio], [language], max_new_tokens=cap)
+        return out.text, language or "und"
