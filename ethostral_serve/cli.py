@@ -110,6 +110,9 @@ def _models_pull(args: argparse.Namespace) -> int:
         print(f"ethostral: error: {exc.detail}", file=sys.stderr)
         return 1
     print("downloaded; to use these copies offline, set:")
+    print("  ETHOSTRAL_SPEECH_MODEL=ethostral")
+    if not args.no_pyannote:
+        print("  ETHOSTRAL_DIARIZER__BACKEND=pyannote")
     for setting, folder in done.items():
         print(f"  {setting}={folder.resolve()}")
     return 0

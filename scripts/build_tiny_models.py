@@ -1,9 +1,11 @@
-"""Build tiny random production models for a smoke test without a GPU or a model hub.
+"""Build tiny production models for a smoke test without a GPU or a model hub.
 
-Writes ``DIR/voxtral`` (a Voxtral with its processor and a byte-level tekken
-tokenizer), ``DIR/adapter`` (a peft LoRA adapter on it) and ``DIR/pyannote`` (a
-speaker-diarization pipeline directory), the layout ``ethostral models pull`` writes,
-with the same builders the tests use. ``configs/ethostral-tiny.yaml`` serves them:
+Writes ``DIR/voxtral`` (a random Voxtral with its processor and a byte-level tekken
+tokenizer, deaf to the audio), ``DIR/adapter`` (a peft LoRA adapter trained here, in
+about 10 s, to make it write ``[angry] stop that now [coughs] okay`` for any audio)
+and ``DIR/pyannote`` (a random speaker-diarization pipeline directory), the layout
+``ethostral models pull`` writes, with the same builders the tests use.
+``configs/ethostral-tiny.yaml`` serves them:
 
     .venv/bin/python scripts/build_tiny_models.py /tmp/ethostral-tiny
     serve run configs/ethostral-tiny.yaml
@@ -25,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_pyannote import build_tiny_pyannote
-    from tiny_voxtral import build_tiny_adapter, build_tiny_voxtral
+    from tiny_voxtral import build_tagging_adapter, build_tiny_voxtral
 
     root: Path = args.dir
-    base = build_tiny_voxtral(root / "voxtral")
-    build_tiny_adapter(base, root / "adapter")
+    base = build_tiny_voxtral(root / "voxtral", deaf=True)
+    build_tagging_adapter(base, root / "adapter")
     build_tiny_pyannote(root / "pyannote")
     print(f"tiny Voxtral, LoRA adapter and pyannote pipeline written under {root}")
     return 0

@@ -36,3 +36,13 @@ def engine(settings):
     from ethostral_serve.engine import Engine
 
     return Engine.load(settings)
+
+
+@pytest.fixture(scope="session")
+def tagging_voxtral(tmp_path_factory):
+    """A deaf tiny Voxtral and a LoRA adapter trained to write ``TAGGED_SCRIPT``."""
+    from tiny_voxtral import build_tagging_adapter, build_tiny_voxtral
+
+    root = tmp_path_factory.mktemp("tagging-voxtral")
+    base = build_tiny_voxtral(root / "voxtral", deaf=True)
+    return base, build_tagging_adapter(base, root / "adapter")

@@ -14,6 +14,7 @@ from ethostral_serve.audio import Audio
 from ethostral_serve.backends.ethostral import EthostralResult
 from ethostral_serve.backends.ethostral_speech import (
     EthostralSpeechModel,
+    draft_text,
     timed_emotions,
     timed_words,
 )
@@ -66,16 +67,28 @@ def test_words_and_tags_are_timed_by_their_share_of_the_text() -> None:
         (0.0, "Fearful", 0.8),
         (1.4, "Happy", 0.3),
     ]
+    assert {e.until for e in emotions} == {3.0}  # each holds to the window's end at most
     assert timed_words(_result("[sad]", [1.0] * 5, (0.5,)), 2.0) == []
     (only,) = timed_emotions(_result("[sad]", [1.0] * 5, (0.5,)), 2.0)
     assert only.time == 0.0 and only.emotion.label == "Sad"
+
+
+def test_a_draft_cut_inside_a_tag_drops_the_tag_being_written() -> None:
+    assert draft_text("[angry] stop that now [cou") == "stop that now"
+    assert draft_text("[angry] stop that now [") == "stop that now"
+    assert draft_text("[angry] stop [coughs] now") == "stop now"
+    assert draft_text("[nervous so") == "so"  # an unclosed known tag is still a tag
+    long = "[" + "x" * 50
+    assert draft_text(long) == "x" * 50  # too long for a tag: bracketed speech
 
 
 def test_a_span_takes_its_most_probable_tag_else_the_classifier() -> None:
     calm = EmotionResult("Calm", 0.4, 0.3, -0.5, 0.1)
     sad = EmotionResult("Sad", 0.6, -0.6, -0.3, -0.3)
     happy = EmotionResult("Happy", 0.9, 0.8, 0.5, 0.4)
-    transcript = Transcript("en", 1.0, [], None, [TimedEmotion(1.0, sad), TimedEmotion(1.5, happy)])
+    transcript = Transcript(
+        "en", 1.0, [], None, [TimedEmotion(1.0, sad, 2.0), TimedEmotion(1.5, happy, 2.0)]
+    )
     sent: list[EmotionInput] = []
 
     def classify(inputs: list[EmotionInput]) -> list[EmotionResult]:
@@ -83,11 +96,14 @@ def test_a_span_takes_its_most_probable_tag_else_the_classifier() -> None:
         return [calm] * len(inputs)
 
     samples = np.arange(16000 * 5, dtype=np.float32)
-    spans = [Span(0.0, 1.2), Span(0.5, 2.0), Span(3.0, 4.0)]
+    spans = [Span(0.0, 1.2), Span(0.5, 2.0), Span(3.0, 4.0), Span(1.7, 1.9), Span(0.0, 0.9)]
     out = span_emotions(samples, transcript, spans, False, classify)
-    assert out == [sad, happy, calm]
-    (x,) = sent  # only the untagged span was classified, from its own audio
+    # the most probable tag inside; else the one in force (its text ran to 2.0 s); else
+    # the classifier, also before the first tag
+    assert out == [sad, happy, calm, happy, calm]
+    x, y = sent  # only the untagged spans were classified, each from its own audio
     assert x.frames is None and x.audio is not None and x.audio[0] == 3 * 16000
+    assert y.audio is not None and y.audio[0] == 0
     assert span_emotions(samples, transcript, spans, False, None)[2] is None
 
 
@@ -190,3 +206,44 @@ def test_languages_partials_and_the_fallback_classifier(model) -> None:
     assert emotion.label and 0.0 <= emotion.confidence <= 1.0
     with pytest.raises(ValueError, match="audio"):
         model.classify([EmotionInput(frames=np.zeros((5, 512), np.float16))])
+
+
+@pytest.mark.slow
+def test_an_adapter_that_writes_tags_gives_the_segments_their_emotion(tagging_voxtral) -> None:
+    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
+
+    base, adapter = tagging_voxtral
+    section = {"base_model": str(base), "max_new_tokens": 48}
+    settings = Settings(speech_model="ethostral", ethostral={**section, "adapter": str(adapter)})
+    talk = two_speaker_conversation(turns_each=1)
+    run = {
+        "vad": SileroVad(settings.vad),
+        "diarizer": None,
+        "settings": settings,
+    }
+    session = transcribe(
+        Audio(talk.samples),
+        "talk.wav",
+        TranscribeOptions(diarize=False),
+        model=EthostralSpeechModel(settings),
+        **run,
+    )
+    assert session.language == "en"  # told by Whisper base
+    text = " ".join(s.text for s in session.segments)
+    assert text.replace("stop that now okay", "").strip() == ""  # tags gone, once per window
+    for segment in session.segments:  # the tag, or the tag still in force in its window
+        emotion = segment.emotion
+        assert emotion is not None and emotion.label == "Angry"  # [angry]; not [coughs]
+        assert emotion.confidence > 0.9  # the model's probability of writing the tag
+        assert emotion.valence < 0 < emotion.arousal  # the label's norms
+    # without the adapter the base writes no such sentence
+    plain = Settings(speech_model="ethostral", ethostral={**section, "emotion_fallback": False})
+    session = transcribe(
+        Audio(talk.samples),
+        "talk.wav",
+        TranscribeOptions(language="en", diarize=False),
+        model=EthostralSpeechModel(plain),
+        **run,
+    )
+    assert "stop that now" not in " ".join(s.text for s in session.segments)

@@ -46,12 +46,14 @@ def test_pull_puts_each_model_in_its_folder_and_prints_the_settings(
     assert (out / "pyannote" / "config.json").exists()  # the setting's default pipeline
     assert {c["token"] for c in fake_hub} == {"hf_test"}
     printed = capsys.readouterr().out
+    assert "ETHOSTRAL_SPEECH_MODEL=ethostral" in printed
+    assert "ETHOSTRAL_DIARIZER__BACKEND=pyannote" in printed
     assert f"ETHOSTRAL_ETHOSTRAL__BASE_MODEL={(out / 'voxtral').resolve()}" in printed
     assert f"ETHOSTRAL_ETHOSTRAL__ADAPTER={(out / 'adapter').resolve()}" in printed
     assert f"ETHOSTRAL_DIARIZER__PYANNOTE_PIPELINE={(out / 'pyannote').resolve()}" in printed
 
 
-def test_pull_without_pyannote_and_with_a_revision(tmp_path, fake_hub) -> None:
+def test_pull_without_pyannote_and_with_a_revision(tmp_path, fake_hub, capsys) -> None:
     code = main(
         [
             "models", "pull", "--dir", str(tmp_path / "m"), "--base", "org/voxtral",
@@ -60,6 +62,7 @@ def test_pull_without_pyannote_and_with_a_revision(tmp_path, fake_hub) -> None:
     )  # fmt: skip
     assert code == 0
     assert [(c["repo_id"], c["revision"]) for c in fake_hub] == [("org/voxtral", "v1")]
+    assert "DIARIZER" not in capsys.readouterr().out
 
 
 def test_a_failed_download_says_which_and_why(tmp_path, fake_hub, capsys) -> None:

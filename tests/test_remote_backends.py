@@ -75,7 +75,7 @@ class _FakeModelHandle:
             return WindowResult.empty(job.language)
         index = int(job.audio[0])
         frames = np.full((int(len(job.audio) / 320), 4), index, np.float16)
-        inline = [TimedEmotion(0.2, NERVOUS)] if index in self.tagged else []
+        inline = [TimedEmotion(0.2, NERVOUS, 0.3)] if index in self.tagged else []
         return WindowResult(
             [WordTiming(f" w{index}", 0.1, 0.3, 0.9)],
             job.language or self.detected,

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from ethostral_serve.backends.stream import join_utterances, split_window, utterance_results
-from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, WindowResult, WordTiming
+from ethostral_serve.pipeline.types import (
+    EmotionInput,
+    EmotionResult,
+    TimedEmotion,
+    WindowResult,
+    WordTiming,
+)
 
 
 def _window(words: list[tuple[str, float, float]], seconds: float) -> WindowResult:
@@ -63,3 +69,23 @@ def test_utterance_results_classify_each_utterance_from_its_own_frames() -> None
 
 def test_join_utterances_stops_at_thirty_seconds() -> None:
     assert len(join_utterances([np.zeros(20 * 16000), np.zeros(20 * 16000)])) == 30 * 16000
+
+
+def test_inline_emotions_go_to_the_utterance_they_were_written_in() -> None:
+    angry = EmotionResult("Angry", 0.9, -0.4, 0.7, 0.3)
+    sad = EmotionResult("Sad", 0.8, -0.6, -0.3, -0.3)
+    result = _window([(" a", 0.2, 0.6), (" b", 2.2, 2.6)], 3.5)
+    result.emotions = [TimedEmotion(0.1, angry, 3.5), TimedEmotion(2.5, sad, 3.5)]
+    first, second = split_window(result, [32000, 24000])
+    assert first.emotions == [TimedEmotion(0.1, angry, 2.0)]  # held to its utterance's end
+    assert second.emotions == [TimedEmotion(0.5, sad, 1.5)]
+    calls: list[int] = []
+
+    def classify(inputs: list[EmotionInput]) -> list[EmotionResult]:
+        calls.append(len(inputs))
+        return [EmotionResult("Calm", 0.5, 0.1, 0.0, 0.0) for _ in inputs]
+
+    utterances = [np.zeros(32000, np.float32), np.zeros(24000, np.float32)]
+    out = utterance_results(result, utterances, True, classify)
+    assert [r.emotion for r in out] == [angry, sad] and calls == []  # no classifier call
+    assert all(r.emotion is None for r in utterance_results(result, utterances, True, None, False))

@@ -60,8 +60,15 @@ def write_tekken(path: Path) -> Path:
     return path
 
 
-def build_tiny_voxtral(root: Path, seed: int = 0) -> Path:
-    """Save a random tiny Voxtral with its processor into ``root``; return ``root``."""
+TAGGED_SCRIPT = "[angry] stop that now [coughs] okay"
+
+
+def build_tiny_voxtral(root: Path, seed: int = 0, deaf: bool = False) -> Path:
+    """Save a random tiny Voxtral with its processor into ``root``; return ``root``.
+
+    ``deaf``: the audio projector's output is zero, so what the model writes does not
+    depend on the audio (an adapter can then teach it a fixed transcript).
+    """
     import torch
     from transformers import (
         MistralCommonBackend,
@@ -95,7 +102,11 @@ def build_tiny_voxtral(root: Path, seed: int = 0) -> Path:
         },
         audio_token_id=AUDIO_TOKEN_ID,
     )
-    VoxtralForConditionalGeneration(config).save_pretrained(root)
+    model = VoxtralForConditionalGeneration(config)
+    if deaf:
+        with torch.no_grad():
+            _projector(model).linear_2.weight.zero_()
+    model.save_pretrained(root)
     tekken = write_tekken(root / "tekken.json")
     processor = VoxtralProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=128),
@@ -120,4 +131,67 @@ def build_tiny_adapter(base: Path, root: Path, seed: int = 1) -> Path:
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
     peft_model.save_pretrained(root)
+    return root
+
+
+def _projector(model: object) -> object:
+    return next(m for n, m in model.named_modules() if n.endswith("multi_modal_projector"))
+
+
+def build_tagging_adapter(
+    base: Path, root: Path, script: str = TAGGED_SCRIPT, seed: int = 3, max_steps: int = 400
+) -> Path:
+    """A LoRA adapter trained here so that the (deaf) ``base`` writes ``script``, tags
+    included, for any audio and language: the Ethostral fine-tune in miniature.
+
+    Teacher forcing on transcription prompts of several languages and audio lengths,
+    until the loss is below 0.005 (about 200 steps, 10 s on a CPU core).
+    """
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoProcessor, VoxtralForConditionalGeneration
+
+    torch.manual_seed(seed)
+    processor = AutoProcessor.from_pretrained(base)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=r".*language_model.*\.(q|k|v|o|gate|up|down)_proj|.*lm_head",
+    )
+    model = get_peft_model(VoxtralForConditionalGeneration.from_pretrained(base), lora)
+    tok = processor.tokenizer
+    target = torch.tensor([[*tok.encode(script, add_special_tokens=False), tok.eos_token_id]])
+    rng = np.random.default_rng(seed)
+    languages = [None, "en", "fr", "es", "pt", "de", "it", "nl", "hi"]
+    prompts = [
+        processor.apply_transcription_request(
+            audio=[rng.normal(0, 0.1, 16000 * (1 + 3 * i)).astype(np.float32)],
+            model_id=str(base),
+            language=[language],
+            sampling_rate=16000,
+            format=["WAV"],
+            return_tensors="pt",
+        )
+        for i, language in enumerate(languages)
+    ]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=3e-3)
+    for step in range(max_steps):
+        prompt = prompts[step % len(prompts)]
+        ids = torch.cat([prompt["input_ids"], target], dim=1)
+        labels = ids.clone()
+        labels[:, : prompt["input_ids"].shape[1]] = -100  # learn the transcript only
+        loss = model(
+            input_ids=ids,
+            input_features=prompt["input_features"],
+            attention_mask=torch.ones_like(ids),
+            labels=labels,
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.005:
+            break
+    model.save_pretrained(root)
     return root

@@ -5,9 +5,11 @@ and tags its emotions in one pass.
   placed by their share of its characters over the window's length. Windows are
   speech regions joined by the VAD, so this is close within a window; it is not the
   word-level alignment Whisper gives.
-- **Emotion.** A tag's time is where it sits in the text, on the same scale. A segment
-  takes its most probable emotion tag; a segment without one gets the embedded
-  emotion model's emotion of its audio (``ethostral.emotion_fallback``).
+- **Emotion.** A tag's time is where it sits in the text, on the same scale, and it
+  holds until the next tag or the window's end. A segment takes the most probable
+  emotion tag inside it, else the tag in force where it starts; a segment of a window
+  without tags gets the embedded emotion model's emotion of its audio
+  (``ethostral.emotion_fallback``).
 - **Language.** Voxtral does not report the language it heard: audio sent without one
   is identified with the bundled Whisper base among ``ethostral.languages``
   (``ethostral.detect_language``), and that language is then given to Voxtral.
@@ -23,7 +25,7 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.ethostral import EthostralAsr, EthostralResult
-from ethostral_serve.backends.ethostral_tags import label_emotion
+from ethostral_serve.backends.ethostral_tags import MAX_TAG_CHARS, label_emotion, parse_tags
 from ethostral_serve.backends.windows import (
     check_language,
     span_emotions,
@@ -69,10 +71,21 @@ def timed_emotions(result: EthostralResult, duration: float) -> list[TimedEmotio
     tagged = result.tagged
     scale = duration / len(tagged.text) if tagged.text else 0.0
     return [
-        TimedEmotion(tagged.position(tag.start) * scale, label_emotion(tag.label, p))
+        TimedEmotion(tagged.position(tag.start) * scale, label_emotion(tag.label, p), duration)
         for tag, p in zip(tagged.tags, result.tag_probabilities, strict=True)
         if tag.label is not None
     ]
+
+
+def draft_text(raw: str) -> str:
+    """The text of a draft whose generation may have stopped inside a tag: an unclosed
+    ``[`` near the end that does not start a known tag (``… now [cou``) is a tag being
+    written, and is dropped with what follows it."""
+    cut = raw.rfind("[")
+    tail = raw[cut:] if cut != -1 else ""
+    if tail and "]" not in tail and len(tail) <= MAX_TAG_CHARS:
+        raw = raw if any(t.known for t in parse_tags(tail).tags) else raw[:cut]
+    return parse_tags(raw).text
 
 
 class EthostralSpeechModel:
@@ -180,7 +193,7 @@ class EthostralSpeechModel:
         """A quick draft of a live utterance: tag-free text and language.
 
         Greedy like the finals but capped at a length speech rarely passes, so a draft
-        cannot run on.
+        cannot run on (:func:`draft_text` drops a tag the cap cut short).
         """
         if len(audio) < MIN_WINDOW_SAMPLES:
             return "", language or "und"
@@ -188,4 +201,4 @@ class EthostralSpeechModel:
             language = self.detect_language(audio)[0]
         cap = 16 + int(8 * len(audio) / SAMPLE_RATE)
         (out,) = self.asr.transcribe_segments([audio], [language], max_new_tokens=cap)
-        return out.text, language or "und"
+        return draft_text(out.raw), language or "und"

@@ -119,7 +119,11 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
         ]
         frames = result.frames[lo // frame : -(-hi // frame)]
         emotions = [
-            TimedEmotion(min(max(0.0, e.time - start), end - start), e.emotion)
+            TimedEmotion(
+                min(max(0.0, e.time - start), end - start),
+                e.emotion,
+                min(max(0.0, e.until - start), end - start),
+            )
             for e in result.emotions
             if start <= e.time < end or (last and e.time >= end) or (i == 0 and e.time < 0)
         ]

@@ -2,8 +2,9 @@
 transcript, and giving each segment its emotion.
 
 A segment's emotion is the most confident emotion the model wrote inline inside it
-(Ethostral's tags); a segment without one is classified from what the emotion model
-reads: the ASR pass's encoder frames inside it (the embedded Whisper) or its audio.
+(Ethostral's tags), else the one still in force from earlier in the same window; a
+segment without either is classified from what the emotion model reads: the ASR
+pass's encoder frames inside it (the embedded Whisper) or its audio.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def transcript_from_windows(
             start = chunk.to_original(w.start)
             end = max(start, chunk.to_original(w.end))
             words.append(WordTiming(w.text, start, end, float(w.probability)))
-        emotions += [TimedEmotion(chunk.to_original(e.time), e.emotion) for e in result.emotions]
+        emotions += [
+            TimedEmotion(chunk.to_original(e.time), e.emotion, chunk.to_original(e.until))
+            for e in result.emotions
+        ]
         if len(result.frames):
             frames.append(result.frames)
             times.append(
@@ -109,11 +113,17 @@ def transcript_from_windows(
 def inline_emotion(
     emotions: Sequence[TimedEmotion], start: float, end: float
 ) -> EmotionResult | None:
-    """The most confident inline emotion at ``[start, end]`` (the first on ties), or None."""
+    """The inline emotion of ``[start, end]``: the most confident one written inside it
+    (the first on ties); else the one in force at ``start`` (the last written before it
+    whose text runs on past ``start``); else None. ``emotions`` are sorted by time."""
     best: EmotionResult | None = None
     for e in emotions:
         if start <= e.time <= end and (best is None or e.emotion.confidence > best.confidence):
             best = e.emotion
+    if best is None:
+        before = [e for e in emotions if e.time < start]
+        if before and before[-1].until > start:
+            best = before[-1].emotion
     return best
 
 

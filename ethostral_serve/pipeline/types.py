@@ -58,10 +58,12 @@ class EmotionResult:
 
 @dataclass(frozen=True)
 class TimedEmotion:
-    """An emotion the speech model wrote inline (a tag), at a time in seconds."""
+    """An emotion the speech model wrote inline (a tag) at ``time`` (seconds); it holds
+    until the next one or ``until``, the end of the text it was written in."""
 
     time: float
     emotion: EmotionResult
+    until: float
 
 
 @dataclass
