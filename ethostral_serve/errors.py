@@ -65,6 +65,12 @@ class UnsupportedLanguageError(EthostralError):
     status_code = 422
 
 
+class UnknownAdapterError(EthostralError):
+    """The requested adapter is not one the speech model was configured with."""
+
+    status_code = 422
+
+
 class UploadTooLargeError(EthostralError):
     """The upload is larger than the configured maximum size."""
 

@@ -53,6 +53,10 @@ class PipelineRunner:
         """``None``, ``""`` and ``"auto"`` mean detect; otherwise a supported ISO code."""
         return self.model.check_language(requested_language(language))
 
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """``None`` and ``""`` mean the model's default; otherwise one of its adapters."""
+        return self.model.check_adapter(adapter)
+
     def run(
         self,
         source: AudioSource,
@@ -65,7 +69,11 @@ class PipelineRunner:
 
         ``on_stage`` hears each stage's name and seconds as it ends; ``times`` collects them.
         """
-        options = replace(options, language=self.check_language(options.language))
+        options = replace(
+            options,
+            language=self.check_language(options.language),
+            adapter=self.check_adapter(options.adapter),
+        )
         if options.diarize and self.diarizer is None:
             options = replace(options, diarize=False)
         run = self.tracer.op("transcribe", self._run)
@@ -121,10 +129,17 @@ class _TracedModel:
     def check_language(self, language: str | None) -> str | None:
         return self._inner.check_language(language)
 
+    def check_adapter(self, adapter: str | None) -> str | None:
+        return self._inner.check_adapter(adapter)
+
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
-        return self._transcribe(samples, chunks, language)
+        return self._transcribe(samples, chunks, language, adapter)
 
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,12 +73,35 @@ class EthostralSettings(BaseModel):
         None, description="local directory or hub id of the peft LoRA adapter; None: base only"
     )
     revision: str | None = Field(None, description="hub revision of the base model")
-    merge_adapter: bool = Field(False, description="merge the LoRA into the base weights")
+    adapters: dict[str, str] = Field(
+        {},
+        description="further LoRA adapters a request may choose by name (form field or "
+        "query parameter `adapter`): name → local directory or hub id; loaded on demand "
+        "onto the same base",
+    )
+    merge_adapter: bool = Field(
+        False, description="merge the LoRA into the base weights (not with `adapters`)"
+    )
     device: str = Field("cpu", description="torch device: 'cuda', 'cuda:1', 'cpu'")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on a GPU, float32 on CPU"
     )
     max_new_tokens: int = Field(448, ge=1, le=4096, description="longest transcript per segment")
+
+    @model_validator(mode="after")
+    def _check_adapters(self) -> EthostralSettings:
+        import re
+
+        for name in self.adapters:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "default":
+                raise ValueError(
+                    f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                    "(not 'default')"
+                )
+        if self.adapters and self.merge_adapter:
+            raise ValueError("merge_adapter cannot be used with named adapters")
+        return self
+
     languages: list[str] = Field(
         ["en", "es", "fr", "pt", "hi", "de", "nl", "it"],
         min_length=1,

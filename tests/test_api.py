@@ -148,6 +148,7 @@ def test_emotion_off_leaves_emotion_null(client: TestClient) -> None:
         (None, {"language": "en"}, 422, "file"),
         ({"file": ("a.wav", b"x")}, {"diarize": "maybe"}, 422, "diarize"),
         ({"file": ("a.wav", b"x")}, {"language": "klingon"}, 422, "klingon"),
+        ({"file": ("a.wav", b"x")}, {"adapter": "calls"}, 422, "unknown adapter 'calls'"),
     ],
 )
 def test_bad_uploads_get_a_clear_4xx_and_store_nothing(

@@ -49,10 +49,18 @@ class FakeModel:
     def check_language(self, language: str | None) -> str | None:
         return language
 
+    def check_adapter(self, adapter: str | None) -> str | None:
+        return adapter
+
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
         self.chunks = list(chunks)
+        self.adapter = adapter
         words = []
         for chunk in chunks:
             for i, region in enumerate(chunk.regions):

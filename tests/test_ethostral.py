@@ -98,3 +98,97 @@ def test_a_missing_model_is_a_clear_load_error(tmp_path, tiny) -> None:
     base, _ = tiny
     with pytest.raises(ModelLoadError, match="adapter"):
         EthostralAsr(_settings(base, tmp_path / "no-adapter"))
+
+
+def test_named_adapters_share_a_batch_and_load_and_unload_on_demand(tagging_voxtral) -> None:
+    from tiny_voxtral import TAGGED_SCRIPT
+
+    from ethostral_serve.errors import UnknownAdapterError
+
+    base, tagging = tagging_voxtral
+    plain = build_tiny_adapter(base, base.parent / "plain-adapter")
+    model = EthostralAsr(
+        EthostralSettings(
+            base_model=str(base),
+            adapters={"angry": str(tagging), "plain": str(plain)},
+            max_new_tokens=48,
+        )
+    )
+    assert model.adapters == ("angry", "plain") and model.loaded == set()
+    segments, names = _segments(), ["angry", None, "plain"]
+    batch = model.transcribe_segments(segments, ["en"] * 3, adapters=names)
+    assert model.loaded == {"angry", "plain"}  # loaded by first use
+    alone = [
+        model.transcribe_segments([s], ["en"], adapters=[n])[0].raw
+        for s, n in zip(segments, names, strict=True)
+    ]
+    assert [r.raw for r in batch] == alone  # each segment got its own adapter
+    assert batch[0].raw == TAGGED_SCRIPT and batch[0].emotion.label == "Angry"
+    assert TAGGED_SCRIPT not in (batch[1].raw, batch[2].raw)
+    bare = batch[1].raw  # no default adapter: the base itself
+    model.unload_adapter("angry")
+    model.unload_adapter("plain")
+    assert model.loaded == set() and not hasattr(model.model, "peft_config")
+    assert model.transcribe_segments(segments[1:2], ["en"])[0].raw == bare
+    assert model.transcribe_segments(segments[:1], ["en"], adapters=["angry"])[0].raw == (
+        TAGGED_SCRIPT
+    )
+    with pytest.raises(UnknownAdapterError, match="'nope'; available: angry, plain"):
+        model.transcribe_segments(segments[:1], ["en"], adapters=["nope"])
+
+
+def test_a_default_adapter_serves_requests_that_name_none(tagging_voxtral) -> None:
+    from tiny_voxtral import TAGGED_SCRIPT
+
+    base, tagging = tagging_voxtral
+    plain = build_tiny_adapter(base, base.parent / "plain-default")
+    model = EthostralAsr(
+        EthostralSettings(
+            base_model=str(base),
+            adapter=str(tagging),
+            adapters={"plain": str(plain)},
+            max_new_tokens=48,
+        )
+    )
+    segment = _segments()[:1]
+    assert model.transcribe_segments(segment, ["en"])[0].raw == TAGGED_SCRIPT
+    other = model.transcribe_segments(segment, ["en"], adapters=["plain"])[0].raw
+    assert other != TAGGED_SCRIPT
+    model.unload_adapter("plain")  # the default adapter stays
+    assert model.transcribe_segments(segment, ["en"])[0].raw == TAGGED_SCRIPT
+
+
+def test_adapters_load_and_unload_safely_while_other_threads_generate(tagging_voxtral) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tiny_voxtral import TAGGED_SCRIPT
+
+    base, tagging = tagging_voxtral
+    model = EthostralAsr(
+        EthostralSettings(base_model=str(base), adapters={"angry": str(tagging)}, max_new_tokens=40)
+    )
+    segment = _segments()[:1]
+    bare = model.transcribe_segments(segment, ["en"])[0].raw
+
+    def generate(i: int) -> str:
+        adapter = "angry" if i % 2 else None
+        return model.transcribe_segments(segment, ["en"], adapters=[adapter])[0].raw
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = pool.map(generate, range(24))
+        for _ in range(12):  # meanwhile, evict and reload the adapter again and again
+            model.unload_adapter("angry")
+            model.load_adapter("angry")
+        got = list(outputs)
+    assert got == [TAGGED_SCRIPT if i % 2 else bare for i in range(24)]
+
+
+def test_adapter_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="adapter name 'a b'"):
+        EthostralSettings(adapters={"a b": "/x"})
+    with pytest.raises(ValidationError, match="not 'default'"):
+        EthostralSettings(adapters={"default": "/x"})
+    with pytest.raises(ValidationError, match="merge_adapter cannot"):
+        EthostralSettings(adapter="/a", adapters={"b": "/b"}, merge_adapter=True)

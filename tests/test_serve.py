@@ -244,6 +244,8 @@ def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_st
     import yaml
     from ray import serve
     from tiny_pyannote import build_tiny_pyannote
+    from tiny_voxtral import build_tiny_adapter
+    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     from ethostral_serve.serve.app import AppArgs, build_app
@@ -256,6 +258,8 @@ def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_st
     text = config.read_text(encoding="utf-8").replace("/tmp/ethostral-tiny", str(root))
     (app_config,) = yaml.safe_load(text)["applications"]
     settings = {**app_config["args"]["settings"], "redis": {"url": redis_url}}
+    plain = build_tiny_adapter(base, root / "plain")  # a second, random adapter
+    settings["ethostral"] = {**settings["ethostral"], "adapters": {"plain": str(plain)}}
     serve.run(build_app(AppArgs(settings=settings)), name=APP, route_prefix="/", blocking=False)
     _wait_healthy(serve_url)
     assert _model_handle().backend.remote().result() == "EthostralSpeechModel"
@@ -281,6 +285,23 @@ def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_st
         assert segment["emotion"]["confidence"] > 0.9
     stored = httpx.get(f"{serve_url}/sessions/{session['id']}", timeout=30).json()
     assert stored == session
+    # a named adapter, multiplexed onto the same base: its own (random) transcript
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        data={"language": "en", "adapter": "plain"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert "stop that now" not in " ".join(s["text"] for s in r.json()["segments"])
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        data={"adapter": "nope"},
+        timeout=60,
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == "unknown adapter 'nope'; available: plain"
 
     pcm = (np.clip(talk.samples, -1, 1) * 32767).astype("<i2").tobytes()
     events = []
@@ -307,3 +328,10 @@ def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_st
     stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=30).json()
     assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals]
     assert stored["language"] == "en"
+    with connect(f"ws://{host}/transcribe/stream?adapter=nope") as ws:
+        ws.send(pcm[:3200])
+        event = json.loads(ws.recv())
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+    assert event == {"type": "error", "detail": "unknown adapter 'nope'; available: plain"}
+    assert ws.close_code == 1008

@@ -134,6 +134,7 @@ def test_start_message_and_resampling(engine, stream_backends, redis_url: str) -
         ("sample_rate=100", "sample_rate"),
         ("colour=blue", "colour"),
         ("language=klingon", "klingon"),
+        ("adapter=nope", "'nope'; available: this speech model has no named adapters"),
     ],
 )
 def test_bad_parameters_close_1008(

@@ -46,13 +46,22 @@ class _Backends:
     def check_language(self, language: str | None) -> str | None:
         return language
 
-    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def check_adapter(self, adapter: str | None) -> str | None:
+        return adapter
+
+    def partial(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         self.drafted.append(len(audio) / 16000)
         assert self.draft_gate.wait(10)
         return f"draft of {len(audio)}", "en"
 
     def finals(
-        self, utterances: list[np.ndarray], language: str | None, emotion: bool
+        self,
+        utterances: list[np.ndarray],
+        language: str | None,
+        emotion: bool,
+        adapter: str | None = None,
     ) -> list[UtteranceResult]:
         self.final_calls.append(len(utterances))
         assert self.final_gate.wait(10)

@@ -41,7 +41,8 @@ deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`.
 
 **Live streaming: `WS /transcribe/stream`.** Query parameters `sample_rate` (default
 16000), `encoding` (`pcm_s16le` default, or `pcm_f32le`), `language`, `diarize`,
-`emotion`, `filename` (or the same in a first text message `{"type": "start", ...}`).
+`emotion`, `adapter`, `filename` (or the same in a first text message `{"type": "start",
+...}`).
 Send binary frames of mono PCM of any size, then `{"type": "stop"}`. The server sends
 JSON events `{"type": "partial" | "final", "segment_id", "speaker", "text",
 "start_ms", "end_ms", "emotion"}`: partials while an utterance is spoken (same
@@ -134,11 +135,19 @@ def create_app(
         emotion: Annotated[
             bool, Form(description="emotion per segment; false leaves `emotion` null")
         ] = True,
+        adapter: Annotated[
+            str | None,
+            Form(
+                description="a named fine-tune of the speech model (ETHOSTRAL_ETHOSTRAL__"
+                "ADAPTERS); empty: the default"
+            ),
+        ] = None,
     ) -> Session:
         code = await asyncio.to_thread(runner.check_language, language)
+        named = await asyncio.to_thread(runner.check_adapter, adapter)
         await store.ping()  # fail fast, before the expensive part
         filename = PurePath(file.filename or "upload").name or "upload"
-        options = TranscribeOptions(language=code, diarize=diarize, emotion=emotion)
+        options = TranscribeOptions(language=code, diarize=diarize, emotion=emotion, adapter=named)
         context = contextvars.copy_context()  # tracing context reaches the thread
         session = await asyncio.get_running_loop().run_in_executor(
             runs, context.run, runner.run, file.file, filename, options

@@ -118,6 +118,7 @@ class StreamParams(BaseModel):
     language: str | None = None
     diarize: bool = True
     emotion: bool = True
+    adapter: str | None = None
     filename: str = Field("stream", min_length=1, max_length=255)
 
 
@@ -204,12 +205,14 @@ class LiveStream:
         """Draft the open utterance (blocking)."""
         # A draft's detected language is not kept: a fraction of a second is too little
         # to tell; the first final decides the stream's language.
-        text, _ = self.backends.partial(due.audio, self.language)
+        text, _ = self.backends.partial(due.audio, self.language, self.params.adapter)
         return self._event("partial", due, text, self._last_speaker, None)
 
     def final_events(self, dues: Sequence[Due]) -> list[dict[str, Any]]:
         """Recognise finished utterances (in one ASR pass), keep them (blocking)."""
-        results = self.backends.finals([d.audio for d in dues], self.language, self.params.emotion)
+        results = self.backends.finals(
+            [d.audio for d in dues], self.language, self.params.emotion, self.params.adapter
+        )
         return [self._final(d, r) for d, r in zip(dues, results, strict=True)]
 
     def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
@@ -533,9 +536,10 @@ async def _open(
 ) -> LiveStream:
     try:
         language = await capacity.call(backends.check_language, requested_language(params.language))
+        adapter = await capacity.call(backends.check_adapter, params.adapter)
     except EthostralError as exc:
         raise StreamClosed(CLOSE_POLICY, exc.detail) from None
-    params = params.model_copy(update={"language": language})
+    params = params.model_copy(update={"language": language, "adapter": adapter})
     live = LiveStream(params, backends, settings, capacity, language=language)
     live.lanes = StreamLanes(ws, live, lambda: inbox.put_nowait({"type": LANE_FAILED}))
     return live

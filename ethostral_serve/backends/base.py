@@ -49,10 +49,19 @@ class SpeechModel(Protocol):
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
         ...
 
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """A named adapter the model has (None: its default); else ``UnknownAdapterError``."""
+        ...
+
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
-        """Words with times on the original timeline; detects the language when ``None``."""
+        """Words with times on the original timeline; detects the language when ``None``.
+        ``adapter`` names a fine-tune of the model (None: its default)."""
         ...
 
     def emotions(
@@ -74,21 +83,28 @@ class WindowedSpeechModel(SpeechModel, Protocol):
     """
 
     languages: tuple[str, ...]
+    adapters: tuple[str, ...]
     multilingual: bool
     reads_encoder_states: bool
     classifies: bool
 
     def transcribe_windows(
-        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+        self,
+        windows: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
     ) -> list[WindowResult]:
-        """Recognise windows of at most 30 s; a ``None`` language is detected."""
+        """Recognise windows of at most 30 s; a ``None`` language is detected; each
+        window may name its adapter."""
         ...
 
     def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]:
         """One emotion per segment input."""
         ...
 
-    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of a live utterance (at most 30 s): text and language."""
         ...
 
@@ -112,12 +128,22 @@ class StreamBackends(Protocol):
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
         ...
 
-    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """A named adapter the model has (None: its default); else ``UnknownAdapterError``."""
+        ...
+
+    def partial(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of an utterance so far: text and language."""
         ...
 
     def finals(
-        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+        self,
+        utterances: Sequence[np.ndarray],
+        language: str | None,
+        emotion: bool,
+        adapter: str | None = None,
     ) -> list[UtteranceResult]:
         """Finished utterances of one stream (at most 30 s together) recognised in full,
         each with its emotion when asked for; read together, they share one ASR pass."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ethostral_serve.backends.whisper import WhisperAsr, default_cpu_threads
-from ethostral_serve.backends.windows import span_emotions
+from ethostral_serve.backends.windows import check_adapter, span_emotions
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -47,9 +47,15 @@ class EmbeddedSpeechModel:
                 base = settings.asr.model_copy(update={"model": "base"})
                 self._emotion_encoder = WhisperAsr(base, settings.cache_dir)
 
+    adapters: tuple[str, ...] = ()  # Whisper here has no fine-tunes to choose from
+
     def check_language(self, language: str | None) -> str | None:
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
         return self.asr.check_language(language)
+
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """None; naming an adapter is an ``UnknownAdapterError`` (there are none)."""
+        return check_adapter(adapter, self.adapters)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -62,18 +68,26 @@ class EmbeddedSpeechModel:
         return self.asr.multilingual
 
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
         """Words on the original timeline, plus the encoder states for emotion."""
+        self.check_adapter(adapter)
         return self.asr.transcribe(samples, chunks, language)
 
-    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of a live utterance: text and language.
 
         The draft model (``stream.draft_model``) writes it when it knows the language
         (an English-only model drafts only streams known to be English); otherwise the
         ASR model does.
         """
+        self.check_adapter(adapter)
         drafter = self.load_drafter()
         if drafter.multilingual or language in drafter.languages:
             return drafter.partial_text(audio, language)
@@ -102,9 +116,14 @@ class EmbeddedSpeechModel:
             return self._drafter
 
     def transcribe_windows(
-        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+        self,
+        windows: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
     ) -> list[WindowResult]:
         """Recognise independent ASR windows together (the batched path)."""
+        for adapter in adapters or ():
+            self.check_adapter(adapter)
         return self.asr.transcribe_windows(windows, languages)
 
     @property

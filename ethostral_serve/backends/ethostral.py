@@ -5,6 +5,9 @@ The base model and the adapter each load from a local directory or a Hugging Fac
 id (token from ``HF_TOKEN``). Segments are transcribed in batches: the processor's
 transcription request builds the prompts (language given, or detected when None),
 padded on the left with attention masks, and one ``generate`` call decodes them all.
+Further named adapters (``ethostral.adapters``) load on demand onto the same base and
+unload again; the ``generate`` call names each segment's adapter, so segments of
+different adapters can share a batch.
 The transcript's inline tags (``[nervous] So... [laughs]``) are stripped from the text
 and give the segment's emotion (:mod:`ethostral_serve.backends.ethostral_tags`), with the
 model's own probability of writing the tag as confidence.
@@ -13,7 +16,9 @@ model's own probability of writing the tag as confidence.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +26,14 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.ethostral_tags import TaggedText, parse_tags, tag_emotion
+from ethostral_serve.backends.windows import check_adapter
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import EmotionResult
 from ethostral_serve.settings import EthostralSettings
 
 MAX_SEGMENT_S = 30.0  # the processor's chunk: a longer segment would become two inputs
+DEFAULT_ADAPTER = "default"  # peft's name for the adapter loaded with the base model
+NO_ADAPTER = "__base__"  # peft's name, in a batch's adapter_names, for the bare base
 
 
 @dataclass(frozen=True)
@@ -96,19 +104,82 @@ class EthostralAsr:
                 + f": {exc}"
             ) from exc
         self.model = model.to(settings.device).eval()
+        self.default_adapter = (
+            DEFAULT_ADAPTER if settings.adapter is not None and not settings.merge_adapter else None
+        )
+        self.loaded: set[str] = set()  # named adapters (``settings.adapters``) loaded now
+        # peft picks each segment's adapter through hooks on the shared LoRA layers, so
+        # two generations at once would see each other's choice: with adapters, one
+        # generation (or adapter load or unload) runs at a time.
+        with_adapters = bool(self.default_adapter or settings.adapters)
+        self._turn: AbstractContextManager[Any] = (
+            threading.Lock() if with_adapters else nullcontext()
+        )
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the adapters a request may choose (``settings.adapters``)."""
+        return tuple(self.settings.adapters)
+
+    def check_adapter(self, name: str | None) -> str | None:
+        """``name`` if it names a configured adapter (None: the default); else
+        ``UnknownAdapterError``."""
+        return check_adapter(name, self.adapters)
+
+    def load_adapter(self, name: str) -> None:
+        """Load a named adapter onto the base (nothing to do when it is loaded)."""
+        self.check_adapter(name)
+        with self._turn:
+            self._load(name)
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove a named adapter from the base, freeing its weights."""
+        with self._turn:
+            if name in self.loaded:
+                if len(self.model.peft_config) > 1:
+                    self.model.delete_adapter(name)
+                else:  # the last one: back to the bare base (peft keeps no empty wrapper)
+                    self.model = self.model.unload()
+                self.loaded.discard(name)
+
+    def _load(self, name: str) -> None:
+        from peft import PeftModel
+
+        if name in self.loaded:
+            return
+        path, token = self.settings.adapters[name], os.environ.get("HF_TOKEN") or None
+        try:
+            if _is_peft(self.model):
+                self.model.load_adapter(path, adapter_name=name, token=token)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, path, adapter_name=name, token=token
+                )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"could not load adapter {name!r} from {path!r}: {exc}") from exc
+        self.model = self.model.to(self.settings.device).eval()
+        self.loaded.add(name)
 
     def transcribe_segments(
         self,
         audios: Sequence[np.ndarray],
         languages: Sequence[str | None],
         max_new_tokens: int | None = None,
+        adapters: Sequence[str | None] | None = None,
     ) -> list[EthostralResult]:
         """Transcribe 16 kHz mono segments (each at most 30 s) in one batched generation,
-        writing at most ``max_new_tokens`` (default: the settings') per segment."""
+        writing at most ``max_new_tokens`` (default: the settings') per segment.
+
+        ``adapters`` names each segment's adapter (None: the default one, if any);
+        named adapters are loaded first when they are not.
+        """
         import torch
 
         if len(audios) != len(languages):
             raise ValueError("one language (or None) per segment")
+        named = [self.check_adapter(a) for a in (adapters or [None] * len(audios))]
+        if len(named) != len(audios):
+            raise ValueError("one adapter (or None) per segment")
         if any(len(a) > MAX_SEGMENT_S * SAMPLE_RATE for a in audios):
             raise ValueError(f"segments must be at most {MAX_SEGMENT_S:g} s")
         if not audios:
@@ -124,14 +195,11 @@ class EthostralAsr:
         inputs = inputs.to(self.model.device)
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.model.dtype)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
+        with self._turn:
+            for name in sorted({a for a in named if a is not None}):
+                self._load(name)  # a no-op when loaded (outside inference mode: its
+                # tensors must stay usable when it is unloaded or reloaded later)
+            out = self._generate(inputs, named, max_new_tokens)
         written = out.sequences[:, inputs["input_ids"].shape[1] :]
         # the probability the model gave each token it wrote, step by step on the device
         # (stacking every step's full-vocabulary scores would take hundreds of MB)
@@ -144,6 +212,24 @@ class EthostralAsr:
         )
         tokens, probs = written.cpu().tolist(), chosen.exp().cpu().numpy()
         return [self._result(tokens[i], probs[i]) for i in range(len(audios))]
+
+    def _generate(self, inputs: Any, adapters: list[str | None], max_new_tokens: int | None) -> Any:
+        """Greedy generation with scores, each segment with its adapter."""
+        import torch
+
+        extra = {}
+        if _is_peft(self.model):  # name each segment's adapter
+            default = self.default_adapter or NO_ADAPTER
+            extra["adapter_names"] = [a or default for a in adapters]
+        with torch.inference_mode():
+            return self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                **extra,
+            )
 
     def _result(self, ids: list[int], probabilities: np.ndarray) -> EthostralResult:
         tok = self.processor.tokenizer
@@ -178,6 +264,12 @@ class EthostralAsr:
             spans.append((done, length))
             done = length
         return spans
+
+
+def _is_peft(model: object) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 
 
 def _span_probability(

@@ -27,6 +27,7 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.ethostral import EthostralAsr, EthostralResult
 from ethostral_serve.backends.ethostral_tags import MAX_TAG_CHARS, label_emotion, parse_tags
 from ethostral_serve.backends.windows import (
+    check_adapter,
     check_language,
     span_emotions,
     transcript_from_windows,
@@ -117,9 +118,26 @@ class EthostralSpeechModel:
         """Whether untagged segments get the embedded emotion model's emotion."""
         return self.classifier is not None
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """The named adapters a request may choose (``ethostral.adapters``)."""
+        return self.asr.adapters
+
     def check_language(self, language: str | None) -> str | None:
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
         return check_language(language, self.languages)
+
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """A configured adapter name (None: the default); else ``UnknownAdapterError``."""
+        return check_adapter(adapter, self.adapters)
+
+    def load_adapter(self, adapter: str) -> None:
+        """Load a named adapter now (it would load on first use anyway)."""
+        self.asr.load_adapter(adapter)
+
+    def unload_adapter(self, adapter: str) -> None:
+        """Free a named adapter's weights (it loads again when next used)."""
+        self.asr.unload_adapter(adapter)
 
     def detect_language(self, audio: np.ndarray) -> tuple[str | None, float]:
         """The language of ``audio`` among ours, or None (Voxtral guesses) when no
@@ -129,11 +147,16 @@ class EthostralSpeechModel:
         return self.whisper.detect_language(audio[: 30 * SAMPLE_RATE], self.languages)
 
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
         """Every window in batches of ``ethostral.batch_size``; when no language is
         given, the first window's detected language is used for all."""
         language = self.check_language(language)
+        adapter = self.check_adapter(adapter)
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
         if language is None:
             first = next((w for w in windows if len(w) >= MIN_WINDOW_SAMPLES), None)
@@ -142,16 +165,23 @@ class EthostralSpeechModel:
         results: list[WindowResult] = []
         for lo in range(0, len(windows), step):
             batch = windows[lo : lo + step]
-            results += self.transcribe_windows(batch, [language] * len(batch))
+            results += self.transcribe_windows(
+                batch, [language] * len(batch), [adapter] * len(batch)
+            )
         return transcript_from_windows(chunks, results, self.multilingual)
 
     def transcribe_windows(
-        self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
+        self,
+        windows: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
     ) -> list[WindowResult]:
-        """Recognise windows (each at most 30 s) in one batched generation; a None
-        language is detected first. Times are seconds inside each window."""
-        if len(windows) != len(languages):
-            raise ValueError("one language (or None) per window")
+        """Recognise windows (each at most 30 s) in one batched generation, each with its
+        adapter (None: the default); a None language is detected first. Times are
+        seconds inside each window."""
+        named = [self.check_adapter(a) for a in adapters or [None] * len(windows)]
+        if len(windows) != len(languages) or len(windows) != len(named):
+            raise ValueError("one language (or None) and one adapter (or None) per window")
         results = [WindowResult.empty(lang) for lang in languages]
         todo = [i for i, w in enumerate(windows) if len(w) >= MIN_WINDOW_SAMPLES]
         if not todo:
@@ -159,7 +189,9 @@ class EthostralSpeechModel:
         told = [
             (languages[i], 1.0) if languages[i] else self.detect_language(windows[i]) for i in todo
         ]
-        outputs = self.asr.transcribe_segments([windows[i] for i in todo], [t[0] for t in told])
+        outputs = self.asr.transcribe_segments(
+            [windows[i] for i in todo], [t[0] for t in told], adapters=[named[i] for i in todo]
+        )
         for i, (language, probability), out in zip(todo, told, outputs, strict=True):
             duration = len(windows[i]) / SAMPLE_RATE
             results[i] = WindowResult(
@@ -189,7 +221,9 @@ class EthostralSpeechModel:
             clips.append(self.whisper.encode_clip(x.audio))
         return self.classifier.classify_frames(clips) if clips else []
 
-    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of a live utterance: tag-free text and language.
 
         Greedy like the finals but capped at a length speech rarely passes, so a draft
@@ -200,5 +234,8 @@ class EthostralSpeechModel:
         if language is None:
             language = self.detect_language(audio)[0]
         cap = 16 + int(8 * len(audio) / SAMPLE_RATE)
-        (out,) = self.asr.transcribe_segments([audio], [language], max_new_tokens=cap)
+        adapter = self.check_adapter(adapter)
+        (out,) = self.asr.transcribe_segments(
+            [audio], [language], max_new_tokens=cap, adapters=[adapter]
+        )
         return draft_text(out.raw), language or "und"

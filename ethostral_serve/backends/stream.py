@@ -44,15 +44,27 @@ class LocalStreamBackends:
         """Normalise a requested language code."""
         return self.model.check_language(language)
 
-    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """A named adapter of the model (None: its default)."""
+        return self.model.check_adapter(adapter)
+
+    def partial(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of the utterance so far."""
-        return self.model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language)
+        return self.model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language, adapter)
 
     def finals(
-        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+        self,
+        utterances: Sequence[np.ndarray],
+        language: str | None,
+        emotion: bool,
+        adapter: str | None = None,
     ) -> list[UtteranceResult]:
         """Utterances in full quality, read as one ASR window, each with its emotion."""
-        (result,) = self.model.transcribe_windows([join_utterances(utterances)], [language])
+        (result,) = self.model.transcribe_windows(
+            [join_utterances(utterances)], [language], [adapter]
+        )
         classify = self.model.classify if emotion and self.model.classifies else None
         return utterance_results(
             result, utterances, self.model.reads_encoder_states, classify, emotion

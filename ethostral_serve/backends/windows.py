@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.errors import UnsupportedLanguageError
+from ethostral_serve.errors import UnknownAdapterError, UnsupportedLanguageError
 from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.types import (
     Chunk,
@@ -63,6 +63,16 @@ def check_language(language: str | None, languages: Sequence[str]) -> str | None
             f"use one of: {', '.join(languages)}"
         )
     return code
+
+
+def check_adapter(adapter: str | None, adapters: Sequence[str]) -> str | None:
+    """``adapter`` if the model has it; None and ``""`` mean the model's default."""
+    if not adapter:
+        return None
+    if adapter not in adapters:
+        known = ", ".join(adapters) if adapters else "this speech model has no named adapters"
+        raise UnknownAdapterError(f"unknown adapter {adapter!r}; available: {known}")
+    return adapter
 
 
 def transcript_from_windows(

@@ -29,6 +29,7 @@ class TranscribeOptions:
     language: str | None = None
     diarize: bool = True
     emotion: bool = True
+    adapter: str | None = None  # a named fine-tune of the speech model; None: its default
 
 
 @dataclass
@@ -93,7 +94,7 @@ def transcribe(
             )
         with times.stage("asr", on_stage):
             chunks = build_chunks(regions, settings.vad.max_chunk_s)
-            transcript = model.transcribe(samples, chunks, options.language)
+            transcript = model.transcribe(samples, chunks, options.language, options.adapter)
         if pending is not None:
             turns = pending.result()
     with times.stage("segment", on_stage):

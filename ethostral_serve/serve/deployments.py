@@ -31,6 +31,10 @@ log = logging.getLogger("ray.serve")  # replica logs go where Serve writes its o
 # pool has cores + 4 threads, which live drafts, finals and upload batches together
 # outgrow, so calls would wait for a thread rather than for the model.
 _MODEL_CALLS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="model-call")
+# Named adapters (ethostral.adapters) one EthostralModel replica keeps loaded; the least
+# recently used one is unloaded to make room. Serve routes an adapter's calls to the
+# replicas that have it loaded.
+MAX_ADAPTERS_PER_REPLICA = 4
 
 
 async def offload(fn: Callable[..., T], *args: Any) -> T:
@@ -145,14 +149,35 @@ class EthostralModel:
             multilingual=bool(m.multilingual),
             reads_encoder_states=bool(m.reads_encoder_states),
             classifies=bool(m.classifies),
+            adapters=tuple(m.adapters),
         )
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
+    async def get_adapter(self, adapter: str) -> LoadedAdapter:
+        """A named adapter loaded onto this replica's model (Serve's model multiplexing:
+        it keeps the most recently used ones and unloads the rest)."""
+        load = getattr(self.model, "load_adapter", None)
+        if load is None:
+            raise TypeError(f"{type(self.model).__name__} has no adapters to load")
+        await offload(load, adapter)
+        log.info("adapter %r loaded", adapter)
+        return LoadedAdapter(self.model, adapter)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def transcribe_window(self, jobs: list[WindowJob]) -> list[Any]:
-        """ASR of a batch of windows (from any requests), one result per window."""
+        """ASR of a batch of windows (from any requests), one result per window.
+
+        Serve batches calls of one multiplexed adapter together; the model takes each
+        window's adapter anyway, so a batch is right whatever it holds.
+        """
         self.batch_sizes["asr"][len(jobs)] += 1
+        for adapter in {j.adapter for j in jobs} - {None}:
+            await self.get_adapter(adapter)  # loaded here, and most recently used
         return await offload(
-            self.model.transcribe_windows, [j.audio for j in jobs], [j.language for j in jobs]
+            self.model.transcribe_windows,
+            [j.audio for j in jobs],
+            [j.language for j in jobs],
+            [j.adapter for j in jobs],
         )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
@@ -161,9 +186,13 @@ class EthostralModel:
         self.batch_sizes["emotion"][len(inputs)] += 1
         return await offload(self.model.classify, inputs)
 
-    async def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    async def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of a live utterance (not batched: drafts are latency-bound)."""
-        return await offload(self.model.partial_text, audio, language)
+        if adapter is not None:
+            await self.get_adapter(adapter)
+        return await offload(self.model.partial_text, audio, language, adapter)
 
     async def backend(self) -> str:
         """The speech model this replica runs (its class name)."""
@@ -176,6 +205,26 @@ class EthostralModel:
     async def ping(self) -> str:
         """Answer when the replica is up."""
         return "ok"
+
+
+class LoadedAdapter:
+    """A named adapter held by Serve's multiplexing cache; unloaded when evicted."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self._loaded = True
+
+    def unload(self) -> None:
+        """Remove the adapter from the model (once)."""
+        if self._loaded:
+            self._loaded = False
+            self.model.unload_adapter(self.name)
+            log.info("adapter %r unloaded", self.name)
+
+    def __del__(self) -> None:
+        # Serve calls this when it evicts the adapter; garbage collection may call it again
+        self.unload()
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)

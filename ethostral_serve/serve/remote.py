@@ -21,6 +21,7 @@ from ethostral_serve.backends.stream import (
     utterance_results,
 )
 from ethostral_serve.backends.windows import (
+    check_adapter,
     check_language,
     span_emotions,
     transcript_from_windows,
@@ -46,6 +47,7 @@ class ModelInfo:
     multilingual: bool
     reads_encoder_states: bool
     classifies: bool
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class WindowJob:
 
     audio: np.ndarray
     language: str | None
+    adapter: str | None = None
 
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -129,31 +132,53 @@ class RemoteSpeechModel:
         """Validate against the deployment's language list."""
         return check_language(language, self.info.languages)
 
-    def window(self, audio: np.ndarray, language: str | None) -> WindowResult:
-        """One ASR window through the deployment's batched window method."""
-        return self._wait(self._handle.transcribe_window.remote(WindowJob(audio, language)))
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """Validate against the deployment's adapter names."""
+        return check_adapter(adapter, self.info.adapters)
 
-    def partial_text(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def _model(self, adapter: str | None) -> Any:
+        """The handle; for a named adapter, one that Serve's model multiplexing routes to
+        a replica that has it loaded (and that batches only its calls together)."""
+        if adapter is None:
+            return self._handle
+        return self._handle.options(multiplexed_model_id=adapter)
+
+    def window(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> WindowResult:
+        """One ASR window through the deployment's batched window method."""
+        job = WindowJob(audio, language, adapter)
+        return self._wait(self._model(adapter).transcribe_window.remote(job))
+
+    def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A quick draft of a live utterance: text and language."""
-        text, detected = self._wait(self._handle.partial_text.remote(audio, language))
+        response = self._model(adapter).partial_text.remote(audio, language, adapter)
+        text, detected = self._wait(response)
         return text, detected
 
     def transcribe(
-        self, samples: np.ndarray, chunks: Sequence[Chunk], language: str | None
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
     ) -> Transcript:
         """Send every window as its own call; the first ones detect the language if needed."""
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
         results: list[WindowResult | None] = [None] * len(windows)
         i = 0
         while language is None and i < len(windows):
-            first = self.window(windows[i], None)
+            first = self.window(windows[i], None, adapter)
             results[i] = first
             language = first.language
             i += 1
         step = self.max_windows_in_flight
+        model = self._model(adapter)
         for lo in range(i, len(windows), step):
             wave = [
-                (j, self._handle.transcribe_window.remote(WindowJob(windows[j], language)))
+                (j, model.transcribe_window.remote(WindowJob(windows[j], language, adapter)))
                 for j in range(lo, min(lo + step, len(windows)))
             ]
             for j, response in wave:
@@ -208,15 +233,25 @@ class RemoteStreamBackends:
         """Validate against the model deployment's language list."""
         return self._model.check_language(language)
 
-    def partial(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def check_adapter(self, adapter: str | None) -> str | None:
+        """Validate against the model deployment's adapter names."""
+        return self._model.check_adapter(adapter)
+
+    def partial(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]:
         """A draft from the model deployment."""
-        return self._model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language)
+        return self._model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language, adapter)
 
     def finals(
-        self, utterances: Sequence[np.ndarray], language: str | None, emotion: bool
+        self,
+        utterances: Sequence[np.ndarray],
+        language: str | None,
+        emotion: bool,
+        adapter: str | None = None,
     ) -> list[UtteranceResult]:
         """Utterances read as one window through the batched window method, then emotion."""
-        result = self._model.window(join_utterances(utterances), language)
+        result = self._model.window(join_utterances(utterances), language, adapter)
         info = self._model.info
         classify = self._model.classify if emotion and info.classifies else None
         return utterance_results(result, utterances, info.reads_encoder_states, classify, emotion)
