@@ -143,5 +143,5 @@ class _TracedModel:
 
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
-    ) -> list[EmotionResult]:
+    ) -> list[EmotionResult | None]:
         return self._emotions(samples, transcript, spans)

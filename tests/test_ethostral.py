@@ -192,3 +192,40 @@ def test_adapter_settings_are_checked() -> None:
         EthostralSettings(adapters={"default": "/x"})
     with pytest.raises(ValidationError, match="merge_adapter cannot"):
         EthostralSettings(adapter="/a", adapters={"b": "/b"}, merge_adapter=True)
+
+
+def test_token_probabilities_are_those_of_the_full_scores_and_spans_join_up(tiny) -> None:
+    import torch
+
+    base, adapter = tiny
+    model = EthostralAsr(_settings(base, adapter))
+    inputs = model.processor.apply_transcription_request(
+        audio=[a for a in _segments()[:2]],
+        model_id=str(base),
+        language=["en", "fr"],
+        sampling_rate=16000,
+        format=["WAV"] * 2,
+        return_tensors="pt",
+    )
+    sequences, chosen = model._generate(inputs, [None, None], 12)
+    with torch.inference_mode():  # the same generation, keeping every step's scores
+        full = model.model.generate(
+            **inputs,
+            max_new_tokens=12,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    assert torch.equal(sequences, full.sequences)
+    written = full.sequences[:, inputs["input_ids"].shape[1] :]
+    expected = torch.stack(
+        [
+            s.float().log_softmax(-1).gather(-1, written[:, t : t + 1])[:, 0]
+            for t, s in enumerate(full.scores)
+        ],
+        dim=1,
+    )
+    assert torch.allclose(chosen, expected, atol=1e-5)
+    # "é" is two byte tokens: the first ends inside the character, the second holds it
+    ids = [b + NUM_SPECIAL for b in "aé b".encode()]
+    assert model._token_spans(ids) == [(0, 1), (1, 1), (1, 2), (2, 3), (3, 4)]

@@ -50,6 +50,8 @@ def test_words_and_tags_are_timed_by_their_share_of_the_text() -> None:
     raw = "[nervous] So, hel[laughs]lo there [coughs]"
     probs = [1.0] * len(raw)
     probs[raw.index("S")] = 0.5  # "So," has three tokens: mean (0.5 + 1 + 1) / 3
+    for k in range(raw.index("[laughs]"), raw.index("[laughs]") + 8):
+        probs[k] = 0.1  # the tag inside "hello"
     result = _result(raw, probs, (0.8, 0.3, 0.9))
     assert result.text == "So, hello there"  # 15 characters over 3 s: 0.2 s each
     words = timed_words(result, 3.0)
@@ -71,6 +73,16 @@ def test_words_and_tags_are_timed_by_their_share_of_the_text() -> None:
     assert timed_words(_result("[sad]", [1.0] * 5, (0.5,)), 2.0) == []
     (only,) = timed_emotions(_result("[sad]", [1.0] * 5, (0.5,)), 2.0)
     assert only.time == 0.0 and only.emotion.label == "Sad"
+
+
+def test_a_tag_right_after_a_word_belongs_to_the_segment_after_it() -> None:
+    raw = "[calm] stop that.[angry] Okay go"
+    result = _result(raw, [1.0] * len(raw), (0.6, 0.9))
+    words = timed_words(result, 2.0)
+    first, second = Span(words[0].start, words[1].end), Span(words[2].start, words[3].end)
+    transcript = Transcript("en", 1.0, words, None, timed_emotions(result, 2.0))
+    out = span_emotions(np.zeros(32000, np.float32), transcript, [first, second], False, None)
+    assert [e.label for e in out if e is not None] == ["Calm", "Angry"]
 
 
 def test_a_draft_cut_inside_a_tag_drops_the_tag_being_written() -> None:
@@ -177,20 +189,53 @@ def test_the_pipeline_runs_on_ethostral_with_fallback_emotions(model, tiny) -> N
 
 
 @pytest.mark.slow
-def test_without_fallback_or_detection_whisper_is_not_loaded(tiny) -> None:
-    bare = EthostralSpeechModel(_settings(tiny, emotion_fallback=False, detect_language=False))
-    assert bare.whisper is None and not bare.classifies
+def test_without_fallback_or_detection_whisper_is_not_loaded(tagging_voxtral) -> None:
+    bare = EthostralSpeechModel(
+        _settings(tagging_voxtral, emotion_fallback=False, detect_language=False, max_new_tokens=48)
+    )
+    assert bare.whisper is None and not bare.classifies and not bare.detects_language
     talk = two_speaker_conversation(turns_each=1)
-    chunk = Chunk((Span(0.0, 2.0),), (0.0,))
+    chunk = Chunk((Span(1.0, 3.0),), (0.0,))
     transcript = bare.transcribe(talk.samples, [chunk], None)
     assert transcript.language == "und"  # Voxtral does not say which language it heard
-    spans = [Span(0.0, 2.0)]
-    expected = [next(iter(transcript.emotions), None)]
-    assert [e and e.label for e in bare.emotions(talk.samples, transcript, spans)] == [
-        e and e.emotion.label for e in expected
-    ]
+    spans = [Span(0.0, 0.9), Span(1.0, 3.0)]  # no tag covers the first
+    emotions = bare.emotions(talk.samples, transcript, spans)
+    assert emotions[0] is None and emotions[1] is not None and emotions[1].label == "Angry"
     with pytest.raises(RuntimeError, match="without the fallback"):
         bare.classify([EmotionInput(audio=talk.samples[:16000])])
+
+
+@pytest.mark.slow
+def test_detection_off_is_off_even_with_the_fallback_loaded(tagging_voxtral) -> None:
+    model = EthostralSpeechModel(_settings(tagging_voxtral, detect_language=False))
+    assert model.whisper is not None and model.classifies  # loaded for the fallback
+    talk = two_speaker_conversation(turns_each=1)
+    transcript = model.transcribe(talk.samples, [Chunk((Span(1.0, 3.0),), (0.0,))], None)
+    assert transcript.language == "und"
+    assert model.partial_text(talk.samples[16000:48000], None)[1] == "und"
+
+
+@pytest.mark.slow
+def test_a_detected_language_voxtral_lacks_is_reported_and_voxtral_guesses(
+    tagging_voxtral, monkeypatch
+) -> None:
+    model = EthostralSpeechModel(_settings(tagging_voxtral, max_new_tokens=48))
+    assert model.whisper is not None
+    told: list[list[str | None]] = []
+    transcribe_segments = model.asr.transcribe_segments
+
+    def spy(audios, languages, **kwargs):
+        told.append(list(languages))
+        return transcribe_segments(audios, languages, **kwargs)
+
+    # Whisper, isolated: it hears Japanese, which Voxtral does not know
+    monkeypatch.setattr(model.whisper, "detect_language", lambda audio, allowed=None: ("ja", 0.9))
+    monkeypatch.setattr(model.asr, "transcribe_segments", spy)
+    talk = two_speaker_conversation(turns_each=1)
+    transcript = model.transcribe(talk.samples, [Chunk((Span(1.0, 3.0),), (0.0,))], None)
+    assert (transcript.language, transcript.language_probability) == ("ja", 0.9)
+    assert told == [[None]]  # Voxtral was told nothing rather than a wrong language
+    assert " ".join(w.text.strip() for w in transcript.words) == "stop that now okay"
 
 
 @pytest.mark.slow
@@ -200,7 +245,7 @@ def test_languages_partials_and_the_fallback_classifier(model) -> None:
         model.check_language("ja")
     talk = two_speaker_conversation(turns_each=1)
     text, language = model.partial_text(talk.samples[: 16000 * 2], None)
-    assert "[" not in text and language in model.languages
+    assert "[" not in text and language == "und"  # drafts do not identify the language
     assert model.partial_text(np.zeros(100, np.float32), "de") == ("", "de")
     (emotion,) = model.classify([EmotionInput(audio=talk.samples[:32000])])
     assert emotion.label and 0.0 <= emotion.confidence <= 1.0

@@ -57,8 +57,14 @@ class _FakeModelHandle:
         reads_states: bool = True,
         classifies: bool = True,
         tagged: tuple[int, ...] = (),
+        detects: bool = True,
     ) -> None:
-        self.info = _Method(lambda: ModelInfo(("en", "fr"), True, reads_states, classifies))
+        self.info = _Method(
+            lambda: ModelInfo(
+                ("en", "fr"), True, reads_states, classifies, detects_language=detects
+            )
+        )
+        self.detects = detects
         self.tagged = tagged
         self.transcribe_window = _Method(self._window)
         self.classify_segment = _Method(
@@ -78,7 +84,7 @@ class _FakeModelHandle:
         inline = [TimedEmotion(0.2, NERVOUS, 0.3)] if index in self.tagged else []
         return WindowResult(
             [WordTiming(f" w{index}", 0.1, 0.3, 0.9)],
-            job.language or self.detected,
+            job.language or (self.detected if self.detects else None),
             0.8,
             frames,
             inline,
@@ -105,6 +111,15 @@ def test_language_detected_on_the_first_window_then_sent_with_the_rest() -> None
     assert transcript.language == "fr" and transcript.language_probability == 0.8
     assert [w.text for w in transcript.words] == [" w1", " w2", " w3"]
     assert [round(w.start, 2) for w in transcript.words] == [0.1, 2.1, 4.1]
+
+
+def test_a_model_that_detects_no_language_gets_every_window_at_once() -> None:
+    handle = _FakeModelHandle(detects=False)
+    samples, chunks = _chunks(3)
+    transcript = RemoteSpeechModel(handle).transcribe(samples, chunks, None)
+    assert [a[0].language for a in handle.transcribe_window.calls] == [None, None, None]
+    assert handle.transcribe_window.most_outstanding == 3  # not one by one
+    assert transcript.language == "und"
 
 
 def test_given_language_sends_every_window_at_once() -> None:

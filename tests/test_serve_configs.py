@@ -33,6 +33,10 @@ def test_config_is_valid_and_builds_the_graph(path: Path) -> None:
     built = call_user_app_builder_with_args_if_necessary(build_app, app.args)
     assert isinstance(built, Application)
     model = next(d for d in app.deployments if d.name == "EthostralModel")
+    from ethostral_serve.serve.deployments import BatchConfig
+
+    assert set(model.user_config) <= set(BatchConfig.model_fields)  # no misspelt knob
+    BatchConfig.model_validate(model.user_config)
     batch = model.user_config["max_batch_size"]
     assert model.max_ongoing_requests > batch  # batches can fill from concurrent requests
 

@@ -193,5 +193,7 @@ def build_tagging_adapter(
         optimizer.step()
         if loss.item() < 0.005:
             break
+    else:
+        raise RuntimeError(f"the tagging adapter did not learn its script (loss {loss.item():.3g})")
     model.save_pretrained(root)
     return root

@@ -78,6 +78,7 @@ class WindowedSpeechModel(SpeechModel, Protocol):
 
     ASR runs on independent windows (:meth:`transcribe_windows`) and emotion on
     independent segment inputs (:meth:`classify`); the serving layer batches both.
+    ``detects_language``: a window sent without a language comes back with one;
     ``reads_encoder_states``: emotion inputs are the ASR's encoder frames (else audio);
     ``classifies``: :meth:`classify` works (else only inline emotions exist).
     """
@@ -85,6 +86,7 @@ class WindowedSpeechModel(SpeechModel, Protocol):
     languages: tuple[str, ...]
     adapters: tuple[str, ...]
     multilingual: bool
+    detects_language: bool
     reads_encoder_states: bool
     classifies: bool
 

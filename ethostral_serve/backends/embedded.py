@@ -48,6 +48,7 @@ class EmbeddedSpeechModel:
                 self._emotion_encoder = WhisperAsr(base, settings.cache_dir)
 
     adapters: tuple[str, ...] = ()  # Whisper here has no fine-tunes to choose from
+    detects_language = True
 
     def check_language(self, language: str | None) -> str | None:
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""

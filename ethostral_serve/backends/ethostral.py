@@ -20,18 +20,18 @@ import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.ethostral_tags import TaggedText, parse_tags, tag_emotion
-from ethostral_serve.backends.windows import check_adapter
+from ethostral_serve.backends.windows import MAX_WINDOW_S, check_adapter
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import EmotionResult
 from ethostral_serve.settings import EthostralSettings
 
-MAX_SEGMENT_S = 30.0  # the processor's chunk: a longer segment would become two inputs
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter loaded with the base model
 NO_ADAPTER = "__base__"  # peft's name, in a batch's adapter_names, for the bare base
 
@@ -52,14 +52,20 @@ class EthostralResult:
     token_spans: tuple[tuple[int, int], ...] = ()
     token_probabilities: tuple[float, ...] = ()
 
-    def probability(self, start: int, end: int) -> float:
-        """Mean probability of the tokens overlapping ``raw[start:end]`` (1.0 if none)."""
-        probs = [
-            p
-            for (lo, hi), p in zip(self.token_spans, self.token_probabilities, strict=True)
-            if lo < end and hi > start
-        ]
-        return float(np.mean(probs)) if probs else 1.0
+    def probability_of(self, offsets: Sequence[int]) -> float:
+        """Mean probability of the tokens that wrote the characters of ``raw`` at
+        ``offsets`` (each token once; 1.0 if none)."""
+        owner = self._owners
+        tokens = {owner[o] for o in offsets if 0 <= o < len(owner) and owner[o] >= 0}
+        return float(np.mean([self.token_probabilities[k] for k in tokens])) if tokens else 1.0
+
+    @cached_property
+    def _owners(self) -> list[int]:
+        """For each character of ``raw``, the token that wrote it (-1: none)."""
+        owner = [-1] * len(self.raw)
+        for k, (lo, hi) in enumerate(self.token_spans):
+            owner[lo:hi] = [k] * (min(hi, len(owner)) - lo)
+        return owner
 
 
 def torch_dtype(settings: EthostralSettings) -> Any:
@@ -97,13 +103,14 @@ class EthostralAsr:
                 model = PeftModel.from_pretrained(model, settings.adapter, token=token)
                 if settings.merge_adapter:
                     model = model.merge_and_unload()
+            model = model.to(settings.device).eval()  # a bad device or no memory: here
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(
                 f"could not load Ethostral from {settings.base_model!r}"
                 + (f" with adapter {settings.adapter!r}" if settings.adapter else "")
                 + f": {exc}"
             ) from exc
-        self.model = model.to(settings.device).eval()
+        self.model = model
         self.default_adapter = (
             DEFAULT_ADAPTER if settings.adapter is not None and not settings.merge_adapter else None
         )
@@ -173,15 +180,15 @@ class EthostralAsr:
         ``adapters`` names each segment's adapter (None: the default one, if any);
         named adapters are loaded first when they are not.
         """
-        import torch
 
         if len(audios) != len(languages):
             raise ValueError("one language (or None) per segment")
         named = [self.check_adapter(a) for a in (adapters or [None] * len(audios))]
         if len(named) != len(audios):
             raise ValueError("one adapter (or None) per segment")
-        if any(len(a) > MAX_SEGMENT_S * SAMPLE_RATE for a in audios):
-            raise ValueError(f"segments must be at most {MAX_SEGMENT_S:g} s")
+        # the processor cuts audio into 30 s chunks: a longer segment would be two inputs
+        if any(len(a) > MAX_WINDOW_S * SAMPLE_RATE for a in audios):
+            raise ValueError(f"segments must be at most {MAX_WINDOW_S:g} s")
         if not audios:
             return []
         inputs = self.processor.apply_transcription_request(
@@ -199,37 +206,47 @@ class EthostralAsr:
             for name in sorted({a for a in named if a is not None}):
                 self._load(name)  # a no-op when loaded (outside inference mode: its
                 # tensors must stay usable when it is unloaded or reloaded later)
-            out = self._generate(inputs, named, max_new_tokens)
-        written = out.sequences[:, inputs["input_ids"].shape[1] :]
-        # the probability the model gave each token it wrote, step by step on the device
-        # (stacking every step's full-vocabulary scores would take hundreds of MB)
-        chosen = torch.stack(
-            [
-                step.float().log_softmax(-1).gather(-1, written[:, t : t + 1]).squeeze(-1)
-                for t, step in enumerate(out.scores)
-            ],
-            dim=1,
-        )
+            sequences, chosen = self._generate(inputs, named, max_new_tokens)
+        written = sequences[:, inputs["input_ids"].shape[1] :]
         tokens, probs = written.cpu().tolist(), chosen.exp().cpu().numpy()
         return [self._result(tokens[i], probs[i]) for i in range(len(audios))]
 
-    def _generate(self, inputs: Any, adapters: list[str | None], max_new_tokens: int | None) -> Any:
-        """Greedy generation with scores, each segment with its adapter."""
-        import torch
+    def _generate(
+        self, inputs: Any, adapters: list[str | None], max_new_tokens: int | None
+    ) -> tuple[Any, Any]:
+        """Greedy generation, each segment with its adapter: the sequences, and the log
+        probability of each token written (batch, steps).
 
-        extra = {}
+        Greedy decoding writes the most probable token, so a logits processor that runs
+        last keeps just that log probability at each step; asking ``generate`` for the
+        scores would keep every step's whole vocabulary (131k floats per segment per
+        token with Voxtral) until the end.
+        """
+        import torch
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        steps: list[Any] = []
+
+        class KeepChosen(LogitsProcessor):
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                steps.append(scores.float().log_softmax(-1).max(-1).values)
+                return scores
+
+        extra: dict[str, Any] = {}
         if _is_peft(self.model):  # name each segment's adapter
             default = self.default_adapter or NO_ADAPTER
             extra["adapter_names"] = [a or default for a in adapters]
         with torch.inference_mode():
-            return self.model.generate(
+            sequences = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
                 do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([KeepChosen()]),
                 **extra,
             )
+        n = len(sequences)
+        chosen = torch.stack(steps, dim=1) if steps else torch.zeros((n, 0))
+        return sequences, chosen
 
     def _result(self, ids: list[int], probabilities: np.ndarray) -> EthostralResult:
         tok = self.processor.tokenizer
@@ -253,12 +270,25 @@ class EthostralAsr:
     def _token_spans(self, ids: list[int]) -> list[tuple[int, int]]:
         """Each token's character span in the decoded text.
 
-        Decoding growing prefixes keeps the spans right for tokens that are parts of
-        one character (byte fallback): such a token's span may be empty.
+        Tokens are decoded a few at a time from the last whole character on (Voxtral's
+        tekken tokenizer decodes bytes, so pieces join up); a token that ends inside a
+        character (byte fallback) gets an empty span and the next one the character.
+        If the pieces do not add up to the whole text (a tokenizer whose pieces are
+        not independent), growing prefixes are decoded instead.
         """
         tok = self.processor.tokenizer
         spans: list[tuple[int, int]] = []
-        done = 0
+        done, start = 0, 0
+        for k in range(len(ids)):
+            piece = tok.decode(ids[start : k + 1], skip_special_tokens=True)
+            if piece.endswith("\ufffd") and k + 1 < len(ids):
+                spans.append((done, done))  # part of a character: wait for the rest
+                continue
+            spans.append((done, done + len(piece)))
+            done, start = done + len(piece), k + 1
+        if done == len(tok.decode(ids, skip_special_tokens=True)):
+            return spans
+        spans, done = [], 0
         for k in range(len(ids)):
             length = max(done, len(tok.decode(ids[: k + 1], skip_special_tokens=True)))
             spans.append((done, length))

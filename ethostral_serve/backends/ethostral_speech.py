@@ -61,18 +61,20 @@ def timed_words(result: EthostralResult, duration: float) -> list[WordTiming]:
     words = []
     for m in re.finditer(r"\S+", text):
         a, b = m.span()
-        probability = result.probability(tagged.offsets[a], tagged.offsets[b - 1] + 1)
+        probability = result.probability_of(tagged.offsets[a:b])  # a tag inside: not its
         words.append(WordTiming(" " + m.group(), a * scale, b * scale, probability))
     return words
 
 
 def timed_emotions(result: EthostralResult, duration: float) -> list[TimedEmotion]:
     """The emotion tags of ``result`` at their place in the text, on the same scale as
-    :func:`timed_words`; confidence is the model's probability of the tag."""
+    :func:`timed_words`: where the text after the tag goes on (a tag written right
+    after a word, ``that.[angry] Okay``, belongs to what follows it); confidence is the
+    model's probability of the tag."""
     tagged = result.tagged
     scale = duration / len(tagged.text) if tagged.text else 0.0
     return [
-        TimedEmotion(tagged.position(tag.start) * scale, label_emotion(tag.label, p), duration)
+        TimedEmotion(tagged.position(tag.end) * scale, label_emotion(tag.label, p), duration)
         for tag, p in zip(tagged.tags, result.tag_probabilities, strict=True)
         if tag.label is not None
     ]
@@ -102,6 +104,7 @@ class EthostralSpeechModel:
         self.languages: tuple[str, ...] = tuple(dict.fromkeys(x.lower() for x in s.languages))
         self.classifier: EmotionClassifier | None = None
         self.whisper: WhisperAsr | None = None
+        self.detects_language = s.detect_language
         fallback = with_emotion and s.emotion_fallback
         if fallback or s.detect_language:
             from ethostral_serve.backends.whisper import WhisperAsr
@@ -140,11 +143,15 @@ class EthostralSpeechModel:
         self.asr.unload_adapter(adapter)
 
     def detect_language(self, audio: np.ndarray) -> tuple[str | None, float]:
-        """The language of ``audio`` among ours, or None (Voxtral guesses) when no
-        detector is loaded or the audio is too short."""
-        if self.whisper is None or len(audio) < MIN_WINDOW_SAMPLES:
+        """The language spoken in ``audio`` (any Whisper knows) and its probability;
+        None when detection is off or the audio too short."""
+        if not self.detects_language or self.whisper is None or len(audio) < MIN_WINDOW_SAMPLES:
             return None, 1.0
-        return self.whisper.detect_language(audio[: 30 * SAMPLE_RATE], self.languages)
+        return self.whisper.detect_language(audio[: 30 * SAMPLE_RATE])
+
+    def _voxtral_language(self, language: str | None) -> str | None:
+        """The language to tell Voxtral: one of its own, else None (it guesses)."""
+        return language if language in self.languages else None
 
     def transcribe(
         self,
@@ -158,9 +165,11 @@ class EthostralSpeechModel:
         language = self.check_language(language)
         adapter = self.check_adapter(adapter)
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
+        probability = 1.0
         if language is None:
             first = next((w for w in windows if len(w) >= MIN_WINDOW_SAMPLES), None)
-            language = None if first is None else self.detect_language(first)[0]
+            if first is not None:
+                language, probability = self.detect_language(first)
         step = self.settings.ethostral.batch_size
         results: list[WindowResult] = []
         for lo in range(0, len(windows), step):
@@ -168,7 +177,10 @@ class EthostralSpeechModel:
             results += self.transcribe_windows(
                 batch, [language] * len(batch), [adapter] * len(batch)
             )
-        return transcript_from_windows(chunks, results, self.multilingual)
+        transcript = transcript_from_windows(chunks, results, self.multilingual)
+        if transcript.language == language:
+            transcript.language_probability = probability  # detected, not given
+        return transcript
 
     def transcribe_windows(
         self,
@@ -177,8 +189,9 @@ class EthostralSpeechModel:
         adapters: Sequence[str | None] | None = None,
     ) -> list[WindowResult]:
         """Recognise windows (each at most 30 s) in one batched generation, each with its
-        adapter (None: the default); a None language is detected first. Times are
-        seconds inside each window."""
+        adapter (None: the default); a None language is detected first (Voxtral is
+        told a language only when it is one of its own). Times are seconds inside each
+        window."""
         named = [self.check_adapter(a) for a in adapters or [None] * len(windows)]
         if len(windows) != len(languages) or len(windows) != len(named):
             raise ValueError("one language (or None) and one adapter (or None) per window")
@@ -190,7 +203,9 @@ class EthostralSpeechModel:
             (languages[i], 1.0) if languages[i] else self.detect_language(windows[i]) for i in todo
         ]
         outputs = self.asr.transcribe_segments(
-            [windows[i] for i in todo], [t[0] for t in told], adapters=[named[i] for i in todo]
+            [windows[i] for i in todo],
+            [self._voxtral_language(t[0]) for t in told],
+            adapters=[named[i] for i in todo],
         )
         for i, (language, probability), out in zip(todo, told, outputs, strict=True):
             duration = len(windows[i]) / SAMPLE_RATE
@@ -224,18 +239,17 @@ class EthostralSpeechModel:
     def partial_text(
         self, audio: np.ndarray, language: str | None, adapter: str | None = None
     ) -> tuple[str, str]:
-        """A quick draft of a live utterance: tag-free text and language.
+        """A quick draft of a live utterance: tag-free text and language (``und``
+        when not given: drafts do not identify it; a stream's first final does).
 
         Greedy like the finals but capped at a length speech rarely passes, so a draft
         cannot run on (:func:`draft_text` drops a tag the cap cut short).
         """
         if len(audio) < MIN_WINDOW_SAMPLES:
             return "", language or "und"
-        if language is None:
-            language = self.detect_language(audio)[0]
         cap = 16 + int(8 * len(audio) / SAMPLE_RATE)
         adapter = self.check_adapter(adapter)
         (out,) = self.asr.transcribe_segments(
-            [audio], [language], max_new_tokens=cap, adapters=[adapter]
+            [audio], [self._voxtral_language(language)], max_new_tokens=cap, adapters=[adapter]
         )
         return draft_text(out.raw), language or "und"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.base import WindowedSpeechModel
+from ethostral_serve.backends.base import DiarizerBackend, WindowedSpeechModel
 from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
 from ethostral_serve.backends.windows import FRAME_S, MAX_WINDOW_S, Classify, inline_emotion
 from ethostral_serve.pipeline.types import (
@@ -26,7 +26,9 @@ MAX_WINDOW_SAMPLES = round(MAX_WINDOW_S * SAMPLE_RATE)
 class LocalStreamBackends:
     """``StreamBackends`` over in-process models."""
 
-    def __init__(self, vad: SileroStreamingVad, model: WindowedSpeechModel, diarizer: Any) -> None:
+    def __init__(
+        self, vad: SileroStreamingVad, model: WindowedSpeechModel, diarizer: DiarizerBackend | None
+    ) -> None:
         self.vad = vad
         self.model = model
         self.diarizer = diarizer
@@ -137,7 +139,7 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
                 min(max(0.0, e.until - start), end - start),
             )
             for e in result.emotions
-            if start <= e.time < end or (last and e.time >= end) or (i == 0 and e.time < 0)
+            if start <= e.time < end or (last and e.time >= end)
         ]
         parts.append(
             WindowResult(words, result.language, result.language_probability, frames, emotions)

@@ -150,6 +150,7 @@ class EthostralModel:
             reads_encoder_states=bool(m.reads_encoder_states),
             classifies=bool(m.classifies),
             adapters=tuple(m.adapters),
+            detects_language=bool(m.detects_language),
         )
 
     @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)

@@ -48,6 +48,7 @@ class ModelInfo:
     reads_encoder_states: bool
     classifies: bool
     adapters: tuple[str, ...] = ()
+    detects_language: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,12 @@ class RemoteSpeechModel:
         language: str | None,
         adapter: str | None = None,
     ) -> Transcript:
-        """Send every window as its own call; the first ones detect the language if needed."""
+        """Send every window as its own call; when the model detects languages and none
+        is given, the first windows go one by one until one comes back with it."""
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
         results: list[WindowResult | None] = [None] * len(windows)
         i = 0
-        while language is None and i < len(windows):
+        while language is None and self.info.detects_language and i < len(windows):
             first = self.window(windows[i], None, adapter)
             results[i] = first
             language = first.language
