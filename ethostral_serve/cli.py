@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("files", nargs="+", type=Path, metavar="FILE")
     t.add_argument("--language", help="ISO 639-1 code, e.g. 'en' (default: detect)")
+    t.add_argument("--adapter", help="a named Ethostral adapter (default: the default one)")
     t.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
     t.add_argument("--no-emotion", action="store_true", help="skip emotion (emotion: null)")
     t.add_argument("--format", choices=FORMATS, default="json", help="output format")
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("file", type=Path, metavar="FILE")
     st.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     st.add_argument("--language", help="ISO 639-1 code (default: detect)")
+    st.add_argument("--adapter", help="a named Ethostral adapter of the service")
     st.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
     st.add_argument("--no-emotion", action="store_true", help="finals without emotion")
     st.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
@@ -174,7 +176,10 @@ def _transcribe(args: argparse.Namespace) -> int:
     say = _Progress(args.quiet)
     settings = Settings()
     options = TranscribeOptions(
-        language=args.language, diarize=not args.no_diarize, emotion=not args.no_emotion
+        language=args.language,
+        diarize=not args.no_diarize,
+        emotion=not args.no_emotion,
+        adapter=args.adapter,
     )
     t0 = time.perf_counter()
     say("ethostral: loading models ...")
@@ -183,6 +188,7 @@ def _transcribe(args: argparse.Namespace) -> int:
             settings, diarize=options.diarize, emotion=options.emotion, background=True
         )
         engine.model.check_language(options.language)
+        engine.model.check_adapter(options.adapter)
     except EthostralError as exc:
         print(f"ethostral: error: {exc.detail}", file=sys.stderr)
         return 2
@@ -247,6 +253,8 @@ def _stream(args: argparse.Namespace) -> int:
     params: dict[str, object] = {"diarize": not args.no_diarize, "emotion": not args.no_emotion}
     if args.language:
         params["language"] = args.language
+    if args.adapter:
+        params["adapter"] = args.adapter
     params["filename"] = args.file.name
     last: dict[str, object] = {}
     try:

@@ -66,3 +66,5 @@ def test_usage_errors(tmp_path, capsys) -> None:
     assert "needs -o DIR" in capsys.readouterr().err
     assert main(["transcribe", str(jfk), "--language", "xx"]) == 2
     assert "not supported" in capsys.readouterr().err
+    assert main(["transcribe", str(jfk), "--adapter", "calls"]) == 2
+    assert "unknown adapter 'calls'" in capsys.readouterr().err

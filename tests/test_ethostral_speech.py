@@ -292,3 +292,26 @@ def test_an_adapter_that_writes_tags_gives_the_segments_their_emotion(tagging_vo
         **run,
     )
     assert "stop that now" not in " ".join(s.text for s in session.segments)
+
+
+@pytest.mark.slow
+def test_the_cli_transcribes_with_a_named_adapter(tagging_voxtral, monkeypatch, capsys) -> None:
+    import json
+
+    from conftest import require_data
+
+    from ethostral_serve.cli import main
+
+    base, adapter = tagging_voxtral
+    monkeypatch.setenv("ETHOSTRAL_SPEECH_MODEL", "ethostral")
+    monkeypatch.setenv("ETHOSTRAL_ETHOSTRAL__BASE_MODEL", str(base))
+    monkeypatch.setenv("ETHOSTRAL_ETHOSTRAL__ADAPTERS", json.dumps({"angry": str(adapter)}))
+    monkeypatch.setenv("ETHOSTRAL_ETHOSTRAL__MAX_NEW_TOKENS", "48")
+    jfk = require_data("asr", "jfk", "jfk.flac")
+    args = ["transcribe", str(jfk), "--no-diarize", "--format", "jsonl", "-q"]
+    assert main([*args, "--adapter", "angry"]) == 0
+    session = json.loads(capsys.readouterr().out)
+    assert " ".join(s["text"] for s in session["segments"]).startswith("stop that now okay")
+    assert session["segments"][0]["emotion"]["label"] == "Angry"
+    assert main([*args, "--adapter", "calm"]) == 2  # not configured
+    assert "unknown adapter 'calm'; available: angry" in capsys.readouterr().err
