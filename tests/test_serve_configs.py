@@ -70,3 +70,22 @@ def test_a_bad_settings_override_fails_when_building_not_in_replicas() -> None:
         call_user_app_builder_with_args_if_necessary(
             build_app, {"settings": {"asr": {"beam_size": 0}}}
         )
+
+
+def test_an_evicted_adapter_is_unloaded_once() -> None:
+    """Serve calls ``__del__`` when it evicts a multiplexed adapter; so may the GC."""
+    from ethostral_serve.serve.deployments import LoadedAdapter
+
+    class _Model:
+        def __init__(self) -> None:
+            self.unloaded: list[str] = []
+
+        def unload_adapter(self, name: str) -> None:
+            self.unloaded.append(name)
+
+    model = _Model()
+    held = LoadedAdapter(model, "calls")
+    held.__del__()  # Serve's eviction
+    held.unload()
+    del held  # garbage collection
+    assert model.unloaded == ["calls"]
