@@ -88,20 +88,6 @@ class EthostralSettings(BaseModel):
     )
     max_new_tokens: int = Field(448, ge=1, le=4096, description="longest transcript per segment")
 
-    @model_validator(mode="after")
-    def _check_adapters(self) -> EthostralSettings:
-        import re
-
-        for name in self.adapters:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "default":
-                raise ValueError(
-                    f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                    "(not 'default')"
-                )
-        if self.adapters and self.merge_adapter:
-            raise ValueError("merge_adapter cannot be used with named adapters")
-        return self
-
     languages: list[str] = Field(
         ["en", "es", "fr", "pt", "hi", "de", "nl", "it"],
         min_length=1,
@@ -118,9 +104,23 @@ class EthostralSettings(BaseModel):
     )
     emotion_fallback: bool = Field(
         True,
-        description="segments without an emotion tag get the embedded emotion model's "
+        description="segments no emotion tag covers get the embedded emotion model's "
         "emotion (Whisper base encoder + classifier, on asr.device); False: none",
     )
+
+    @model_validator(mode="after")
+    def _check_adapters(self) -> EthostralSettings:
+        import re
+
+        for name in self.adapters:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "default":
+                raise ValueError(
+                    f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                    "(not 'default')"
+                )
+        if self.adapters and self.merge_adapter:
+            raise ValueError("merge_adapter cannot be used with named adapters")
+        return self
 
 
 class DiarizerSettings(BaseModel):
