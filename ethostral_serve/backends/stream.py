@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,24 +23,38 @@ from ethostral_serve.pipeline.types import (
 MAX_WINDOW_SAMPLES = round(MAX_WINDOW_S * SAMPLE_RATE)
 
 
-class LocalStreamBackends:
-    """``StreamBackends`` over in-process models."""
+class StreamModel(Protocol):
+    """What live streams need of a speech model, in this process or behind a deployment."""
 
-    def __init__(
-        self, vad: SileroStreamingVad, model: WindowedSpeechModel, diarizer: DiarizerBackend | None
-    ) -> None:
-        self.vad = vad
-        self.model = model
-        self.diarizer = diarizer
+    @property
+    def reads_encoder_states(self) -> bool: ...
 
-    def new_vad_state(self) -> VadStreamState:
-        """A fresh per-stream VAD state."""
-        return VadStreamState()
+    @property
+    def classifies(self) -> bool: ...
 
-    def vad_step(self, samples: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        """Probabilities of the new whole frames, and the next state."""
-        ((probs, new_state),) = self.vad.step([(samples, state)])
-        return probs, new_state
+    def check_language(self, language: str | None) -> str | None: ...
+
+    def check_adapter(self, adapter: str | None) -> str | None: ...
+
+    def partial_text(
+        self, audio: np.ndarray, language: str | None, adapter: str | None = None
+    ) -> tuple[str, str]: ...
+
+    def transcribe_windows(
+        self,
+        windows: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[WindowResult]: ...
+
+    def classify(self, inputs: Sequence[EmotionInput]) -> list[EmotionResult]: ...
+
+
+class ModelStreamBackends:
+    """The speech-model half of ``StreamBackends`` (checks, drafts, finals) over
+    ``self.model``; subclasses add the VAD steps and speaker embeddings."""
+
+    model: StreamModel
 
     def check_language(self, language: str | None) -> str | None:
         """Normalise a requested language code."""
@@ -71,6 +85,26 @@ class LocalStreamBackends:
         return utterance_results(
             result, utterances, self.model.reads_encoder_states, classify, emotion
         )
+
+
+class LocalStreamBackends(ModelStreamBackends):
+    """``StreamBackends`` over in-process models."""
+
+    def __init__(
+        self, vad: SileroStreamingVad, model: WindowedSpeechModel, diarizer: DiarizerBackend | None
+    ) -> None:
+        self.vad = vad
+        self.model = model
+        self.diarizer = diarizer
+
+    def new_vad_state(self) -> VadStreamState:
+        """A fresh per-stream VAD state."""
+        return VadStreamState()
+
+    def vad_step(self, samples: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """Probabilities of the new whole frames, and the next state."""
+        ((probs, new_state),) = self.vad.step([(samples, state)])
+        return probs, new_state
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding of the utterance (None when the diarizer makes none)."""

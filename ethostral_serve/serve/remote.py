@@ -15,11 +15,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.stream import (
-    MAX_WINDOW_SAMPLES,
-    join_utterances,
-    utterance_results,
-)
+from ethostral_serve.backends.stream import ModelStreamBackends
 from ethostral_serve.backends.windows import (
     check_adapter,
     check_language,
@@ -34,7 +30,6 @@ from ethostral_serve.pipeline.types import (
     Span,
     SpeakerTurn,
     Transcript,
-    UtteranceResult,
     WindowResult,
 )
 
@@ -144,12 +139,28 @@ class RemoteSpeechModel:
             return self._handle
         return self._handle.options(multiplexed_model_id=adapter)
 
-    def window(
-        self, audio: np.ndarray, language: str | None, adapter: str | None = None
-    ) -> WindowResult:
-        """One ASR window through the deployment's batched window method."""
-        job = WindowJob(audio, language, adapter)
-        return self._wait(self._model(adapter).transcribe_window.remote(job))
+    @property
+    def classifies(self) -> bool:
+        """Whether the deployment's model classifies emotion (else only inline ones)."""
+        return self.info.classifies
+
+    @property
+    def reads_encoder_states(self) -> bool:
+        """Whether emotion inputs are the ASR's encoder frames (else audio)."""
+        return self.info.reads_encoder_states
+
+    def transcribe_windows(
+        self,
+        windows: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[WindowResult]:
+        """Each window its own call to the deployment's batched window method, all in
+        flight at once."""
+        named = adapters or [None] * len(windows)
+        jobs = [WindowJob(*job) for job in zip(windows, languages, named, strict=True)]
+        responses = [self._model(j.adapter).transcribe_window.remote(j) for j in jobs]
+        return [self._wait(r) for r in responses]
 
     def partial_text(
         self, audio: np.ndarray, language: str | None, adapter: str | None = None
@@ -172,19 +183,16 @@ class RemoteSpeechModel:
         results: list[WindowResult | None] = [None] * len(windows)
         i = 0
         while language is None and self.info.detects_language and i < len(windows):
-            first = self.window(windows[i], None, adapter)
+            (first,) = self.transcribe_windows([windows[i]], [None], [adapter])
             results[i] = first
             language = first.language
             i += 1
         step = self.max_windows_in_flight
-        model = self._model(adapter)
         for lo in range(i, len(windows), step):
-            wave = [
-                (j, model.transcribe_window.remote(WindowJob(windows[j], language, adapter)))
-                for j in range(lo, min(lo + step, len(windows)))
-            ]
-            for j, response in wave:
-                results[j] = self._wait(response)
+            wave = windows[lo : lo + step]
+            results[lo : lo + len(wave)] = self.transcribe_windows(
+                wave, [language] * len(wave), [adapter] * len(wave)
+            )
         done = [r if r is not None else WindowResult.empty(language) for r in results]
         return transcript_from_windows(chunks, done, self.info.multilingual)
 
@@ -207,7 +215,7 @@ class RemoteSpeechModel:
         return out
 
 
-class RemoteStreamBackends:
+class RemoteStreamBackends(ModelStreamBackends):
     """``StreamBackends`` over the deployments (VAD steps are batched across streams)."""
 
     def __init__(
@@ -215,7 +223,7 @@ class RemoteStreamBackends:
     ) -> None:
         self._vad = vad
         self._diarizer = diarizer
-        self._model = RemoteSpeechModel(model, timeout_s)
+        self.model = RemoteSpeechModel(model, timeout_s)
         self.timeout_s = timeout_s
 
     def new_vad_state(self) -> Any:
@@ -230,33 +238,6 @@ class RemoteStreamBackends:
             self._vad.stream_step.remote((samples, state)), "VAD", self.timeout_s
         )
         return probs, new_state
-
-    def check_language(self, language: str | None) -> str | None:
-        """Validate against the model deployment's language list."""
-        return self._model.check_language(language)
-
-    def check_adapter(self, adapter: str | None) -> str | None:
-        """Validate against the model deployment's adapter names."""
-        return self._model.check_adapter(adapter)
-
-    def partial(
-        self, audio: np.ndarray, language: str | None, adapter: str | None = None
-    ) -> tuple[str, str]:
-        """A draft from the model deployment."""
-        return self._model.partial_text(audio[-MAX_WINDOW_SAMPLES:], language, adapter)
-
-    def finals(
-        self,
-        utterances: Sequence[np.ndarray],
-        language: str | None,
-        emotion: bool,
-        adapter: str | None = None,
-    ) -> list[UtteranceResult]:
-        """Utterances read as one window through the batched window method, then emotion."""
-        result = self._model.window(join_utterances(utterances), language, adapter)
-        info = self._model.info
-        classify = self._model.classify if emotion and info.classifies else None
-        return utterance_results(result, utterances, info.reads_encoder_states, classify, emotion)
 
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding from the Diarizer deployment."""
