@@ -7,11 +7,11 @@ the service at them are returned, so ``ethostral models pull`` can print them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.settings import hf_token
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def pull(targets: list[PullTarget], root: Path, revision: str | None = None) -> 
     """
     from huggingface_hub import snapshot_download
 
-    token = os.environ.get("HF_TOKEN") or None
+    token = hf_token()
     done: dict[str, Path] = {}
     for target in targets:
         folder = root / target.folder

@@ -26,6 +26,11 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def hf_token() -> str | None:
+    """The Hugging Face token for gated or private hub repositories (``HF_TOKEN``)."""
+    return _env("HF_TOKEN")
+
+
 class VadSettings(BaseModel):
     """Silero VAD: which frames are speech, and how regions are padded and merged."""
 

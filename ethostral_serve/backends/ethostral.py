@@ -15,7 +15,6 @@ model's own probability of writing the tag as confidence.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -30,7 +29,7 @@ from ethostral_serve.backends.ethostral_tags import TaggedText, parse_tags, tag_
 from ethostral_serve.backends.windows import MAX_WINDOW_S, check_adapter
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import EmotionResult
-from ethostral_serve.settings import EthostralSettings
+from ethostral_serve.settings import EthostralSettings, hf_token
 
 DEFAULT_ADAPTER = "default"  # peft's name for the adapter loaded with the base model
 NO_ADAPTER = "__base__"  # peft's name, in a batch's adapter_names, for the bare base
@@ -86,7 +85,7 @@ class EthostralAsr:
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise ModelLoadError(f"transformers with Voxtral is missing: {exc}") from exc
         self.settings = settings
-        token = os.environ.get("HF_TOKEN") or None
+        token = hf_token()
         try:
             self.processor = AutoProcessor.from_pretrained(
                 settings.base_model, token=token, revision=settings.revision
@@ -154,7 +153,7 @@ class EthostralAsr:
 
         if name in self.loaded:
             return
-        path, token = self.settings.adapters[name], os.environ.get("HF_TOKEN") or None
+        path, token = self.settings.adapters[name], hf_token()
         try:
             if _is_peft(self.model):
                 self.model.load_adapter(path, adapter_name=name, token=token)

@@ -19,7 +19,7 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import Span, SpeakerTurn
-from ethostral_serve.settings import DiarizerSettings
+from ethostral_serve.settings import DiarizerSettings, hf_token
 
 MIN_EMBED_S = 0.5  # shorter utterances get no embedding (too little to tell a voice by)
 MAX_EMBED_S = 30.0  # longer utterances are embedded from their first 30 s
@@ -54,9 +54,7 @@ class PyannoteDiarizer:
             raise ModelLoadError(f"pyannote.audio is missing: {exc}") from exc
         self.settings = settings
         try:
-            pipeline = Pipeline.from_pretrained(
-                settings.pyannote_pipeline, token=os.environ.get("HF_TOKEN") or None
-            )
+            pipeline = Pipeline.from_pretrained(settings.pyannote_pipeline, token=hf_token())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(
                 f"could not load the pyannote pipeline {settings.pyannote_pipeline!r}: {exc}"
