@@ -1,7 +1,7 @@
-"""Diarization error of the embedded diarizer (Silero VAD + resemblyzer + clustering).
+"""Diarization error of the configured diarizer (default: the embedded, overlap-aware one).
 
     .venv/bin/python -m benchmarks.diarization [--seeds 0 1 2 3 4] [--out DIR]
-        [--set key=value] [--repeat N] [--no-ami]
+        [--set key=value] [--repeat N] [--no-ami] [--sessions [--counts]]
 
 Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utterances
 separated by random 0.3-1.5 s pauses, RTTM written while concatenating), and reads the
@@ -10,7 +10,9 @@ pyannote.metrics DER (collar 0.25 s, overlap scored); missed, false alarm and co
 are percentages of reference speech; "exclusive bound" is the lowest DER any
 one-speaker-at-a-time diarization can reach on the file (overlapped speech). Timing is
 diarizer time only (VAD excluded), in milliseconds per second of audio. ``--set``
-overrides a ``DiarizerSettings`` field.
+overrides a ``DiarizerSettings`` field (``--set backend=resemblyzer``: the earlier
+diarizer). ``--sessions`` scores what users get instead: the Session's segments, built
+from the recognised words, next to the same words with the reference speakers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DATA, machine, print_table
-from ethostral_serve.backends.base import DiarizerBackend, VadBackend
+from ethostral_serve.pipeline.ports import DiarizerBackend, VadBackend
+from ethostral_serve.pipeline.types import SpeakerTurn, WordTiming
+from ethostral_serve.settings import Settings
 
 SAMPLE_RATE = 16_000
 COLLAR = 0.25
@@ -248,13 +252,13 @@ def score(case: Case, hypothesis: Sequence[tuple[float, float, str]]) -> Score:
 
 def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) -> None:
     """Diarize every case, print the per-file and per-group tables, then a timing table."""
-    from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
     from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.engine import load_diarizer
     from ethostral_serve.settings import DiarizerSettings, VadSettings
 
     settings = DiarizerSettings.model_validate(overrides)
     vad = SileroVad(VadSettings())
-    diarizer = ResemblyzerDiarizer(settings)
+    diarizer = load_diarizer(Settings(diarizer=settings))
     print(f"machine: {machine()}, torch threads: {_torch_threads()}")
     print(f"settings: {settings.model_dump()}\n")
 
@@ -335,6 +339,63 @@ def _timing(diarizer: DiarizerBackend, vad: VadBackend, cases: Sequence[Case], r
     print_table(headers, rows)
 
 
+def session_segments(
+    words: Sequence[WordTiming], turns: Sequence[SpeakerTurn], settings: Settings
+) -> list[tuple[float, float, str]]:
+    """Segments as the pipeline builds them: each word to one speaker, then grouped."""
+    from ethostral_serve.pipeline.segments import assign_speakers, group_words
+
+    seg = settings.segments
+    speakers = assign_speakers(words, turns)
+    drafts = group_words(words, speakers, seg.max_segment_s, seg.pause_split_s)
+    return [(d.start, d.end, d.speaker) for d in drafts]
+
+
+def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts: bool) -> None:
+    """Score what users get: the Session's segments (VAD → ASR words → speakers).
+
+    Next to each file's DER stands the DER of the same words given the reference
+    speakers ("oracle labels": the bound this VAD and ASR leave). With ``counts``, each
+    file is also run with its true speaker count given, as a request may.
+    """
+    from ethostral_serve.engine import Engine
+    from ethostral_serve.pipeline.chunks import build_chunks
+    from ethostral_serve.pipeline.types import SpeakerCount
+    from ethostral_serve.settings import DiarizerSettings
+
+    settings = Settings(diarizer=DiarizerSettings.model_validate(overrides))
+    engine = Engine.load(settings, diarize=True, emotion=False)
+    assert engine.diarizer is not None
+    print(f"machine: {machine()}; Session segments, collar {COLLAR} s, overlap scored")
+    print(f"diarizer settings: {settings.diarizer.model_dump()}\n")
+    rows, groups = [], {}
+    for case in cases:
+        if not case.reference:
+            continue
+        regions = engine.vad.speech_regions(case.samples)
+        chunks = build_chunks(regions, settings.vad.max_chunk_s)
+        words = engine.model.transcribe(case.samples, chunks, "en").words
+        reference = [SpeakerTurn(s, e, spk) for s, e, spk in case.reference]
+        runs = {"auto": None}
+        if counts:
+            runs["count given"] = SpeakerCount(num=case.speakers)
+        bound = score(case, session_segments(words, reference, settings))
+        groups.setdefault((case.group, "oracle labels"), Score()).add(bound)
+        oracle = bound.cells()[0]
+        for name, count in runs.items():
+            turns = engine.diarizer.diarize(case.samples, regions, count)
+            hyp = session_segments(words, turns, settings)
+            sc = score(case, hyp)
+            groups.setdefault((case.group, name), Score()).add(sc)
+            found = len({spk for _, _, spk in hyp})
+            rows.append([case.group, case.uri, name, case.speakers, found, *sc.cells(), oracle])
+    headers = ["set", "file", "count", "ref spk", "found", "DER %", "miss %", "FA %", "conf %"]
+    print_table([*headers, "oracle labels DER %"], rows)
+    print()
+    summary = [[g, name, *sc.cells()] for (g, name), sc in sorted(groups.items())]
+    print_table(["set", "count", *headers[5:]], summary)
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -349,6 +410,14 @@ def main() -> None:
     parser.add_argument("--no-ami", action="store_true", help="LibriSpeech conversations only")
     parser.add_argument("--repeat", type=int, default=5, help="timing runs per set (0: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
+    parser.add_argument(
+        "--sessions",
+        action="store_true",
+        help="score the Session's segments (VAD, ASR words, speakers) instead of raw turns",
+    )
+    parser.add_argument(
+        "--counts", action="store_true", help="with --sessions: also run with the true count"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     if args.threads > 0:
@@ -366,7 +435,10 @@ def main() -> None:
             write_case(case, args.out)
     if not args.no_ami:
         cases += ami_cases()
-    run(cases, overrides, args.repeat)
+    if args.sessions:
+        run_sessions(cases, overrides, args.counts)
+    else:
+        run(cases, overrides, args.repeat)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ethostral_serve.errors import EthostralError
 from ethostral_serve.pipeline.compose import TranscribeOptions
+from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
 from ethostral_serve.schema import Session
 from ethostral_serve.subtitles import to_srt, to_vtt
 
@@ -28,6 +29,22 @@ def _render(session: Session, fmt: str) -> str:
     return to_vtt(session)
 
 
+def _speaker_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, meaning in (("num", "exactly"), ("min", "at least"), ("max", "at most")):
+        parser.add_argument(
+            f"--{name}-speakers",
+            type=int,
+            metavar="N",
+            help=f"{meaning} N speakers (1-{MAX_SPEAKERS}; default: found automatically)",
+        )
+
+
+def _speaker_count(args: argparse.Namespace) -> SpeakerCount | None:
+    """The speaker count from the flags (None: none given); ValueError when inconsistent."""
+    count = SpeakerCount(args.num_speakers, args.min_speakers, args.max_speakers)
+    return count if count.given else None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ethostral",
@@ -43,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="ISO 639-1 code, e.g. 'en' (default: detect)")
     t.add_argument("--adapter", help="a named Ethostral adapter (default: the default one)")
     t.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
+    _speaker_arguments(t)
     t.add_argument("--no-emotion", action="store_true", help="skip emotion (emotion: null)")
     t.add_argument("--format", choices=FORMATS, default="json", help="output format")
     t.add_argument(
@@ -64,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--language", help="ISO 639-1 code (default: detect)")
     st.add_argument("--adapter", help="a named Ethostral adapter of the service")
     st.add_argument("--no-diarize", action="store_true", help="one speaker, s0")
+    _speaker_arguments(st)
     st.add_argument("--no-emotion", action="store_true", help="finals without emotion")
     st.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
     m = sub.add_parser("models", help="check the bundled models, download production ones")
@@ -175,11 +194,17 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     say = _Progress(args.quiet)
     settings = Settings()
+    try:
+        speakers = _speaker_count(args)
+    except ValueError as exc:
+        print(f"ethostral: error: {exc}", file=sys.stderr)
+        return 2
     options = TranscribeOptions(
         language=args.language,
         diarize=not args.no_diarize,
         emotion=not args.no_emotion,
         adapter=args.adapter,
+        speakers=speakers,
     )
     t0 = time.perf_counter()
     say("ethostral: loading models ...")
@@ -246,6 +271,11 @@ def _stream(args: argparse.Namespace) -> int:
     from ethostral_serve.stream_client import stream_audio
 
     try:
+        count = _speaker_count(args)
+    except ValueError as exc:
+        print(f"ethostral: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         audio = decode_audio(args.file)
     except (EthostralError, OSError) as exc:
         print(f"ethostral: {args.file}: {exc}", file=sys.stderr)
@@ -255,6 +285,10 @@ def _stream(args: argparse.Namespace) -> int:
         params["language"] = args.language
     if args.adapter:
         params["adapter"] = args.adapter
+    for name in ("num", "min", "max"):
+        value = getattr(count, name) if count is not None else None
+        if value is not None:
+            params[f"{name}_speakers"] = value
     params["filename"] = args.file.name
     last: dict[str, object] = {}
     try:

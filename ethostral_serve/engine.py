@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ethostral_serve.audio import AudioSource
-from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions
-from ethostral_serve.pipeline.types import Span, SpeakerTurn
+from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
+from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
 
@@ -25,12 +25,16 @@ def load_vad(settings: Settings) -> VadBackend:
 def load_diarizer(settings: Settings) -> DiarizerBackend:
     """The diarization backend named in settings."""
     if settings.diarizer.backend == "pyannote":
-        from ethostral_serve.backends.pyannote_diarizer import PyannoteDiarizer
+        from ethostral_serve.backends.diarization.pyannote import PyannoteDiarizer
 
         return PyannoteDiarizer(settings.diarizer)
-    from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
+    if settings.diarizer.backend == "resemblyzer":
+        from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer
 
-    return ResemblyzerDiarizer(settings.diarizer)
+        return ResemblyzerDiarizer(settings.diarizer)
+    from ethostral_serve.backends.diarization.embedded import OverlapAwareDiarizer
+
+    return OverlapAwareDiarizer(settings.diarizer, settings.cache_dir)
 
 
 def load_speech_model(settings: Settings, with_emotion: bool = True) -> SpeechModel:
@@ -62,9 +66,14 @@ class BackgroundDiarizer:
         """The loaded diarizer (waits for the load; re-raises its error)."""
         return self._future.result()
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
         """Diarize with the loaded backend."""
-        return self.ready().diarize(samples, regions)
+        return self.ready().diarize(samples, regions, speakers)
 
 
 @dataclass

@@ -13,10 +13,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
-from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
-from ethostral_serve.pipeline.types import Chunk, EmotionResult, Span, SpeakerTurn, Transcript
+from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
+from ethostral_serve.pipeline.types import (
+    Chunk,
+    EmotionResult,
+    Span,
+    SpeakerCount,
+    SpeakerTurn,
+    Transcript,
+)
 from ethostral_serve.schema import Session
 from ethostral_serve.settings import Settings
 from ethostral_serve.tracing import NoopTracer, Tracer
@@ -116,8 +123,13 @@ class _TracedDiarizer:
     def __init__(self, inner: DiarizerBackend, tracer: Tracer) -> None:
         self._diarize = tracer.op("diarize", inner.diarize)
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
-        return self._diarize(samples, regions)
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
+        return self._diarize(samples, regions, speakers)
 
 
 class _TracedModel:

@@ -129,14 +129,42 @@ class EthostralSettings(BaseModel):
 
 
 class DiarizerSettings(BaseModel):
-    """Speaker diarization: resemblyzer window embeddings clustered by k-means.
+    """Speaker diarization.
 
+    ``embedded``: pyannote's segmentation model (bundled in the WhisperX wheel, run with
+    onnxruntime) finds local speakers with overlap in sliding windows; resemblyzer
+    embeddings of 1 s sub-windows are clustered across the file. ``resemblyzer``: the
+    earlier diarizer (sliding-window embeddings and k-means, one speaker at a time).
     Defaults were tuned on LibriSpeech conversations and AMI excerpts
     (``benchmarks/diarization.py``).
     """
 
-    backend: Literal["embedded", "pyannote"] = Field(
-        "embedded", description="'embedded' (resemblyzer, bundled) or 'pyannote' (production)"
+    backend: Literal["embedded", "resemblyzer", "pyannote"] = Field(
+        "embedded",
+        description="'embedded' (overlap-aware, bundled), 'resemblyzer' (bundled, no "
+        "overlap) or 'pyannote' (a pyannote.audio pipeline: production)",
+    )
+    segmentation_step_s: float = Field(
+        1.0, ge=0.25, le=5.0, description="embedded: hop between 5 s segmentation windows"
+    )
+    segmentation_onset: float = Field(
+        0.5, gt=0.0, lt=1.0, description="embedded: score at which a local speaker starts"
+    )
+    segmentation_offset: float = Field(
+        0.5, gt=0.0, lt=1.0, description="embedded: score below which it stops (<= onset)"
+    )
+    segmentation_threads: int = Field(
+        1, ge=0, description="embedded: onnxruntime threads of the segmentation model (0: all)"
+    )
+    cluster_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        lt=2.0,
+        description="embedded: average-linkage cosine distance above which two speakers "
+        "are not merged (lower finds more speakers)",
+    )
+    min_cluster_units: int = Field(
+        2, ge=1, description="embedded: a speaker needs this many (window, speaker) units"
     )
     pyannote_pipeline: str = Field(
         "pyannote/speaker-diarization-community-1",
@@ -152,7 +180,7 @@ class DiarizerSettings(BaseModel):
         0.13,
         gt=0.0,
         lt=2.0,
-        description="smallest cosine distance between two speakers' centroids",
+        description="resemblyzer: smallest cosine distance between two speakers' centroids",
     )
     min_cluster_s: float = Field(
         3.0, ge=0.0, description="a speaker must cover at least this much speech"

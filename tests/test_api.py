@@ -129,6 +129,17 @@ def test_aac_in_mp4_upload(client: TestClient) -> None:
     assert {s["speaker"] for s in r.json()["segments"]} == {"s0"}
 
 
+def test_speaker_count_bounds_the_speakers_found(client: TestClient) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    files = {"file": ("talk.wav", talk.wav_bytes(), "audio/wav")}
+    one = client.post("/transcribe", files=files, data={"num_speakers": "1", "language": "en"})
+    assert one.status_code == 200, one.text
+    assert {s["speaker"] for s in one.json()["segments"]} == {"s0"}
+    free = client.post("/transcribe", files=files, data={"max_speakers": "4", "language": "en"})
+    assert free.status_code == 200, free.text
+    assert len({s["speaker"] for s in free.json()["segments"]}) == 2
+
+
 def test_emotion_off_leaves_emotion_null(client: TestClient) -> None:
     folder = require_data("asr", "jfk")
     r = client.post(
@@ -149,6 +160,20 @@ def test_emotion_off_leaves_emotion_null(client: TestClient) -> None:
         ({"file": ("a.wav", b"x")}, {"diarize": "maybe"}, 422, "diarize"),
         ({"file": ("a.wav", b"x")}, {"language": "klingon"}, 422, "klingon"),
         ({"file": ("a.wav", b"x")}, {"adapter": "calls"}, 422, "unknown adapter 'calls'"),
+        ({"file": ("a.wav", b"x")}, {"num_speakers": "0"}, 422, "num_speakers"),
+        ({"file": ("a.wav", b"x")}, {"max_speakers": "two"}, 422, "max_speakers"),
+        (
+            {"file": ("a.wav", b"x")},
+            {"min_speakers": "3", "max_speakers": "2"},
+            422,
+            "min_speakers (3) must not be larger than max_speakers (2)",
+        ),
+        (
+            {"file": ("a.wav", b"x")},
+            {"num_speakers": "5", "max_speakers": "4"},
+            422,
+            "num_speakers (5) lies outside",
+        ),
     ],
 )
 def test_bad_uploads_get_a_clear_4xx_and_store_nothing(

@@ -68,3 +68,9 @@ def test_usage_errors(tmp_path, capsys) -> None:
     assert "not supported" in capsys.readouterr().err
     assert main(["transcribe", str(jfk), "--adapter", "calls"]) == 2
     assert "unknown adapter 'calls'" in capsys.readouterr().err
+    assert main(["transcribe", str(jfk), "--min-speakers", "3", "--max-speakers", "2"]) == 2
+    assert "must not be larger than max_speakers" in capsys.readouterr().err
+    assert main(["transcribe", str(jfk), "--num-speakers", "0"]) == 2
+    assert "num_speakers must be between 1 and 50" in capsys.readouterr().err
+    assert main(["stream", str(jfk), "--max-speakers", "99"]) == 2
+    assert "max_speakers must be between 1 and 50" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionResult,
     Span,
+    SpeakerCount,
     SpeakerTurn,
     Transcript,
     WordTiming,
@@ -33,9 +34,16 @@ class FakeDiarizer:
     def __init__(self, turns: list[SpeakerTurn]) -> None:
         self.turns = turns
         self.calls = 0
+        self.speakers: SpeakerCount | None = None
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
         self.calls += 1
+        self.speakers = speakers
         return self.turns
 
 
@@ -113,6 +121,21 @@ def test_session_has_spec_fields_and_ms_times() -> None:
     assert all(s.emotion is not None and s.emotion.label == "Sad" for s in session.segments)
     assert len(model.emotion_spans) == len(session.segments)
     assert diarizer.calls == 1
+
+
+def test_requested_speaker_count_reaches_the_diarizer() -> None:
+    count = SpeakerCount(min=2, max=3)
+    _, _, diarizer = _run(TranscribeOptions(speakers=count), [SpeakerTurn(0, 12, "x")])
+    assert diarizer.speakers == count
+
+
+def test_overlapping_turns_give_each_word_one_speaker() -> None:
+    # A talks throughout; B talks over A from 2.4 s on. w1 (2.9-3.1 s) lies inside both
+    # turns: it stays with the speaker of the word before it, and no word is doubled.
+    turns = [SpeakerTurn(0.5, 12.0, "A"), SpeakerTurn(2.4, 3.6, "B")]
+    session, _, _ = _run(TranscribeOptions(), turns)
+    words = [(w.word, s.speaker) for s in session.segments for w in s.words]
+    assert words == [("w0", "s0"), ("w1", "s0"), ("w2", "s0")]
 
 
 def test_pause_longer_than_setting_splits_same_speaker() -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import require_data
 
 from ethostral_serve.audio import SAMPLE_RATE, decode_audio
-from ethostral_serve.backends.base import DiarizerBackend
+from ethostral_serve.pipeline.ports import DiarizerBackend
 from ethostral_serve.pipeline.types import Span, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings, VadSettings
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def diarizer():
     """The embedded diarizer with default settings."""
-    from ethostral_serve.backends.resemblyzer_diarizer import ResemblyzerDiarizer
+    from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer
 
     return ResemblyzerDiarizer(DiarizerSettings())
 

@@ -12,7 +12,7 @@ import pytest
 from speech import two_speaker_conversation
 from tiny_pyannote import EMBEDDING_DIM, build_tiny_pyannote
 
-from ethostral_serve.backends.pyannote_diarizer import (
+from ethostral_serve.backends.diarization.pyannote import (
     MAX_EMBED_S,
     PyannoteDiarizer,
     exclusive_turns,

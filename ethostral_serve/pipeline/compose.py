@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ethostral_serve.audio import Audio
-from ethostral_serve.backends.base import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.chunks import build_chunks
+from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
-from ethostral_serve.pipeline.types import EmotionResult, SpeakerTurn, WordTiming
+from ethostral_serve.pipeline.types import EmotionResult, SpeakerCount, SpeakerTurn, WordTiming
 from ethostral_serve.schema import Emotion, Segment, Session, Word
 from ethostral_serve.settings import Settings
 
@@ -30,6 +30,7 @@ class TranscribeOptions:
     diarize: bool = True
     emotion: bool = True
     adapter: str | None = None  # a named fine-tune of the speech model; None: its default
+    speakers: SpeakerCount | None = None  # how many speakers the request says there are
 
 
 @dataclass
@@ -91,6 +92,7 @@ def transcribe(
                 diarizer.diarize,
                 samples,
                 regions,
+                options.speakers,
             )
         with times.stage("asr", on_stage):
             chunks = build_chunks(regions, settings.vad.max_chunk_s)

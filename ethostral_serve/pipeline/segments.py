@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ethostral_serve.pipeline.types import Span, SpeakerTurn, WordTiming
 
 DEFAULT_SPEAKER = "s0"
+_TIE_S = 0.02  # two speakers covering a word this close to equally are tied
 _SENTENCE_END = (".", "?", "!", "。", "？", "！")
 
 
@@ -40,30 +41,43 @@ class DraftSegment:
 
 
 def assign_speakers(words: Sequence[WordTiming], turns: Sequence[SpeakerTurn]) -> list[str]:
-    """The speaker of each word: the turn it overlaps most, else the nearest turn."""
+    """The speaker of each word: the one whose turns overlap it most, else the nearest.
+
+    Turns of different speakers may overlap (two people talking at once), but each word
+    goes to exactly one speaker. Where two speakers' turns cover a word (nearly) equally,
+    the word stays with the speaker of the previous word when that is one of them: a
+    recogniser follows the voice it was already transcribing.
+    """
     if not turns:
         return [DEFAULT_SPEAKER] * len(words)
     ordered = sorted(turns, key=lambda t: t.start)
+    longest = max(t.end - t.start for t in ordered)
     out: list[str] = []
     j = 0
+    previous: str | None = None
     for w in words:
-        while j < len(ordered) and ordered[j].end < w.start - 30.0:
+        while j < len(ordered) and ordered[j].start + longest < w.start - 30.0:
             j += 1  # turns that ended long before this word cannot matter any more
-        best, best_overlap, best_distance = ordered[min(j, len(ordered) - 1)].speaker, 0.0, None
+        cover: dict[str, float] = {}
+        nearest, nearest_distance = ordered[min(j, len(ordered) - 1)].speaker, None
         mid = 0.5 * (w.start + w.end)
         for t in ordered[j:]:
             if t.start > w.end + 30.0:
                 break
             overlap = min(w.end, t.end) - max(w.start, t.start)
-            if overlap > best_overlap:
-                best, best_overlap = t.speaker, overlap
-            elif best_overlap == 0.0:
-                distance = (
-                    0.0 if t.start <= mid <= t.end else min(abs(mid - t.start), abs(mid - t.end))
-                )
-                if best_distance is None or distance < best_distance:
-                    best, best_distance = t.speaker, distance
+            if overlap > 0:
+                cover[t.speaker] = cover.get(t.speaker, 0.0) + overlap
+            distance = 0.0 if t.start <= mid <= t.end else min(abs(mid - t.start), abs(mid - t.end))
+            if nearest_distance is None or distance < nearest_distance:
+                nearest, nearest_distance = t.speaker, distance
+        if cover:
+            top = max(cover.values())
+            tied = [s for s, v in cover.items() if v >= top - _TIE_S]
+            best = previous if previous in tied else max(cover, key=lambda s: cover[s])
+        else:
+            best = nearest
         out.append(best)
+        previous = best
     return out
 
 

@@ -152,3 +152,46 @@ class UtteranceResult:
     def text(self) -> str:
         """The words joined as Whisper spells them."""
         return "".join(w.text for w in self.words).strip()
+
+
+MAX_SPEAKERS = 50  # the largest speaker count a request may give
+
+
+@dataclass(frozen=True)
+class SpeakerCount:
+    """How many speakers a request says there are: exactly ``num``, or between ``min``
+    and ``max`` (each optional). None everywhere: estimate freely."""
+
+    num: int | None = None
+    min: int | None = None
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num", "min", "max"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_SPEAKERS:
+                raise ValueError(
+                    f"{name}_speakers must be between 1 and {MAX_SPEAKERS}, got {value}"
+                )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"min_speakers ({self.min}) must not be larger than max_speakers ({self.max})"
+            )
+        if self.num is not None and (
+            (self.min is not None and self.min > self.num)
+            or (self.max is not None and self.max < self.num)
+        ):
+            raise ValueError(
+                f"num_speakers ({self.num}) lies outside min_speakers..max_speakers "
+                f"({self.min}..{self.max})"
+            )
+
+    @property
+    def given(self) -> bool:
+        """Whether any bound was given."""
+        return self.num is not None or self.min is not None or self.max is not None
+
+    @property
+    def upper(self) -> int | None:
+        """The most speakers allowed (None: no bound)."""
+        return self.num if self.num is not None else self.max

@@ -20,7 +20,13 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ethostral_serve.pipeline.types import EmotionInput, EmotionResult, Span, SpeakerTurn
+from ethostral_serve.pipeline.types import (
+    EmotionInput,
+    EmotionResult,
+    Span,
+    SpeakerCount,
+    SpeakerTurn,
+)
 from ethostral_serve.serve.remote import ModelInfo, WindowJob
 from ethostral_serve.settings import Settings
 
@@ -92,9 +98,14 @@ class Diarizer:
 
         self.diarizer = load_diarizer(settings_from(settings))
 
-    async def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
-        """Speaker turns over the speech regions."""
-        return await asyncio.to_thread(self.diarizer.diarize, samples, regions)
+    async def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
+        """Speaker turns over the speech regions (within the request's speaker count)."""
+        return await asyncio.to_thread(self.diarizer.diarize, samples, regions, speakers)
 
     async def backend(self) -> str:
         """The diarization backend this replica runs (its class name)."""
@@ -120,8 +131,8 @@ class EthostralModel:
     """ASR + emotion with dynamic batching of windows and segments across requests."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        from ethostral_serve.backends.base import WindowedSpeechModel
         from ethostral_serve.engine import load_speech_model
+        from ethostral_serve.pipeline.ports import WindowedSpeechModel
 
         model = load_speech_model(settings_from(settings), with_emotion=True)
         if not isinstance(model, WindowedSpeechModel):

@@ -28,6 +28,7 @@ from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
     Span,
+    SpeakerCount,
     SpeakerTurn,
     Transcript,
     WindowResult,
@@ -87,9 +88,14 @@ class RemoteDiarizer:
         self._handle = handle
         self.timeout_s = timeout_s
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
         """Speaker turns, computed by the Diarizer deployment."""
-        response = self._handle.diarize.remote(samples, list(regions))
+        response = self._handle.diarize.remote(samples, list(regions), speakers)
         return list(wait(response, "Diarizer", self.timeout_s))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.clustering import ClusteringOptions, diarize_windows
-from ethostral_serve.pipeline.types import Span, SpeakerTurn
+from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings
 
 _HOP = 160  # resemblyzer's mel hop: 10 ms at 16 kHz
@@ -45,26 +45,36 @@ class ResemblyzerDiarizer:
         self._encoder: Any = VoiceEncoder(device=settings.device, verbose=False).eval()
         self._mel_fn(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))  # warm librosa up
 
-    def options(self) -> ClusteringOptions:
-        """The clustering options these settings stand for."""
+    def options(self, speakers: SpeakerCount | None = None) -> ClusteringOptions:
+        """The clustering options these settings (and a request's count) stand for."""
         s = self.settings
+        lo, hi = s.min_speakers, max(s.min_speakers, s.max_speakers)
+        if speakers is not None and speakers.given:
+            lo = speakers.num or speakers.min or 1
+            hi = speakers.upper or max(lo, s.max_speakers)
         return ClusteringOptions(
             threshold=s.threshold,
-            min_speakers=s.min_speakers,
-            max_speakers=max(s.min_speakers, s.max_speakers),
+            min_speakers=lo,
+            max_speakers=hi,
             min_cluster_s=s.min_cluster_s,
             min_turn_s=s.min_turn_s,
         )
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
-        """Speaker turns over the speech ``regions`` of 16 kHz mono ``samples``."""
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
+        """Speaker turns (one at a time) over the speech ``regions`` of 16 kHz mono
+        ``samples``, within the request's ``speakers`` count when given."""
         spans = _clip_regions(regions, len(samples) / SAMPLE_RATE)
         if not spans:
             return []
         embeddings, windows = self.embed_windows(samples, spans)
         if len(embeddings) == 0:  # only speech too short to embed: one speaker
             return [SpeakerTurn(r.start, r.end, "s0") for r in spans]
-        return diarize_windows(embeddings, windows, spans, self.options())
+        return diarize_windows(embeddings, windows, spans, self.options(speakers))
 
     def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
         """One unit-length speaker embedding for a whole utterance (None if too short)."""

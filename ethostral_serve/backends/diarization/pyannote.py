@@ -18,7 +18,7 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.errors import ModelLoadError
-from ethostral_serve.pipeline.types import Span, SpeakerTurn
+from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings, hf_token
 
 MIN_EMBED_S = 0.5  # shorter utterances get no embedding (too little to tell a voice by)
@@ -66,19 +66,29 @@ class PyannoteDiarizer:
             )
         self.pipeline = pipeline.to(torch.device(settings.device))
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
         """Speaker turns of 16 kHz mono ``samples``; pyannote finds speech itself, so
-        ``regions`` only decide whether there is anything to diarize."""
+        ``regions`` only decide whether there is anything to diarize. A request's
+        ``speakers`` count goes to the pipeline (else the settings' bounds)."""
         import torch
 
         if not regions or len(samples) == 0:
             return []
         waveform = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
-        output = self.pipeline(
-            {"waveform": waveform, "sample_rate": SAMPLE_RATE},
-            min_speakers=self.settings.min_speakers,
-            max_speakers=self.settings.max_speakers,
-        )
+        bounds: dict[str, int | None] = {
+            "min_speakers": self.settings.min_speakers,
+            "max_speakers": self.settings.max_speakers,
+        }
+        if speakers is not None and speakers.given:
+            bounds = {"min_speakers": speakers.min, "max_speakers": speakers.max}
+            if speakers.num is not None:
+                bounds = {"num_speakers": speakers.num}
+        output = self.pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE}, **bounds)
         annotation = getattr(output, "exclusive_speaker_diarization", output)
         return exclusive_turns(annotation, len(samples) / SAMPLE_RATE)
 

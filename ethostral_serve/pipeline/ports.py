@@ -1,4 +1,9 @@
-"""The Protocols every model backend implements. The pipeline only sees these."""
+"""The ports of the pure pipeline: the Protocols every model backend implements.
+
+The pipeline (``compose``, ``streaming``) sees only these; backends in
+``ethostral_serve/backends/`` implement them, and the Serve layer forwards them to
+deployments.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
     Span,
+    SpeakerCount,
     SpeakerTurn,
     Transcript,
     UtteranceResult,
@@ -32,11 +38,18 @@ class VadBackend(Protocol):
 class DiarizerBackend(Protocol):
     """Says who spoke when."""
 
-    def diarize(self, samples: np.ndarray, regions: Sequence[Span]) -> list[SpeakerTurn]:
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
         """Speaker turns over the speech ``regions`` of 16 kHz mono ``samples``.
 
-        Turns are sorted and do not overlap; speakers are named ``s0``, ``s1``, ... in
-        order of first appearance.
+        Turns are sorted by start; turns of two speakers may overlap where both talk at
+        once (backends that cannot tell give one speaker at a time). Speakers are named
+        ``s0``, ``s1``, ... in order of first appearance. ``speakers`` is the count a
+        request gave (exact, or bounds), if any.
         """
         ...
 

@@ -1,0 +1,1 @@
+"""Speaker diarization backends: the embedded overlap-aware diarizer, and pyannote."""

@@ -1,0 +1,100 @@
+"""The embedded diarizer: overlap-aware, from models that ship inside PyPI packages.
+
+pyannote's segmentation model (ONNX, from the WhisperX wheel; see
+:mod:`.segmentation`) finds up to three local speakers, overlap included, in 5 s windows;
+resemblyzer's GE2E encoder embeds 1 s sub-windows of the speech it finds; the pure
+:func:`~ethostral_serve.pipeline.overlap_diarization.diarize_segmentation` clusters the
+(window, local speaker) units into global speakers and rebuilds turns in which
+overlapped speech belongs to both speakers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer
+from ethostral_serve.backends.diarization.segmentation import (
+    SegmentationModel,
+    ensure_segmentation_model,
+)
+from ethostral_serve.pipeline.overlap_diarization import (
+    OverlapDiarizationOptions,
+    binarize,
+    diarize_segmentation,
+    speech_regions,
+)
+from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
+from ethostral_serve.settings import DiarizerSettings
+
+
+class OverlapAwareDiarizer:
+    """``DiarizerBackend``: segmentation + speaker embeddings + constrained clustering."""
+
+    def __init__(self, settings: DiarizerSettings, cache_dir: Path) -> None:
+        self.settings = settings
+        folder = ensure_segmentation_model(cache_dir)
+        self.segmentation = SegmentationModel(folder, threads=settings.segmentation_threads)
+        self.encoder = ResemblyzerDiarizer(settings)
+
+    def options(self) -> OverlapDiarizationOptions:
+        """The clustering options these settings stand for."""
+        s = self.settings
+        return OverlapDiarizationOptions(
+            onset=s.segmentation_onset,
+            offset=min(s.segmentation_offset, s.segmentation_onset),
+            threshold=s.cluster_threshold,
+            min_cluster_units=s.min_cluster_units,
+        )
+
+    def count(self, requested: SpeakerCount | None) -> SpeakerCount:
+        """The request's speaker count within the settings' bounds."""
+        s = self.settings
+        if requested is not None and requested.given:
+            return requested
+        return SpeakerCount(min=s.min_speakers, max=max(s.min_speakers, s.max_speakers))
+
+    def diarize(
+        self,
+        samples: np.ndarray,
+        regions: Sequence[Span],
+        speakers: SpeakerCount | None = None,
+    ) -> list[SpeakerTurn]:
+        """Speaker turns of 16 kHz mono ``samples``; turns of two speakers overlap where
+        both talk. Only windows touching the VAD ``regions`` are segmented."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        duration = len(x) / SAMPLE_RATE
+        if not regions or len(x) == 0:
+            return []
+        seg = self.segmentation
+        starts = seg.window_starts(len(x), self.settings.segmentation_step_s, regions)
+        if len(starts) == 0:
+            return []
+        scores = seg.scores(x, starts)
+        opts = self.options()
+        activity = binarize(scores, opts.onset, opts.offset)
+        speech = [Span(a, b) for a, b in speech_regions(starts, activity, seg.grid)]
+        sub_embeddings, sub_windows = self.encoder.embed_windows(x, speech)
+        turns = diarize_segmentation(
+            starts,
+            scores,
+            seg.grid,
+            sub_embeddings,
+            sub_windows,
+            duration,
+            opts,
+            self.count(speakers),
+        )
+        if turns:
+            return turns
+        # Speech, but no local speaker held a sub-window long enough to be embedded (or
+        # the segmentation heard nobody): nothing tells voices apart, so one speaker.
+        spans = speech or [Span(max(0.0, r.start), min(duration, r.end)) for r in regions]
+        return [SpeakerTurn(s.start, s.end, "s0") for s in spans if s.end > s.start]
+
+    def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
+        """One unit-length speaker embedding of a live utterance (None if too short)."""
+        return self.encoder.embed_utterance(samples)
