@@ -1,7 +1,8 @@
 """Diarization error of the configured diarizer (default: the embedded, overlap-aware one).
 
     .venv/bin/python -m benchmarks.diarization [--seeds 0 1 2 3 4] [--out DIR]
-        [--set key=value] [--repeat N] [--no-ami] [--sessions [--counts]]
+        [--set key=value] [--repeat N] [--no-ami] [--groups SET ...]
+        [--sessions [--counts] | --streams]
 
 Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utterances
 separated by random 0.3-1.5 s pauses, RTTM written while concatenating), and reads the
@@ -13,6 +14,9 @@ diarizer time only (VAD excluded), in milliseconds per second of audio. ``--set`
 overrides a ``DiarizerSettings`` field (``--set backend=resemblyzer``: the earlier
 diarizer). ``--sessions`` scores what users get instead: the Session's segments, built
 from the recognised words, next to the same words with the reference speakers.
+``--streams`` sends each file through a live stream and scores its stored session, with
+the live speakers and after the speaker pass over the whole stream. "ami-minute" files
+join consecutive AMI excerpts of one meeting into a minute.
 """
 
 from __future__ import annotations
@@ -163,6 +167,28 @@ def ami_cases() -> list[Case]:
                 group = "silence"
             cases.append(Case(group, uri, samples, refs.get(uri, []), uems.get(uri)))
     return cases
+
+
+# Consecutive pyannote-debug excerpts of one AMI meeting (the same speakers), joined
+# into one-minute meetings.
+AMI_MINUTES = (("trn07", "trn08"), ("tst00", "tst01"), ("dev00", "dev01"))
+
+
+def ami_minutes(cases: Sequence[Case]) -> list[Case]:
+    """One-minute AMI meetings: excerpts of the same meeting joined end to end."""
+    by_uri = {c.uri: c for c in cases if c.group == "ami-debug"}
+    out = []
+    for names in AMI_MINUTES:
+        if not all(n in by_uri for n in names):
+            continue
+        samples, reference, offset = [], [], 0.0
+        for name in names:
+            part = by_uri[name]
+            samples.append(part.samples)
+            reference += [(s + offset, e + offset, spk) for s, e, spk in part.reference]
+            offset += part.duration
+        out.append(Case("ami-minute", "+".join(names), np.concatenate(samples), reference))
+    return out
 
 
 def write_case(case: Case, out: Path) -> None:
@@ -396,6 +422,66 @@ def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts
     print_table(["set", "count", *headers[5:]], summary)
 
 
+def stream_segments(
+    case: Case, backends: object, settings: Settings
+) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+    """A case sent through a live stream in 100 ms chunks: the stored session's segments
+    with the live speakers, and after the speaker pass over the whole stream.
+
+    Each final is recognised alone, as soon as it is due (no grouping under load).
+    """
+    from ethostral_serve.api.stream import LiveStream, StreamCapacity, StreamParams
+
+    params = StreamParams(language="en", emotion=False)
+    live = LiveStream(params, backends, settings, StreamCapacity(1), language="en")  # type: ignore[arg-type]
+    pcm = (np.clip(case.samples, -1, 1) * 32767).astype("<i2").tobytes()
+    step = 2 * SAMPLE_RATE // 10
+    for i in range(0, len(pcm), step):
+        for due in live.step(live.decode(pcm[i : i + step])):
+            if due.kind == "final":
+                live.final_events([due])
+    for due in live.tracker.finish():
+        if due.kind == "final":
+            live.final_events([due])
+
+    def spans() -> list[tuple[float, float, str]]:
+        return [(s.start_ms / 1000, s.end_ms / 1000, s.speaker) for s in live.session().segments]
+
+    online = spans()
+    live.refine_speakers()
+    return online, spans()
+
+
+def run_streams(cases: Sequence[Case], overrides: dict[str, str | None]) -> None:
+    """Score live streams' stored sessions: live speakers only, and after the pass over
+    the whole stream (``ETHOSTRAL_STREAM__REFINE_SPEAKERS_MAX_S``)."""
+    from ethostral_serve.backends.silero_stream import SileroStreamingVad
+    from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.engine import Engine
+    from ethostral_serve.settings import DiarizerSettings
+
+    settings = Settings(diarizer=DiarizerSettings.model_validate(overrides))
+    engine = Engine.load(settings, diarize=True, emotion=False)
+    backends = LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
+    print(f"machine: {machine()}; live streams' stored sessions, collar {COLLAR} s")
+    print(f"diarizer settings: {settings.diarizer.model_dump()}\n")
+    rows, groups = [], {}
+    for case in cases:
+        if not case.reference:
+            continue
+        online, refined = stream_segments(case, backends, settings)
+        for name, hyp in (("live speakers", online), ("whole-stream pass", refined)):
+            sc = score(case, hyp)
+            groups.setdefault((case.group, name), Score()).add(sc)
+            found = len({spk for _, _, spk in hyp})
+            rows.append([case.group, case.uri, name, case.speakers, found, *sc.cells()])
+    headers = ["set", "file", "speakers", "ref spk", "found", "DER %", "miss %", "FA %"]
+    print_table([*headers, "conf %"], rows)
+    print()
+    summary = [[g, name, *sc.cells()] for (g, name), sc in sorted(groups.items())]
+    print_table(["set", "speakers", "DER %", "miss %", "FA %", "conf %"], summary)
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -418,6 +504,14 @@ def main() -> None:
     parser.add_argument(
         "--counts", action="store_true", help="with --sessions: also run with the true count"
     )
+    parser.add_argument(
+        "--groups", nargs="*", default=[], help="only these sets (e.g. ami-minute sample-call)"
+    )
+    parser.add_argument(
+        "--streams",
+        action="store_true",
+        help="score live streams' stored sessions (live speakers, then the whole-stream pass)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     if args.threads > 0:
@@ -434,8 +528,13 @@ def main() -> None:
         for case in cases:
             write_case(case, args.out)
     if not args.no_ami:
-        cases += ami_cases()
-    if args.sessions:
+        ami = ami_cases()
+        cases += ami + ami_minutes(ami)
+    if args.groups:
+        cases = [c for c in cases if c.group in args.groups]
+    if args.streams:
+        run_streams(cases, overrides)
+    elif args.sessions:
         run_sessions(cases, overrides, args.counts)
     else:
         run(cases, overrides, args.repeat)

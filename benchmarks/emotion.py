@@ -1,21 +1,23 @@
-"""Emotion through the whole pipeline on RAVDESS-style clips: macro-F1 and confusion.
+"""Emotion through the whole pipeline on RAVDESS- or EmoDB-style clips: macro-F1, confusion.
 
-    .venv/bin/python -m benchmarks.emotion [--data DIR] [--actors 21 22 23 24] [--model NPZ]
+    .venv/bin/python -m benchmarks.emotion --data DIR [--speakers 21 22 23 24] [--model NPZ]
 
 Each clip goes through the full CLI pipeline (decode → VAD → diarize → ASR + emotion);
-its label is the segment label covering most of its speech (majority by duration).
-``--data`` is a folder laid out like ../shared/data/emotion/ravdess (``labels.tsv``).
+its label is the segment label covering most of its speech (majority by duration); a
+clip with no segment counts as wrong. ``--data`` is a folder with a ``labels.tsv`` laid
+out like ../shared/data/emotion/ravdess (an ``actor`` column: scored on the 8 labels) or
+like ../shared/data/emotion/emodb (a ``speaker`` column: scored on the 6 labels it shares
+with ours; boredom clips are left out, and a Calm or Surprised prediction is wrong).
 
-Speaker independence is the caller's duty: the bundled model was trained on actors
-01-20 of the shared data, so a fair figure needs other actors (e.g. RAVDESS 21-24), or
-a model trained without the evaluated actors (``scripts/train_emotion.py`` reports the
-cross-validated, held-out-actor figure).
+Speaker independence is the caller's duty: the bundled model was trained on RAVDESS
+actors 01-20 and EmoDB speakers 03, 08, 09, 10 and 11 of the shared data, so a fair
+figure needs other speakers (RAVDESS 21-24, EmoDB 12-16); ``scripts/train_emotion.py``
+reports the cross-validated, held-out-speaker figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -23,12 +25,33 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DATA, machine, print_table
+from scripts.train_emotion import (
+    SCORED,
+    Clip,
+    corpus_f1,
+    per_class_f1,
+    read_emodb,
+    read_ravdess,
+)
+
+
+def read_clips(data: Path) -> tuple[str, list[Clip]]:
+    """The corpus a ``labels.tsv`` is laid out for, and its clips."""
+    with (data / "labels.tsv").open(encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+    if "actor" in header:
+        return "ravdess", read_ravdess(data)
+    if "speaker" in header:
+        return "emodb", read_emodb(data)
+    sys.exit(f"{data / 'labels.tsv'}: neither an 'actor' (RAVDESS) nor a 'speaker' (EmoDB) column")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "emotion" / "ravdess")
-    parser.add_argument("--actors", type=int, nargs="*", help="only these actors")
+    parser.add_argument(
+        "--speakers", "--actors", nargs="*", help="only these actors / speakers (e.g. 21 or 03)"
+    )
     parser.add_argument("--model", type=Path, help="emotion weights (default: bundled)")
     parser.add_argument("--limit", type=int, help="at most this many clips")
     args = parser.parse_args()
@@ -40,55 +63,61 @@ def main() -> None:
     from ethostral_serve.schema import EMOTION_LABELS
     from ethostral_serve.settings import Settings
 
-    with (args.data / "labels.tsv").open(encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t")]
-    if args.actors:
-        rows = [r for r in rows if int(r["actor"]) in set(args.actors)]
-    rows = rows[: args.limit] if args.limit else rows
-    if not rows:
+    corpus, clips = read_clips(args.data)
+    left_out = sum(c.label < 0 for c in clips)
+    clips = [c for c in clips if c.label >= 0]  # EmoDB boredom has no label of ours
+    if args.speakers:
+        wanted = {int(s) for s in args.speakers}
+        clips = [c for c in clips if int(c.speaker.rsplit("-", 1)[1]) in wanted]
+    clips = clips[: args.limit] if args.limit else clips
+    if not clips:
         sys.exit("no clips selected")
     engine = Engine.load(Settings())
-    labels = {name.lower(): i for i, name in enumerate(EMOTION_LABELS)}
-    truth, pred = [], []
+    index = {name: i for i, name in enumerate(EMOTION_LABELS)}
+    truth, pred, confidence = [], [], []
     emotion_s, segments = 0.0, 0
-    for row in rows:
+    for clip in clips:
         times = StageTimes()
-        session = engine.run(args.data / row["path"], row["path"], TranscribeOptions(), times=times)
+        session = engine.run(clip.path, clip.path.name, TranscribeOptions(), times=times)
         emotion_s += times.seconds.get("emotion", 0.0)
         segments += len(session.segments)
         votes = np.zeros(len(EMOTION_LABELS))
         for seg in session.segments:
             if seg.emotion is not None:
-                votes[labels[seg.emotion.label.lower()]] += max(1, seg.end_ms - seg.start_ms)
-        truth.append(labels[row["emotion"].strip().lower()])
-        pred.append(int(np.argmax(votes)) if votes.any() else labels["neutral"])
+                votes[index[seg.emotion.label]] += max(1, seg.end_ms - seg.start_ms)
+        truth.append(clip.label)
+        pred.append(int(np.argmax(votes)) if votes.any() else -1)
+        confidence.append(
+            max((s.emotion.confidence for s in session.segments if s.emotion), default=0.0)
+        )
     y, p = np.array(truth), np.array(pred)
-    n = len(EMOTION_LABELS)
-    f1 = []
-    for k in range(n):
-        tp = np.sum((p == k) & (y == k))
-        denom = np.sum(p == k) + np.sum(y == k)
-        f1.append(2 * tp / denom if denom else 0.0)
-    present = [k for k in range(n) if np.any(y == k)]
-    macro = float(np.mean([f1[k] for k in present]))
-    actors = sorted({int(r["actor"]) for r in rows})
-    print(f"Emotion through the pipeline: {len(rows)} clips, actors {actors}; {machine()}")
+    speakers = sorted({c.speaker for c in clips})
+    scored = [EMOTION_LABELS[k] for k in SCORED[corpus]]
     print(
-        f"macro-F1 {macro:.3f}, accuracy {float(np.mean(y == p)):.3f}, "
-        f"emotion {1000 * emotion_s / max(1, segments):.2f} ms per segment "
-        f"({segments} segments)\n"
+        f"Emotion through the pipeline ({corpus}): {len(clips)} clips, speakers "
+        f"{', '.join(speakers)}; {machine()}"
     )
+    if left_out:
+        print(f"{left_out} clips with no label of ours (boredom) left out")
+    print(
+        f"macro-F1 over {len(scored)} labels ({', '.join(scored)}) {corpus_f1(y, p, corpus):.3f}, "
+        f"accuracy {float(np.mean(y == p)):.3f}, clips without a segment {int(np.sum(p < 0))}, "
+        f"mean top confidence {float(np.mean(confidence)):.3f}, emotion "
+        f"{1000 * emotion_s / max(1, segments):.2f} ms per segment ({segments} segments)\n"
+    )
+    f1 = per_class_f1(y, p, corpus)
     print_table(
         ["label", "F1", "clips"],
-        [[EMOTION_LABELS[k], f"{f1[k]:.3f}", int(np.sum(y == k))] for k in range(n)],
+        [[lab, f"{f1[lab]:.3f}", int(np.sum(y == index[lab]))] for lab in scored],
     )
-    print("\nconfusion (rows: truth, columns: predicted)\n")
-    matrix = np.zeros((n, n), int)
+    print("\nconfusion (rows: truth, columns: predicted; none: no segment)\n")
+    n = len(EMOTION_LABELS)
+    matrix = np.zeros((n, n + 1), int)
     for t, q in zip(y, p, strict=True):
-        matrix[t, q] += 1
+        matrix[t, q if q >= 0 else n] += 1
     print_table(
-        ["truth \\ pred", *[lab[:4] for lab in EMOTION_LABELS]],
-        [[EMOTION_LABELS[i], *matrix[i].tolist()] for i in range(n)],
+        ["truth \\ pred", *[lab[:4] for lab in EMOTION_LABELS], "none"],
+        [[EMOTION_LABELS[k], *matrix[k].tolist()] for k in SCORED[corpus]],
     )
 
 

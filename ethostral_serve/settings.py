@@ -261,6 +261,14 @@ class StreamSettings(BaseModel):
     max_frame_bytes: int = Field(1 << 20, gt=0, description="largest binary message")
     idle_timeout_s: float = Field(30.0, gt=0.0, description="close after this long silent")
     max_stream_s: float = Field(3 * 3600.0, gt=0.0, description="longest stream (audio s)")
+    refine_speakers_max_s: float = Field(
+        1800.0,
+        ge=0.0,
+        description="when a diarized stream ends, its stored speakers come from a "
+        "diarization pass over all of its audio, as an upload's do (finals that hold two "
+        "voices are split); the stream keeps its audio for that (int16, 32 KB per "
+        "second) up to this long; a longer stream keeps its online speakers. 0: off",
+    )
 
 
 class RedisSettings(BaseModel):

@@ -220,13 +220,26 @@ def test_stream_finals_share_one_window_call_and_get_an_emotion_each() -> None:
     first = np.full(32000, 7.0, np.float32)  # 2 s; the fake names words by the first sample
     second = np.full(16000, 9.0, np.float32)
     results = backends.finals([first, second], "en", emotion=True)
-    ((job,),) = handle.transcribe_window.calls
-    assert len(job.audio) == 48000 and job.language == "en"
-    assert [r.text for r in results] == ["w7", ""]  # the one word sits in the first 2 s
+    # read together, the fake's one word sits in the first 2 s: the second utterance came
+    # back empty, so it was read again alone, and nothing said is lost
+    (joined,), (alone,) = handle.transcribe_window.calls
+    assert len(joined.audio) == 48000 and joined.language == "en"
+    assert len(alone.audio) == 16000 and alone.language == "en"
+    assert [r.text for r in results] == ["w7", "w9"]
     frames = [args[0].frames for args in handle.classify_segment.calls]
-    assert [len(f) for f in frames] == [100, 50]  # each utterance's own encoder frames
+    assert [len(f) for f in frames] == [100, 50]  # each utterance's own encoder frames, once
     assert all(r.emotion is not None and r.emotion.label == "Calm" for r in results)
     assert backends.finals([first], "en", emotion=False)[0].emotion is None
+
+
+def test_a_lone_final_without_words_is_not_read_twice() -> None:
+    from ethostral_serve.serve.remote import RemoteStreamBackends
+
+    handle = _FakeModelHandle()
+    backends = RemoteStreamBackends(None, None, handle)
+    nothing = np.zeros(0, np.float32)  # the fake finds no word in no audio
+    (result,) = backends.finals([nothing], "en", emotion=False)
+    assert result.words == [] and len(handle.transcribe_window.calls) == 1
 
 
 def test_stream_finals_take_an_utterances_inline_emotion_over_the_classifier() -> None:

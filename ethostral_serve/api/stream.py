@@ -19,7 +19,10 @@ queue up: when drafting falls behind (long utterances, many streams on few cores
 partials come less often instead of later.
 
 Finalised segments are never lost: the session is stored on ``stop``, on an abrupt
-disconnect, and before any close for a limit.
+disconnect, and before any close for a limit. Before it is stored, a diarized stream's
+audio is diarized as a whole and its segments re-speakered from their words
+(:meth:`LiveStream.refine_speakers`): live labels come from one embedding per utterance,
+which cannot tell apart voices that share an utterance.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -50,6 +53,7 @@ from ethostral_serve.pipeline.compose import (
     to_word,
 )
 from ethostral_serve.pipeline.ports import StreamBackends
+from ethostral_serve.pipeline.stream_speakers import FinalWords, refine_segments
 from ethostral_serve.pipeline.streaming import (
     Due,
     OnlineSpeakers,
@@ -57,7 +61,7 @@ from ethostral_serve.pipeline.streaming import (
     StreamTracker,
     take_window,
 )
-from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount, UtteranceResult
+from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
 from ethostral_serve.schema import Emotion, Segment, Session
 from ethostral_serve.settings import Settings, stream_speaker_threshold
 
@@ -155,6 +159,9 @@ class LiveStream:
     tracker: StreamTracker = field(init=False)
     speakers: OnlineSpeakers = field(init=False)
     segments: list[Segment] = field(default_factory=list)
+    _finals: list[FinalWords] = field(default_factory=list)  # what refine_speakers rebuilds
+    _spans: list[Span] = field(default_factory=list)  # every final's utterance, seconds
+    _kept: list[np.ndarray] | None = None  # the stream's audio (int16) while it may refine
     _vad_state: Any = None
     _rest: bytes = b""
     _resampler: Any = None
@@ -179,6 +186,8 @@ class LiveStream:
             max_speakers=self.params.speaker_count().upper or self.settings.diarizer.max_speakers,
         )
         self._vad_state = self.backends.new_vad_state()
+        if self.params.diarize and self.settings.stream.refine_speakers_max_s > 0:
+            self._kept = []
         if self.params.sample_rate != SAMPLE_RATE:
             import soxr
 
@@ -210,7 +219,14 @@ class LiveStream:
     def step(self, samples: np.ndarray) -> list[Due]:
         """Run the VAD over new samples; what is due (partials coalesced to the newest)."""
         probs, self._vad_state = self.backends.vad_step(samples, self._vad_state)
-        return coalesce(self.tracker.push(samples, probs))
+        due = coalesce(self.tracker.push(samples, probs))
+        if self._kept is not None:
+            if self.duration_s > self.settings.stream.refine_speakers_max_s:
+                self._kept = None  # too long to diarize at the end: online speakers stay
+            else:
+                pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
+                self._kept.append(pcm)
+        return due
 
     def segment_id(self, utterance: int) -> str:
         """The stable id of an utterance's segment."""
@@ -240,19 +256,40 @@ class LiveStream:
         self._last_speaker = speaker
         emotion = to_emotion(result.emotion)
         event = self._event("final", due, result.text, speaker, emotion)
+        self._spans.append(Span(due.start, due.end))
         if result.text:
-            self.segments.append(
-                Segment(
-                    id=event["segment_id"],
-                    speaker=speaker,
-                    start_ms=event["start_ms"],
-                    end_ms=event["end_ms"],
-                    text=result.text,
-                    emotion=emotion,
-                    words=[to_word(w, due.start) for w in result.words],
-                )
+            segment = Segment(
+                id=event["segment_id"],
+                speaker=speaker,
+                start_ms=event["start_ms"],
+                end_ms=event["end_ms"],
+                text=result.text,
+                emotion=emotion,
+                words=[to_word(w, due.start) for w in result.words],
             )
+            self.segments.append(segment)
+            at = due.start
+            words = [replace(w, start=w.start + at, end=w.end + at) for w in result.words]
+            self._finals.append(FinalWords(segment, words))
         return event
+
+    def refine_speakers(self) -> None:
+        """Re-speaker the stored segments from a diarization of the whole stream (blocking).
+
+        Runs once the last final is in, for diarized streams no longer than
+        ``stream.refine_speakers_max_s``. If the diarizer fails, the online speakers stay:
+        the session is stored either way.
+        """
+        kept, self._kept = self._kept, None
+        if kept is None or not self._finals:
+            return
+        audio = np.concatenate(kept).astype(np.float32) / 32768.0 if kept else np.zeros(0)
+        try:
+            turns = self.backends.diarize(audio, self._spans, self.params.speaker_count())
+        except Exception as exc:  # a failed diarizer must not lose the stream
+            log.warning("stream speaker pass failed; online speakers kept: %r", exc)
+            return
+        self.segments = refine_segments(self._finals, turns)
 
     def session(self) -> Session:
         """Everything finalised so far, as a Session."""
@@ -574,6 +611,7 @@ async def _finish(live: LiveStream, send: bool) -> None:
     if live.lanes is not None:
         live.lanes.submit([d for d in coalesce(due + live.tracker.finish()) if d.kind == "final"])
         await live.lanes.drain(send)
+    await live.capacity.call(live.refine_speakers)
 
 
 async def _store(live: LiveStream, store: Any) -> str:

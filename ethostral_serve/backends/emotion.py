@@ -3,7 +3,8 @@
 The ASR pass already encodes every window with the Whisper encoder; a segment's frames
 are pooled into one fixed-length vector (:func:`pool_frames`) and classified by a
 standardise → dense layer(s) → temperature-scaled softmax model stored in an ``.npz``
-file (trained by ``scripts/train_emotion.py``). Inference is pure numpy.
+file (trained by ``scripts/train_emotion.py`` on acted English and German speech, RAVDESS
++ EmoDB; see ``models/MODEL_CARD.md``). Inference is pure numpy.
 
 Valence, arousal and dominance are not predicted directly (the training data has no
 dimensional labels): they are the posterior-weighted mean of published

@@ -14,6 +14,9 @@ from ethostral_serve.pipeline.ports import DiarizerBackend, WindowedSpeechModel
 from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
+    Span,
+    SpeakerCount,
+    SpeakerTurn,
     TimedEmotion,
     UtteranceResult,
     WindowResult,
@@ -77,14 +80,27 @@ class ModelStreamBackends:
         emotion: bool,
         adapter: str | None = None,
     ) -> list[UtteranceResult]:
-        """Utterances in full quality, read as one ASR window, each with its emotion."""
+        """Utterances in full quality, read as one ASR window, each with its emotion.
+
+        Read together, a recogniser may skip a short utterance between others (its words
+        never come); each utterance that comes back without words is then read again
+        alone, so joining finals under load never loses what was said.
+        """
         (result,) = self.model.transcribe_windows(
             [join_utterances(utterances)], [language], [adapter]
         )
+        parts = split_window(result, [len(u) for u in utterances])
+        lost = [i for i, p in enumerate(parts) if not p.words] if len(parts) > 1 else []
+        if lost:
+            alone = self.model.transcribe_windows(
+                [utterances[i][:MAX_WINDOW_SAMPLES] for i in lost],
+                [language] * len(lost),
+                [adapter] * len(lost),
+            )
+            for i, window in zip(lost, alone, strict=True):
+                (parts[i],) = split_window(window, [len(utterances[i])])
         classify = self.model.classify if emotion and self.model.classifies else None
-        return utterance_results(
-            result, utterances, self.model.reads_encoder_states, classify, emotion
-        )
+        return parts_results(parts, utterances, self.model.reads_encoder_states, classify, emotion)
 
 
 class LocalStreamBackends(ModelStreamBackends):
@@ -111,6 +127,14 @@ class LocalStreamBackends(ModelStreamBackends):
         embed = getattr(self.diarizer, "embed_utterance", None)
         return None if embed is None else embed(audio)
 
+    def diarize(
+        self, samples: np.ndarray, regions: Sequence[Span], speakers: SpeakerCount | None
+    ) -> list[SpeakerTurn]:
+        """Speaker turns of a whole stream from the in-process diarizer ([] without one)."""
+        if self.diarizer is None:
+            return []
+        return self.diarizer.diarize(samples, regions, speakers)
+
 
 def join_utterances(utterances: Sequence[np.ndarray]) -> np.ndarray:
     """Utterances back to back as one ASR window (cut at the window's 30 s)."""
@@ -127,6 +151,18 @@ def utterance_results(
     """Per-utterance results of a joined window, with their emotion when ``emotion``:
     the utterance's inline emotion, else ``classify``'s (when given)."""
     parts = split_window(window, [len(u) for u in utterances])
+    return parts_results(parts, utterances, reads_states, classify, emotion)
+
+
+def parts_results(
+    parts: Sequence[WindowResult],
+    utterances: Sequence[np.ndarray],
+    reads_states: bool,
+    classify: Classify | None,
+    emotion: bool = True,
+) -> list[UtteranceResult]:
+    """Per-utterance results of each utterance's own window result (see
+    :func:`utterance_results`)."""
     feelings: list[EmotionResult | None] = [None] * len(parts)
     if emotion:
         feelings = [inline_emotion(p.emotions, 0.0, float("inf")) for p in parts]

@@ -167,3 +167,10 @@ class StreamBackends(Protocol):
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A unit-length speaker embedding of the utterance (None when too short)."""
         ...
+
+    def diarize(
+        self, samples: np.ndarray, regions: Sequence[Span], speakers: SpeakerCount | None
+    ) -> list[SpeakerTurn]:
+        """Speaker turns of a whole finished stream, as an upload gets them ([] when
+        the service runs no diarizer)."""
+        ...

@@ -248,3 +248,10 @@ class RemoteStreamBackends(ModelStreamBackends):
     def embed(self, audio: np.ndarray) -> np.ndarray | None:
         """A speaker embedding from the Diarizer deployment."""
         return wait(self._diarizer.embed_utterance.remote(audio), "Diarizer", self.timeout_s)
+
+    def diarize(
+        self, samples: np.ndarray, regions: Sequence[Span], speakers: SpeakerCount | None
+    ) -> list[SpeakerTurn]:
+        """Speaker turns of a whole stream from the Diarizer deployment."""
+        response = self._diarizer.diarize.remote(samples, list(regions), speakers)
+        return list(wait(response, "Diarizer", self.timeout_s))
