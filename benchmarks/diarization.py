@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks.common import DATA, machine, print_table
 from ethostral_serve.pipeline.ports import DiarizerBackend, VadBackend
-from ethostral_serve.pipeline.types import SpeakerTurn, WordTiming
+from ethostral_serve.pipeline.types import Span, SpeakerTurn, WordTiming
 from ethostral_serve.settings import Settings
 
 SAMPLE_RATE = 16_000
@@ -366,15 +366,26 @@ def _timing(diarizer: DiarizerBackend, vad: VadBackend, cases: Sequence[Case], r
 
 
 def session_segments(
-    words: Sequence[WordTiming], turns: Sequence[SpeakerTurn], settings: Settings
+    words: Sequence[WordTiming],
+    turns: Sequence[SpeakerTurn],
+    regions: Sequence[Span],
+    settings: Settings,
 ) -> list[tuple[float, float, str]]:
-    """Segments as the pipeline builds them: each word to one speaker, then grouped."""
-    from ethostral_serve.pipeline.segments import assign_speakers, group_words
+    """Segments as the pipeline builds them: each word to one speaker, then grouped, the
+    edges moved out to the speaker's turn (``segments.extend_to_speech_s``)."""
+    from ethostral_serve.pipeline.segments import assign_speakers, extend_to_speech, group_words
 
     seg = settings.segments
     speakers = assign_speakers(words, turns)
     drafts = group_words(words, speakers, seg.max_segment_s, seg.pause_split_s)
-    return [(d.start, d.end, d.speaker) for d in drafts]
+    spans = extend_to_speech(
+        [d.span for d in drafts],
+        [d.speaker for d in drafts],
+        turns,
+        regions,
+        seg.extend_to_speech_s,
+    )
+    return [(s.start, s.end, d.speaker) for s, d in zip(spans, drafts, strict=True)]
 
 
 def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts: bool) -> None:
@@ -405,12 +416,12 @@ def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts
         runs = {"auto": None}
         if counts:
             runs["count given"] = SpeakerCount(num=case.speakers)
-        bound = score(case, session_segments(words, reference, settings))
+        bound = score(case, session_segments(words, reference, regions, settings))
         groups.setdefault((case.group, "oracle labels"), Score()).add(bound)
         oracle = bound.cells()[0]
         for name, count in runs.items():
             turns = engine.diarizer.diarize(case.samples, regions, count)
-            hyp = session_segments(words, turns, settings)
+            hyp = session_segments(words, turns, regions, settings)
             sc = score(case, hyp)
             groups.setdefault((case.group, name), Score()).add(sc)
             found = len({spk for _, _, spk in hyp})

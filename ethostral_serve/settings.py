@@ -207,6 +207,15 @@ class SegmentSettings(BaseModel):
 
     max_segment_s: float = Field(30.0, gt=1.0, description="split segments longer than this")
     pause_split_s: float = Field(1.0, gt=0.0, description="split at pauses at least this long")
+    extend_to_speech_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=5.0,
+        description="a segment's start and end move out to the edges of its speaker's "
+        "turn (or, undiarized, of the VAD's speech region) by at most this long, never "
+        "into a neighbouring segment: word timestamps clip the edges of speech. 0: "
+        "segments run from first word to last",
+    )
 
 
 class LimitSettings(BaseModel):

@@ -116,8 +116,11 @@ def test_session_has_spec_fields_and_ms_times() -> None:
     speakers = [s.speaker for s in session.segments]
     assert speakers[0] == "s0" and speakers[-1] == "s1"
     first = session.segments[0]
-    assert first.start_ms == 1400 and first.end_ms == 1600
-    assert [w.word for w in first.words] == ["w0"]
+    # the word w0 is 1.4-1.6 s; the segment reaches out to spk_B's turn (0.5-3.0 s) by at
+    # most 1 s, while the word keeps its time and emotion reads the word's span
+    assert (first.start_ms, first.end_ms) == (500, 2600)
+    assert [(w.word, w.start_ms, w.end_ms) for w in first.words] == [("w0", 1400, 1600)]
+    assert (model.emotion_spans[0].start, model.emotion_spans[0].end) == (1.4, 1.6)
     assert all(s.emotion is not None and s.emotion.label == "Sad" for s in session.segments)
     assert len(model.emotion_spans) == len(session.segments)
     assert diarizer.calls == 1

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
-from ethostral_serve.pipeline.types import SpeakerTurn, WordTiming
+from ethostral_serve.pipeline.segments import (
+    assign_speakers,
+    extend_to_speech,
+    group_words,
+    rename_speakers,
+)
+from ethostral_serve.pipeline.types import Span, SpeakerTurn, WordTiming
 
 
 def _words(*items: tuple[str, float, float]) -> list[WordTiming]:
@@ -62,3 +67,46 @@ def test_blank_words_are_dropped() -> None:
 def test_rename_in_order_of_first_appearance() -> None:
     assert rename_speakers(["x", "y", "x", "z", "y"]) == ["s0", "s1", "s0", "s2", "s1"]
     assert rename_speakers(["s2", "s0"]) == ["s0", "s1"]
+
+
+# ---------------------------------------------------------------- extend_to_speech
+
+
+def test_edges_move_out_to_the_speakers_turn_within_the_bound() -> None:
+    spans = [Span(1.2, 3.0), Span(6.0, 7.0)]
+    turns = [SpeakerTurn(0.9, 3.3, "a"), SpeakerTurn(4.0, 8.5, "b")]
+    out = extend_to_speech(spans, ["a", "b"], turns, [], max_s=1.0)
+    assert out == [Span(0.9, 3.3), Span(5.0, 8.0)]  # b's turn is longer than the bound
+
+
+def test_a_segment_never_reaches_into_its_neighbours() -> None:
+    spans = [Span(1.0, 2.0), Span(2.4, 3.0)]
+    turns = [SpeakerTurn(0.5, 2.6, "a"), SpeakerTurn(1.8, 3.5, "b")]
+    out = extend_to_speech(spans, ["a", "b"], turns, [], max_s=1.0)
+    assert out == [Span(0.5, 2.4), Span(2.4, 3.5)]
+
+
+def test_only_the_segments_own_speaker_counts() -> None:
+    # another speaker's turn around the words moves nothing
+    out = extend_to_speech([Span(2.0, 3.0)], ["a"], [SpeakerTurn(0.0, 9.0, "b")], [], 1.0)
+    assert out == [Span(2.0, 3.0)]
+
+
+def test_undiarized_segments_follow_the_speech_regions() -> None:
+    regions = [Span(0.5, 1.5), Span(1.8, 4.4)]
+    out = extend_to_speech([Span(2.0, 4.0)], ["s0"], [], regions, max_s=1.0)
+    assert out == [Span(1.8, 4.4)]
+
+
+def test_extension_off_or_nothing_to_extend_keeps_the_spans() -> None:
+    spans = [Span(2.0, 3.0)]
+    turns = [SpeakerTurn(1.0, 4.0, "a")]
+    assert extend_to_speech(spans, ["a"], turns, [], max_s=0.0) == spans
+    assert extend_to_speech(spans, ["a"], [], [], max_s=1.0) == spans
+    assert extend_to_speech([], [], turns, [], max_s=1.0) == []
+
+
+def test_a_turn_ending_just_before_the_first_word_still_holds_it() -> None:
+    # word timing and turn edges disagree by a few ms: the turn still counts
+    out = extend_to_speech([Span(2.03, 2.8)], ["a"], [SpeakerTurn(1.5, 2.0, "a")], [], 1.0)
+    assert out == [Span(1.5, 2.8)]

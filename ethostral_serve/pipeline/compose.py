@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from ethostral_serve.audio import Audio
 from ethostral_serve.pipeline.chunks import build_chunks
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
-from ethostral_serve.pipeline.segments import assign_speakers, group_words, rename_speakers
+from ethostral_serve.pipeline.segments import (
+    assign_speakers,
+    extend_to_speech,
+    group_words,
+    rename_speakers,
+)
 from ethostral_serve.pipeline.types import EmotionResult, SpeakerCount, SpeakerTurn, WordTiming
 from ethostral_serve.schema import Emotion, Segment, Session, Word
 from ethostral_serve.settings import Settings
@@ -112,16 +117,25 @@ def transcribe(
     if options.emotion and drafts:
         with times.stage("emotion", on_stage):
             emotions = list(model.emotions(samples, transcript, [d.span for d in drafts]))
+    # Emotion read the words' span (what it was trained on); the segment reports the
+    # speech around the words too.
+    spans = extend_to_speech(
+        [d.span for d in drafts],
+        [d.speaker for d in drafts],
+        turns,
+        regions,
+        settings.segments.extend_to_speech_s,
+    )
     segments = [
         Segment(
             speaker=name,
-            start_ms=to_ms(d.start),
-            end_ms=max(to_ms(d.end), to_ms(d.start)),
+            start_ms=to_ms(span.start),
+            end_ms=max(to_ms(span.end), to_ms(span.start)),
             text=d.text,
             emotion=to_emotion(e),
             words=[to_word(w) for w in d.words],
         )
-        for d, name, e in zip(drafts, names, emotions, strict=True)
+        for d, span, name, e in zip(drafts, spans, names, emotions, strict=True)
     ]
     return Session(
         filename=filename,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -131,3 +132,55 @@ def rename_speakers(labels: Sequence[str]) -> list[str]:
         if label not in mapping:
             mapping[label] = f"s{len(mapping)}"
     return [mapping[label] for label in labels]
+
+
+_TOUCH_S = 0.05  # a word this close to a turn's edge lies in it
+
+
+def extend_to_speech(
+    spans: Sequence[Span],
+    speakers: Sequence[str],
+    turns: Sequence[SpeakerTurn],
+    regions: Sequence[Span],
+    max_s: float,
+) -> list[Span]:
+    """Segment spans (first word to last, in time order) moved out to the speech they
+    belong to: each start to the start of its speaker's turn holding it (without
+    ``turns``: the speech region's), each end to that turn's end, by at most ``max_s``,
+    and never into the previous or next segment. Word timestamps clip the edges of
+    speech (a soft onset, a trailing syllable), which the diarizer's turns and the
+    VAD's regions keep.
+    """
+    if max_s <= 0 or not spans:
+        return list(spans)
+    by_speaker: dict[str, list[Span]] = {}
+    if turns:
+        for t in turns:
+            by_speaker.setdefault(t.speaker, []).append(Span(t.start, t.end))
+    else:
+        by_speaker[""] = list(regions)
+    starts: dict[str, list[float]] = {}
+    for key, pool in by_speaker.items():
+        pool.sort(key=lambda r: r.start)
+        starts[key] = [r.start for r in pool]
+
+    def holding(t: float, speaker: str) -> list[Span]:
+        key = speaker if turns else ""
+        pool = by_speaker.get(key, [])
+        i = bisect.bisect_right(starts.get(key, []), t + _TOUCH_S)
+        # a speaker's turns (and the VAD's regions) barely overlap: the few before t do
+        return [r for r in pool[max(0, i - 8) : i] if r.end >= t - _TOUCH_S]
+
+    out: list[Span] = []
+    for i, (span, speaker) in enumerate(zip(spans, speakers, strict=True)):
+        floor = out[-1].end if out else 0.0
+        ceiling = spans[i + 1].start if i + 1 < len(spans) else float("inf")
+        start, end = span.start, span.end
+        before = holding(span.start, speaker)
+        if before:
+            start = max(min(r.start for r in before), span.start - max_s, floor)
+        after = holding(span.end, speaker)
+        if after:
+            end = min(max(r.end for r in after), span.end + max_s, ceiling)
+        out.append(Span(min(start, span.start), max(end, span.end)))
+    return out
