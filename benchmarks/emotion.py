@@ -64,11 +64,11 @@ def main() -> None:
     from ethostral_serve.settings import Settings
 
     corpus, clips = read_clips(args.data)
-    left_out = sum(c.label < 0 for c in clips)
-    clips = [c for c in clips if c.label >= 0]  # EmoDB boredom has no label of ours
     if args.speakers:
         wanted = {int(s) for s in args.speakers}
         clips = [c for c in clips if int(c.speaker.rsplit("-", 1)[1]) in wanted]
+    left_out = sum(c.label < 0 for c in clips)
+    clips = [c for c in clips if c.label >= 0]  # EmoDB boredom has no label of ours
     clips = clips[: args.limit] if args.limit else clips
     if not clips:
         sys.exit("no clips selected")
