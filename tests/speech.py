@@ -1,4 +1,5 @@
-"""Real recorded speech for tests: a two-speaker conversation built from LibriSpeech."""
+"""Real recorded speech for tests: a two-speaker conversation built from LibriSpeech, and
+a minute of a real far-field meeting."""
 
 from __future__ import annotations
 
@@ -58,3 +59,18 @@ def two_speaker_conversation(turns_each: int = 3, max_utterance_s: float = 9.0) 
             refs.append(r["transcript"])
             t += (len(x) + len(pause)) / SAMPLE_RATE
     return Conversation(np.concatenate(parts), " ".join(refs), truth)
+
+
+def meeting_minute() -> tuple[np.ndarray, int]:
+    """One minute of a real far-field AMI meeting and its number of speakers: two
+    excerpts of the same meeting (pyannote-debug tst00 + tst01), four people who often
+    talk at once. Streamed with live speakers only, its session holds one speaker."""
+    folder = require_data("diarization", "pyannote-debug")
+    names = ("tst00", "tst01")
+    parts = [decode_audio(folder / f"{name}.wav").samples for name in names]
+    speakers = set()
+    for line in (folder / "debug.test.rttm").read_text().splitlines():
+        f = line.split()
+        if f and f[1] in names:
+            speakers.add(f[7])
+    return np.concatenate(parts), len(speakers)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import require_data
 from redis_server import free_port, redis_server
-from speech import two_speaker_conversation
+from speech import meeting_minute, two_speaker_conversation
 
 pytestmark = pytest.mark.slow
 
@@ -201,6 +201,21 @@ def test_live_stream_through_the_graph(serve_url: str) -> None:
     assert all(f["emotion"] and f["speaker"].startswith("s") for f in finals)
     stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=10).json()
     assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals if f["text"]]
+
+
+def test_a_streamed_meeting_gets_its_speakers_from_the_diarizer_deployment(
+    serve_url: str,
+) -> None:
+    """The speaker pass at the end of a stream runs on the Diarizer deployment: live
+    speakers collapse this far-field meeting to one, its stored session has 3 to 5."""
+    samples, truth = meeting_minute()
+    events = _stream(serve_url, "language=en&diarize=true&emotion=false", samples)
+    assert events[-1]["type"] == "session", events[-1]
+    stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=10).json()
+    found = {s["speaker"] for s in stored["segments"]}
+    assert 3 <= len(found) <= 5 and truth == 4, [
+        (s["speaker"], s["text"]) for s in stored["segments"]
+    ]
 
 
 def test_ethostral_stream_cli(serve_url: str, capsys) -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from redis_server import free_port, redis_server
-from speech import two_speaker_conversation
+from speech import meeting_minute, two_speaker_conversation
 from starlette.websockets import WebSocketDisconnect
 
 from benchmarks.common import speaker_agreement, wer_counts
@@ -404,24 +404,6 @@ def test_a_stream_over_the_limit_is_closed_1013_and_the_others_go_on(
             assert again.receive_json()["type"] == "session"
 
 
-def _meeting_minute() -> tuple[np.ndarray, int]:
-    """One minute of a real far-field AMI meeting: two excerpts of the same meeting
-    (pyannote-debug tst00 + tst01, four speakers who often talk at once; streamed with
-    online speakers only, its session holds one speaker)."""
-    from conftest import require_data
-
-    from ethostral_serve.audio import decode_audio
-
-    folder = require_data("diarization", "pyannote-debug")
-    parts = [decode_audio(folder / f"{name}.wav").samples for name in ("tst00", "tst01")]
-    speakers = set()
-    for line in (folder / "debug.test.rttm").read_text().splitlines():
-        f = line.split()
-        if f and f[1] in ("tst00", "tst01"):
-            speakers.add(f[7])
-    return np.concatenate(parts), len(speakers)
-
-
 def _stream(client: TestClient, samples: np.ndarray, **start) -> tuple[list[dict], dict]:
     """Send ``samples`` as one stream; its events and the stored session."""
     with client.websocket_connect("/transcribe/stream") as ws:
@@ -439,7 +421,7 @@ def test_a_far_field_meeting_stream_stores_its_speakers(
 ) -> None:
     """Online, one embedding per utterance cannot tell four far-field voices apart (an
     utterance holds several); the pass over the whole stream at its end does."""
-    samples, truth = _meeting_minute()
+    samples, truth = meeting_minute()
     assert truth == 4
     with _client(engine, stream_backends, redis_url) as client:
         events, stored = _stream(client, samples)
