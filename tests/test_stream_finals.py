@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ethostral_serve.backends.stream import join_utterances, split_window, utterance_results
+from ethostral_serve.backends.stream import join_utterances, parts_results, split_window
 from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
@@ -48,7 +48,11 @@ def test_frames_split_exactly_at_utterance_edges_that_are_not_round_seconds() ->
     assert [int(p.frames[0, 0]) for p in parts] == [0, 15, 30]
 
 
-def test_utterance_results_classify_each_utterance_from_its_own_frames() -> None:
+def _parts(result, utterances):
+    return split_window(result, [len(u) for u in utterances])
+
+
+def test_parts_results_classify_each_utterance_from_its_own_frames() -> None:
     seen: list[EmotionInput] = []
 
     def classify(inputs: list[EmotionInput]) -> list[EmotionResult]:
@@ -59,12 +63,14 @@ def test_utterance_results_classify_each_utterance_from_its_own_frames() -> None
     window = join_utterances(utterances)
     assert len(window) == 24000 and window[16000] == 1.0
     result = _window([(" one", 0.2, 0.5), (" two", 1.1, 1.4)], 1.5)
-    out = utterance_results(result, utterances, True, classify)
+    out = parts_results(_parts(result, utterances), utterances, True, classify)
     assert [r.text for r in out] == ["one", "two"]
     assert [len(x.frames) for x in seen] == [50, 25]
     assert all(r.emotion is not None and r.emotion.label == "Calm" for r in out)
     # without classify: no emotion, and audio is never read
-    assert all(r.emotion is None for r in utterance_results(result, utterances, True, None))
+    assert all(
+        r.emotion is None for r in parts_results(_parts(result, utterances), utterances, True, None)
+    )
 
 
 def test_join_utterances_stops_at_thirty_seconds() -> None:
@@ -86,6 +92,9 @@ def test_inline_emotions_go_to_the_utterance_they_were_written_in() -> None:
         return [EmotionResult("Calm", 0.5, 0.1, 0.0, 0.0) for _ in inputs]
 
     utterances = [np.zeros(32000, np.float32), np.zeros(24000, np.float32)]
-    out = utterance_results(result, utterances, True, classify)
+    out = parts_results(_parts(result, utterances), utterances, True, classify)
     assert [r.emotion for r in out] == [angry, sad] and calls == []  # no classifier call
-    assert all(r.emotion is None for r in utterance_results(result, utterances, True, None, False))
+    assert all(
+        r.emotion is None
+        for r in parts_results(_parts(result, utterances), utterances, True, None, False)
+    )

@@ -141,19 +141,6 @@ def join_utterances(utterances: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(utterances)[:MAX_WINDOW_SAMPLES]
 
 
-def utterance_results(
-    window: WindowResult,
-    utterances: Sequence[np.ndarray],
-    reads_states: bool,
-    classify: Classify | None,
-    emotion: bool = True,
-) -> list[UtteranceResult]:
-    """Per-utterance results of a joined window, with their emotion when ``emotion``:
-    the utterance's inline emotion, else ``classify``'s (when given)."""
-    parts = split_window(window, [len(u) for u in utterances])
-    return parts_results(parts, utterances, reads_states, classify, emotion)
-
-
 def parts_results(
     parts: Sequence[WindowResult],
     utterances: Sequence[np.ndarray],
@@ -161,8 +148,9 @@ def parts_results(
     classify: Classify | None,
     emotion: bool = True,
 ) -> list[UtteranceResult]:
-    """Per-utterance results of each utterance's own window result (see
-    :func:`utterance_results`)."""
+    """Per-utterance results from each utterance's own part of a window (see
+    :func:`split_window`), with their emotion when ``emotion``: the utterance's inline
+    emotion, else ``classify``'s (when given)."""
     feelings: list[EmotionResult | None] = [None] * len(parts)
     if emotion:
         feelings = [inline_emotion(p.emotions, 0.0, float("inf")) for p in parts]

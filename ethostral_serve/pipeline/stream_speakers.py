@@ -29,19 +29,6 @@ class FinalWords:
     words: Sequence[WordTiming]
 
 
-def _turn_speaker(start: float, end: float, turns: Sequence[SpeakerTurn]) -> str:
-    """The speaker covering most of ``[start, end]``, else the nearest turn's."""
-    cover: dict[str, float] = {}
-    for t in turns:
-        overlap = min(end, t.end) - max(start, t.start)
-        if overlap > 0:
-            cover[t.speaker] = cover.get(t.speaker, 0.0) + overlap
-    if cover:
-        return max(cover, key=lambda s: cover[s])
-    mid = 0.5 * (start + end)
-    return min(turns, key=lambda t: min(abs(mid - t.start), abs(mid - t.end))).speaker
-
-
 def refine_segments(finals: Sequence[FinalWords], turns: Sequence[SpeakerTurn]) -> list[Segment]:
     """The finals' segments with speakers from ``turns`` (a diarization of the stream).
 
@@ -69,9 +56,9 @@ def refine_segments(finals: Sequence[FinalWords], turns: Sequence[SpeakerTurn]) 
                 runs[-1][1].append(word)
             else:
                 runs.append((speaker, [word]))
-        if not runs:
-            speaker = _turn_speaker(seg.start_ms / 1000, seg.end_ms / 1000, turns)
-            pieces.append((speaker, seg))
+        if not runs:  # no word to go by: the speaker covering the final, as for a word
+            span = WordTiming("", seg.start_ms / 1000, seg.end_ms / 1000)
+            pieces.append((assign_speakers([span], turns)[0], seg))
             continue
         for i, (speaker, words) in enumerate(runs):
             start = seg.start_ms if i == 0 else to_ms(words[0].start)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer
+from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer, clip_regions
 from ethostral_serve.backends.diarization.segmentation import (
     SegmentationModel,
     ensure_segmentation_model,
@@ -92,7 +92,7 @@ class OverlapAwareDiarizer:
             return turns
         # Speech, but no local speaker held a sub-window long enough to be embedded (or
         # the segmentation heard nobody): nothing tells voices apart, so one speaker.
-        spans = speech or [Span(max(0.0, r.start), min(duration, r.end)) for r in regions]
+        spans = speech or clip_regions(regions, duration)
         return [SpeakerTurn(s.start, s.end, "s0") for s in spans if s.end > s.start]
 
     def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:

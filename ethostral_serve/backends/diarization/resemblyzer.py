@@ -68,7 +68,7 @@ class ResemblyzerDiarizer:
     ) -> list[SpeakerTurn]:
         """Speaker turns (one at a time) over the speech ``regions`` of 16 kHz mono
         ``samples``, within the request's ``speakers`` count when given."""
-        spans = _clip_regions(regions, len(samples) / SAMPLE_RATE)
+        spans = clip_regions(regions, len(samples) / SAMPLE_RATE)
         if not spans:
             return []
         embeddings, windows = self.embed_windows(samples, spans)
@@ -98,7 +98,7 @@ class ResemblyzerDiarizer:
         """
         s = self.settings
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        spans = _clip_regions(regions, len(x) / SAMPLE_RATE)
+        spans = clip_regions(regions, len(x) / SAMPLE_RATE)
         win_frames = max(1, round(s.window_s * _FRAMES_PER_S))
         step_frames = max(1, round(s.step_s * _FRAMES_PER_S))
         min_frames = max(1, round(s.min_window_s * _FRAMES_PER_S))
@@ -177,7 +177,7 @@ class ResemblyzerDiarizer:
         return emb.cpu().numpy()
 
 
-def _clip_regions(regions: Sequence[Span], duration: float) -> list[Span]:
+def clip_regions(regions: Sequence[Span], duration: float) -> list[Span]:
     """Regions clipped to ``[0, duration]``, sorted, empty ones dropped."""
     out = [Span(max(0.0, r.start), min(duration, r.end)) for r in regions]
     return sorted((r for r in out if r.end > r.start), key=lambda r: r.start)

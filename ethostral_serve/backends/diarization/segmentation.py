@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper_models import sha256_file
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.overlap_diarization import FrameGrid
@@ -39,7 +40,6 @@ WHEEL_MEMBER = "whisperx/assets/pytorch_model.bin"
 CHECKPOINT_SHA256 = "0b5b3216d60a2d32fc086b47ea8c67589aaeb26b7e07fcbe620d6d0b83e209ea"
 CHECKPOINT_SIZE = 17_719_103
 EXPORT_FORMAT = 1  # bump when the exported file or its spec.json change
-SAMPLE_RATE = 16_000
 _BATCH = 16
 
 
