@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ethostral_serve.cli_keys import add_keys_parser, run_keys
 from ethostral_serve.errors import EthostralError
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
@@ -85,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     _speaker_arguments(st)
     st.add_argument("--no-emotion", action="store_true", help="finals without emotion")
     st.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
+    st.add_argument(
+        "--api-key",
+        default=os.environ.get("ETHOSTRAL_API_KEY"),
+        help="API key of a service that requires one (default: $ETHOSTRAL_API_KEY)",
+    )
+    add_keys_parser(sub)
     m = sub.add_parser("models", help="check the bundled models, download production ones")
     msub = m.add_subparsers(dest="models_command", required=True)
     msub.add_parser(
@@ -292,7 +300,9 @@ def _stream(args: argparse.Namespace) -> int:
     params["filename"] = args.file.name
     last: dict[str, object] = {}
     try:
-        for event, _, _ in stream_audio(args.url, audio.samples, params, speed=args.speed):
+        for event, _, _ in stream_audio(
+            args.url, audio.samples, params, speed=args.speed, api_key=args.api_key
+        ):
             print(json.dumps(event, ensure_ascii=False), flush=True)
             last = event
     except OSError as exc:
@@ -310,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_pull(args) if args.models_command == "pull" else _models_check()
     if args.command == "stream":
         return _stream(args)
+    if args.command == "keys":
+        return run_keys(args)
     return 2  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,23 @@ class EmbeddedRedis:
             self._wait_until_up()
         self._attached = True
         return self
+
+    def ensure_running(self) -> bool:
+        """Start the server again if it stopped answering (it died or was killed); True
+        when this call restarted it. Its data comes back from the AOF in ``data_dir``."""
+        if self._probe() != "down":
+            return False
+        with self._dir_lock():
+            if self._probe() != "down":
+                return False  # another process restarted it meanwhile
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.poll() is None:  # ours, alive but not answering
+                proc.kill()
+                proc.wait()
+            self._spawn()
+            self._wait_until_up()
+        self._attached = True
+        return True
 
     def stop(self) -> None:
         """Shut the server down with a final save if this instance started it; else detach."""
@@ -216,6 +234,48 @@ class EmbeddedRedis:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class RedisWatchdog:
+    """Restarts an embedded Redis that died, checking every ``every_s`` on a daemon thread.
+
+    Sessions come back from the append-only file; requests in between get 503.
+    """
+
+    def __init__(self, embedded: EmbeddedRedis, every_s: float = 1.0) -> None:
+        self.embedded = embedded
+        self.every_s = every_s
+        self.restarts = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One check: restart the server if it is down; True when it was restarted."""
+        try:
+            restarted = self.embedded.ensure_running()
+        except StoreUnavailableError as exc:  # retried at the next check
+            log.error("the embedded Redis is down and did not restart: %s", exc)
+            return False
+        if restarted:
+            self.restarts += 1
+            log.warning("the embedded Redis in %s had stopped: restarted", self.embedded.data_dir)
+        return restarted
+
+    def start(self) -> RedisWatchdog:
+        """Check every ``every_s`` until :meth:`stop`; returns self."""
+        self._thread = threading.Thread(target=self._loop, name="redis-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop checking (before the server is stopped on purpose)."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=15)
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.every_s):
+            self.check()
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:

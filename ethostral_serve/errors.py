@@ -87,3 +87,9 @@ class BackendUnavailableError(EthostralError):
     """A model deployment did not answer in time (overloaded, pending or gone)."""
 
     status_code = 503
+
+
+class AuthenticationError(EthostralError):
+    """A request without a valid API key while ``auth.required`` is on."""
+
+    status_code = 401

@@ -103,6 +103,40 @@ class Session(BaseModel):
     segments: list[Segment] = Field(default_factory=list)
 
 
+class SessionSummary(BaseModel):
+    """A stored session without its segments, as listed by ``GET /sessions``."""
+
+    id: str
+    filename: str
+    language: str
+    duration_ms: int = Field(ge=0)
+    created_at: str
+    speakers: int = Field(ge=0, description="distinct speakers in the session")
+    segments: int = Field(ge=0, description="number of segments")
+
+    @classmethod
+    def of(cls, session: Session) -> SessionSummary:
+        """The summary of a full session."""
+        return cls(
+            id=session.id,
+            filename=session.filename,
+            language=session.language,
+            duration_ms=session.duration_ms,
+            created_at=session.created_at,
+            speakers=len({s.speaker for s in session.segments}),
+            segments=len(session.segments),
+        )
+
+
+class SessionList(BaseModel):
+    """One page of stored sessions, newest first."""
+
+    sessions: list[SessionSummary]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
 class ErrorDetail(BaseModel):
     """Body of every error response."""
 

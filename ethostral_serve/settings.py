@@ -297,6 +297,26 @@ class RedisSettings(BaseModel):
     timeout_s: float = Field(2.0, gt=0.0, description="connect and command timeout")
 
 
+class AuthSettings(BaseModel):
+    """API keys (``ethostral keys``) and what each key may use."""
+
+    required: bool = Field(
+        False,
+        description="every request but /healthz, /docs and /openapi.json needs an API key "
+        "(`Authorization: Bearer <key>`); sessions belong to the key that made them. "
+        "Turn on whenever the service listens beyond loopback",
+    )
+    key_prefix: str = Field(
+        "ethostral:", min_length=1, description="Redis prefix of API keys and quota counters"
+    )
+    slot_lease_s: float = Field(
+        60.0,
+        ge=5.0,
+        description="an upload or stream holds its concurrency slot on a lease it renews "
+        "while it runs; a replica that dies frees its slots after at most this long",
+    )
+
+
 class TracingSettings(BaseModel):
     """W&B Weave tracing; on only when a project is set and a W&B key is available."""
 
@@ -327,6 +347,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     stream: StreamSettings = StreamSettings()
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = AuthSettings()
     tracing: TracingSettings = TracingSettings()
 
 

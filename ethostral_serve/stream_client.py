@@ -43,11 +43,13 @@ def stream_audio(
     params: dict[str, object] | None = None,
     chunk_ms: int = 100,
     speed: float = 1.0,
+    api_key: str | None = None,
 ) -> Iterator[tuple[dict[str, object], float, StreamRun]]:
     """Stream 16 kHz mono ``samples`` as PCM16 chunks; yield ``(event, received_at, run)``.
 
     ``url`` is the service's base (``http://host:port`` or ``ws://host:port``);
-    ``speed`` > 1 sends faster than real time. Ends after the ``session`` or ``error``
+    ``speed`` > 1 sends faster than real time; ``api_key`` goes in an ``Authorization:
+    Bearer`` header. Ends after the ``session`` or ``error``
     event (or when the server closes).
     """
     from websockets.sync.client import connect
@@ -60,7 +62,8 @@ def stream_audio(
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
     step = 2 * SAMPLE_RATE * chunk_ms // 1000
     run = StreamRun(chunk_ms)
-    with connect(target, max_size=None) as ws:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    with connect(target, max_size=None, additional_headers=headers) as ws:
         t0 = time.perf_counter()
 
         def send() -> None:

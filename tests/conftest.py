@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis_server import redis_server
 
 os.environ.setdefault("WEAVE_DISABLED", "true")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
@@ -46,3 +49,18 @@ def tagging_voxtral(tmp_path_factory):
     root = tmp_path_factory.mktemp("tagging-voxtral")
     base = build_tiny_voxtral(root / "voxtral", deaf=True)
     return base, build_tagging_adapter(base, root / "adapter")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free loopback port, without persistence (one per
+    test module)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain synchronous client on the same server, to look behind the stores' backs."""
+    with redis.Redis.from_url(redis_url) as client:
+        yield client

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import pytest
+
+T = TypeVar("T")
+
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+def run(coro: Coroutine[Any, Any, T], *close: Closable) -> T:
+    """Run a coroutine on a fresh event loop (no pytest-asyncio), then close ``close``'s pools."""
+
+    async def go() -> T:
+        try:
+            return await coro
+        finally:
+            for store in close:
+                await store.aclose()
+
+    return asyncio.run(go())
 
 
 def free_port() -> int:
@@ -21,12 +42,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """Start ``redis-server`` on a free loopback port; yields its ``redis://`` URL."""
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """Start ``redis-server`` on ``port`` (default: a free loopback port); yields its
+    ``redis://`` URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
             binary,

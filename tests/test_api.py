@@ -225,3 +225,28 @@ def test_healthz_and_openapi(client: TestClient) -> None:
     assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
     example = spec["components"]["schemas"]["Session"]["examples"][0]
     assert Session.model_validate(example).segments[0].emotion is not None
+
+
+def test_an_external_redis_that_goes_down_and_comes_back_needs_no_restart(
+    runner, settings, tmp_path
+) -> None:
+    port = free_port()
+    store = SessionStore(f"redis://127.0.0.1:{port}/0", timeout_s=1.0)
+    jfk = require_data("asr", "jfk") / "jfk.flac"
+    form = {"language": "en", "diarize": "false", "emotion": "false"}
+    with TestClient(create_app(runner, store, settings)) as c:
+        with redis_server(tmp_path / "first", port=port):
+            r = c.post("/transcribe", files={"file": ("jfk.flac", jfk.read_bytes())}, data=form)
+            assert r.status_code == 200, r.text
+            assert c.get("/healthz").status_code == 200
+        # Down: every route that needs Redis says 503, and retries later.
+        r = c.post("/transcribe", files={"file": ("jfk.flac", jfk.read_bytes())}, data=form)
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+        assert c.get("/sessions").status_code == 503
+        assert c.get("/healthz").status_code == 503
+        # Back (an empty server on the same address): the same app works again.
+        with redis_server(tmp_path / "second", port=port):
+            assert c.get("/healthz").status_code == 200
+            r = c.post("/transcribe", files={"file": ("jfk.flac", jfk.read_bytes())}, data=form)
+            assert r.status_code == 200, r.text
+            assert c.get(f"/sessions/{r.json()['id']}").status_code == 200

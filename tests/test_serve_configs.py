@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -10,6 +15,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "serve_config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
 DEPLOYMENTS = {"Ingress", "VAD", "Diarizer", "EthostralModel"}
+# folders that hold no shipped config: virtual environments, caches, build output
+NOT_SHIPPED = {"node_modules", "__pycache__", "site-packages", "venv", "build", "dist"}
 
 
 def _load(path: Path):
@@ -89,3 +96,107 @@ def test_an_evicted_adapter_is_unloaded_once() -> None:
     held.unload()
     del held  # garbage collection
     assert model.unloaded == ["calls"]
+
+
+def _shipped_yaml() -> list[Path]:
+    """Every YAML file of the repository but hidden, virtual-environment and build folders."""
+    return sorted(
+        path
+        for path in [*REPO.rglob("*.yaml"), *REPO.rglob("*.yml")]
+        if not any(
+            part.startswith(".") or part in NOT_SHIPPED or part.endswith(".egg-info")
+            for part in path.relative_to(REPO).parts
+        )
+    )
+
+
+SHIPPED = _shipped_yaml()
+
+
+def _serve_configs(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Serve configs in a YAML document: itself, nested (a KubeRay spec) or as YAML text."""
+    if isinstance(node, dict):
+        if isinstance(node.get("applications"), list):
+            yield where, node
+            return
+        for key, value in node.items():
+            yield from _serve_configs(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _serve_configs(value, f"{where}[{i}]")
+    elif isinstance(node, str) and "applications:" in node:  # e.g. RayService serveConfigV2
+        try:
+            inner = yaml.safe_load(node)
+        except yaml.YAMLError:
+            return
+        yield from _serve_configs(inner, where)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _settings(overrides: dict[str, Any]):
+    from ethostral_serve.settings import Settings
+
+    return Settings(**overrides)
+
+
+@pytest.fixture
+def no_auth_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment must not turn auth on for a config that leaves it off."""
+    for name in list(os.environ):
+        if name.upper().startswith("ETHOSTRAL_AUTH"):
+            monkeypatch.delenv(name)
+
+
+def test_every_yaml_file_is_found() -> None:
+    names = {str(p.relative_to(REPO)) for p in SHIPPED}
+    assert {"serve_config.yaml", "cluster.yaml", "configs/gpu.yaml"} <= names, names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_a_config_listening_beyond_loopback_requires_api_keys(
+    path: Path, no_auth_env: None
+) -> None:
+    """Serve configs (plain, nested or embedded) on a non-loopback host set auth.required.
+
+    A file that deploys a Serve config by path (``serve deploy|run X.yaml`` in a
+    cluster-launcher's commands) must name a file of this repository, checked here too.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    name = str(path.relative_to(REPO))
+    text = path.read_text(encoding="utf-8")
+    for doc_index, doc in enumerate(yaml.safe_load_all(text)):
+        for where, raw in _serve_configs(doc, f"{name}[doc {doc_index}]"):
+            schema = ServeDeploySchema.model_validate(raw)
+            host = schema.http_options.host  # Ray's default when unset: 0.0.0.0
+            if _is_loopback(host):
+                continue
+            for app in schema.applications:
+                overrides = (app.args or {}).get("settings", {})
+                assert _settings(overrides).auth.required, (
+                    f"{where}: application {app.name!r} listens on {host} but its "
+                    "args.settings lack `auth: {required: true}`"
+                )
+    for ref in re.findall(r"\bserve\s+(?:deploy|run)\s+(\S+\.ya?ml)\b", text):
+        parts = Path(ref).parts
+        found = [REPO.joinpath(*parts[i:]) for i in range(len(parts))]
+        assert any(p in SHIPPED for p in found), (
+            f"{name} deploys {ref}, which is not a YAML file of this repository, "
+            "so nothing checks that it requires API keys"
+        )
+
+
+def test_the_default_config_stays_on_loopback_without_auth(no_auth_env: None) -> None:
+    """serve_config.yaml is for one machine: loopback only, no API keys needed."""
+    schema = _load(REPO / "serve_config.yaml")
+    assert _is_loopback(schema.http_options.host), (
+        f"serve_config.yaml listens on {schema.http_options.host}, beyond loopback"
+    )
+    for app in schema.applications:
+        assert not _settings(app.args.get("settings", {})).auth.required, "serve_config.yaml"

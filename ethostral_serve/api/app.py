@@ -16,23 +16,33 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePath
 from typing import Annotated, Protocol
 
-from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile, WebSocket
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from ethostral_serve.api.auth import Access, Caller, http_credentials
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
-from ethostral_serve.errors import EthostralError, InvalidRequestError, SessionNotFoundError
+from ethostral_serve.errors import (
+    AuthenticationError,
+    EthostralError,
+    InvalidRequestError,
+    SessionNotFoundError,
+)
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
+from ethostral_serve.quotas import QuotaExceededError
 from ethostral_serve.runner import PipelineRunner
-from ethostral_serve.schema import ErrorDetail, Health, Session
+from ethostral_serve.schema import ErrorDetail, Health, Session, SessionList, SessionSummary
+from ethostral_serve.sessions import SessionPage
 from ethostral_serve.settings import Settings
 from ethostral_serve.subtitles import to_srt, to_vtt
 
 log = logging.getLogger("ethostral_serve.api")
 
 RETRY_AFTER_S = 5
+AUTH_CHALLENGE = 'Bearer realm="ethostral"'
 HealthCheck = Callable[[], Awaitable[None]]
 
 API_DESCRIPTION = """\
@@ -53,24 +63,39 @@ so match them on `segment_id`. `language` empty or `auto` (the default): detecte
 After `stop`: `{"type": "session", "session_id"}` and a normal close (1000). Errors:
 `{"type": "error", "detail"}`, then close 1003 (text that is not start/stop JSON),
 1007 (NaN/inf audio), 1008 (bad parameters, idle too long, stream too long), 1009
-(frame too large) or 1013 (session store down, or the server's live-stream limit
-reached: try again later). The session is stored on stop and on an abrupt disconnect.
+(frame too large), 1013 (session store down, a model replica died, or the server's
+live-stream limit reached: try again later), 4401 (missing, unknown or revoked API key)
+or 4429 (over a quota of the key). The session is stored on stop and on an abrupt disconnect.
+
+**API keys** (when the server runs with `auth.required`): send `Authorization: Bearer
+<key>`; a WebSocket may instead offer the subprotocols `token, <key>`. Sessions belong to
+the key that made them: other keys get 404. Over a quota: 429 with `Retry-After`.
 """
 
 
 class SessionStorage(Protocol):
-    """Where sessions are kept (:class:`ethostral_serve.sessions.SessionStore`)."""
+    """Where sessions are kept (:class:`ethostral_serve.sessions.SessionStore`).
 
-    async def save(self, session: Session) -> None:
-        """Store a session under its id."""
+    ``owner`` is the API key id of the caller: with it, only that key's sessions are
+    seen; None (auth off) sees every session.
+    """
+
+    async def save(self, session: Session, owner: str | None = None) -> None:
+        """Store a session under its id, owned by ``owner``."""
         ...
 
-    async def get(self, session_id: str) -> Session:
+    async def get(self, session_id: str, owner: str | None = None) -> Session:
         """The stored session; raises ``SessionNotFoundError``."""
         ...
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, owner: str | None = None) -> None:
         """Remove a session; raises ``SessionNotFoundError``."""
+        ...
+
+    async def list(
+        self, owner: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> SessionPage:
+        """Sessions newest first, a page at a time."""
         ...
 
     async def ping(self) -> None:
@@ -90,13 +115,27 @@ def speaker_count(num: int | None, minimum: int | None, maximum: int | None) -> 
 def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
     reasons = {
         400: "the upload holds no audio",
+        401: "missing, unknown or revoked API key (when the server requires keys)",
         404: "no session has this id",
         413: "the upload is too large or the audio too long",
         415: "the upload is not audio or video FFmpeg can decode",
         422: "a form field or parameter is invalid",
+        429: "over a quota of the API key (retry after Retry-After seconds)",
         503: "the session store is unreachable (retry after Retry-After seconds)",
     }
-    return {c: {"model": ErrorDetail, "description": reasons[c]} for c in codes}
+    headers = {
+        401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        429: {"Retry-After": {"schema": {"type": "integer"}}},
+        503: {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+    return {
+        c: {"model": ErrorDetail, "description": reasons[c], **_headers(headers.get(c))}
+        for c in codes
+    }
+
+
+def _headers(spec: dict[str, object] | None) -> dict[str, object]:
+    return {"headers": spec} if spec else {}
 
 
 def create_app(
@@ -105,8 +144,13 @@ def create_app(
     settings: Settings,
     health_checks: Mapping[str, HealthCheck] | None = None,
     stream_backends: StreamBackends | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
-    """The HTTP API over a pipeline runner and a session store (+ live streams)."""
+    """The HTTP API over a pipeline runner and a session store (+ live streams); ``access``
+    checks API keys and quotas (None: open, which ``auth.required`` forbids)."""
+    access = access or Access()
+    if settings.auth.required and not access.required:
+        raise ValueError("auth.required is on but no key store was given (Access.from_settings)")
     app = FastAPI(
         title="ethostral-serve",
         description=API_DESCRIPTION,
@@ -128,14 +172,18 @@ def create_app(
         max_workers=settings.limits.max_concurrent_runs, thread_name_prefix="transcribe"
     )
     checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
+    app.state.access = access
+    if access.required:
+        _document_bearer_auth(app)
 
     @app.post(
         "/transcribe",
         response_model=Session,
         summary="Transcribe an audio or video file",
-        responses=_errors(400, 413, 415, 422, 503),
+        responses=_errors(400, 401, 413, 415, 422, 429, 503),
     )
     async def transcribe(
+        caller: CallerDep,
         file: Annotated[UploadFile, File(description="any audio or video FFmpeg decodes")],
         language: Annotated[
             str | None,
@@ -167,54 +215,75 @@ def create_app(
         code = await asyncio.to_thread(runner.check_language, language)
         named = await asyncio.to_thread(runner.check_adapter, adapter)
         await store.ping()  # fail fast, before the expensive part
+        await access.check_audio(caller)
         filename = PurePath(file.filename or "upload").name or "upload"
         options = TranscribeOptions(
             language=code, diarize=diarize, emotion=emotion, adapter=named, speakers=speakers
         )
         context = contextvars.copy_context()  # tracing context reaches the thread
-        session = await asyncio.get_running_loop().run_in_executor(
-            runs, context.run, runner.run, file.file, filename, options
-        )
-        await store.save(session)
+        async with access.slot(caller, "uploads"):
+            session = await asyncio.get_running_loop().run_in_executor(
+                runs, context.run, runner.run, file.file, filename, options
+            )
+        await store.save(session, owner=caller.owner)
+        await access.add_audio(caller, session.duration_ms / 1000)
         return session
+
+    @app.get(
+        "/sessions",
+        response_model=SessionList,
+        summary="List stored sessions, newest first",
+        responses=_errors(401, 422, 503),
+    )
+    async def list_sessions(
+        caller: CallerDep,
+        limit: Annotated[int, Query(ge=1, le=100, description="sessions per page")] = 20,
+        cursor: Annotated[
+            str | None, Query(description="`next_cursor` of the previous page")
+        ] = None,
+    ) -> SessionList:
+        page = await store.list(owner=caller.owner, limit=limit, cursor=cursor)
+        return SessionList(
+            sessions=[SessionSummary.of(s) for s in page.sessions], next_cursor=page.next_cursor
+        )
 
     @app.get(
         "/sessions/{session_id}",
         response_model=Session,
         summary="Fetch a stored session",
-        responses=_errors(404, 503),
+        responses=_errors(401, 404, 503),
     )
-    async def get_session(session_id: str) -> Session:
-        return await store.get(_session_id(session_id))
+    async def get_session(caller: CallerDep, session_id: str) -> Session:
+        return await store.get(_session_id(session_id), owner=caller.owner)
 
     @app.delete(
         "/sessions/{session_id}",
         status_code=204,
         summary="Delete a stored session",
-        responses=_errors(404, 503),
+        responses=_errors(401, 404, 503),
     )
-    async def delete_session(session_id: str) -> Response:
-        await store.delete(_session_id(session_id))
+    async def delete_session(caller: CallerDep, session_id: str) -> Response:
+        await store.delete(_session_id(session_id), owner=caller.owner)
         return Response(status_code=204)
 
     @app.get(
         "/sessions/{session_id}/srt",
         response_class=PlainTextResponse,
         summary="A stored session as SubRip subtitles",
-        responses={**_errors(404, 503), 200: {"content": {"application/x-subrip": {}}}},
+        responses={**_errors(401, 404, 503), 200: {"content": {"application/x-subrip": {}}}},
     )
-    async def session_srt(session_id: str) -> Response:
-        session = await store.get(_session_id(session_id))
+    async def session_srt(caller: CallerDep, session_id: str) -> Response:
+        session = await store.get(_session_id(session_id), owner=caller.owner)
         return _subtitle(to_srt(session), session, "srt", "application/x-subrip")
 
     @app.get(
         "/sessions/{session_id}/vtt",
         response_class=PlainTextResponse,
         summary="A stored session as WebVTT subtitles",
-        responses={**_errors(404, 503), 200: {"content": {"text/vtt": {}}}},
+        responses={**_errors(401, 404, 503), 200: {"content": {"text/vtt": {}}}},
     )
-    async def session_vtt(session_id: str) -> Response:
-        session = await store.get(_session_id(session_id))
+    async def session_vtt(caller: CallerDep, session_id: str) -> Response:
+        session = await store.get(_session_id(session_id), owner=caller.owner)
         return _subtitle(to_vtt(session), session, "vtt", "text/vtt")
 
     if stream_backends is not None:
@@ -222,7 +291,7 @@ def create_app(
 
         @app.websocket("/transcribe/stream")
         async def transcribe_stream(websocket: WebSocket) -> None:
-            await serve_stream(websocket, stream_backends, store, settings, capacity)
+            await serve_stream(websocket, stream_backends, store, settings, capacity, access)
 
     @app.get(
         "/healthz",
@@ -245,7 +314,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EthostralError)
     async def domain_error(request: Request, exc: EthostralError) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status_code == 503 else None
+        headers = None
+        if exc.status_code == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+        elif isinstance(exc, QuotaExceededError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif isinstance(exc, AuthenticationError):
+            headers = {"WWW-Authenticate": AUTH_CHALLENGE}
         if exc.status_code >= 500 and exc.status_code != 503:
             return _internal_error(request, exc)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
@@ -253,6 +328,46 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _internal_error(request, exc)
+
+
+async def current_caller(request: Request) -> Caller:
+    """The request's caller, authenticated by the app's :class:`Access` (401 if needed)."""
+    access: Access = request.app.state.access
+    return await access.authenticate(http_credentials(request.headers))
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+OPEN_PATHS = ("/healthz",)
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Declare the bearer scheme in OpenAPI, required on every route but the open ones."""
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API key from `ethostral keys create --name NAME`",
+                }
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path in OPEN_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

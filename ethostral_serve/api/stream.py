@@ -42,9 +42,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.websockets import WebSocket, WebSocketState
 
+from ethostral_serve.api.auth import Access, Caller, websocket_credentials
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES
-from ethostral_serve.errors import EthostralError
+from ethostral_serve.errors import AuthenticationError, BackendUnavailableError, EthostralError
 from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.compose import (
     UNDETERMINED_LANGUAGE,
@@ -62,6 +63,7 @@ from ethostral_serve.pipeline.streaming import (
     take_window,
 )
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
+from ethostral_serve.quotas import QuotaExceededError
 from ethostral_serve.schema import Emotion, Segment, Session
 from ethostral_serve.settings import Settings, stream_speaker_threshold
 
@@ -75,7 +77,10 @@ CLOSE_INVALID_DATA = 1007  # audio that is not valid samples (NaN, inf)
 CLOSE_POLICY = 1008  # bad parameters, idle too long, stream too long
 CLOSE_TOO_BIG = 1009  # a frame over the size limit
 CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013  # the session store is unavailable
+CLOSE_TRY_AGAIN = 1013  # the session store or a model deployment is unavailable
+CLOSE_UNAUTHORIZED = 4401  # missing, unknown or revoked API key
+CLOSE_QUOTA = 4429  # over a quota of the API key
+USAGE_EVERY_S = 10.0  # a stream's audio is counted against its key this often
 
 
 class StreamCapacity:
@@ -433,16 +438,72 @@ class StreamLanes:
 LANE_FAILED = "ethostral.lane_failed"  # inbox message: a lane of this stream failed
 
 
+class StreamUsage:
+    """Counts a stream's audio against its key every ``USAGE_EVERY_S`` seconds."""
+
+    def __init__(self, access: Access, caller: Caller) -> None:
+        self.access = access
+        self.caller = caller
+        self.counted_s = 0.0
+
+    async def update(self, duration_s: float, final: bool = False) -> None:
+        """Count the audio since the last update; raises :class:`QuotaExceededError`
+        once the key's daily hours are used up (not on the ``final`` count)."""
+        new = duration_s - self.counted_s
+        if new <= 0 or (new < USAGE_EVERY_S and not final):
+            return
+        await self.access.add_audio(self.caller, new)
+        self.counted_s = duration_s
+        if not final:
+            await self.access.check_audio(self.caller)
+
+
 async def serve_stream(
     ws: WebSocket,
     backends: StreamBackends,
     store: Any,
     settings: Settings,
     capacity: StreamCapacity,
+    access: Access | None = None,
 ) -> None:
     """Run one WebSocket stream to its end (see the module docstring)."""
+    access = access or Access()
+    subprotocol = websocket_credentials(ws.headers).subprotocol
+    try:
+        caller = await access.authenticate(websocket_credentials(ws.headers))
+        async with access.slot(caller, "streams"):
+            await access.check_audio(caller)
+            await _serve_admitted(ws, backends, store, settings, capacity, access, caller)
+    except AuthenticationError as exc:
+        await _refuse(ws, subprotocol, CLOSE_UNAUTHORIZED, exc.detail)
+    except QuotaExceededError as exc:
+        await _refuse(
+            ws, subprotocol, CLOSE_QUOTA, f"{exc.detail} (retry after {exc.retry_after_s} s)"
+        )
+    except EthostralError as exc:  # the key store is down
+        await _refuse(ws, subprotocol, CLOSE_TRY_AGAIN, exc.detail)
+
+
+async def _refuse(ws: WebSocket, subprotocol: str | None, code: int, detail: str) -> None:
+    """Accept (browsers see no reason on a refused handshake), send the error, close."""
+    if ws.application_state == WebSocketState.CONNECTING:
+        await ws.accept(subprotocol=subprotocol)
+    await _close(ws, code, detail)
+
+
+async def _serve_admitted(
+    ws: WebSocket,
+    backends: StreamBackends,
+    store: Any,
+    settings: Settings,
+    capacity: StreamCapacity,
+    access: Access,
+    caller: Caller,
+) -> None:
+    usage = StreamUsage(access, caller)
+    owner = caller.owner
     async with capacity.slot() as admitted:
-        await ws.accept()
+        await ws.accept(subprotocol=websocket_credentials(ws.headers).subprotocol)
         if not admitted:
             await _close(
                 ws,
@@ -456,41 +517,53 @@ async def serve_stream(
         reader = asyncio.create_task(_read(ws, inbox))
         try:
             params = _params(dict(ws.query_params))
-            live, stopped = await _run(ws, inbox, params, backends, settings, capacity, opened)
+            live, stopped = await _run(
+                ws, inbox, params, backends, settings, capacity, opened, usage
+            )
             if stopped:
-                session_id = await _store(live, store)
+                session_id = await _store(live, store, owner)
                 await ws.send_json({"type": "session", "session_id": session_id})
                 await ws.close(CLOSE_NORMAL)
             else:  # the client went away: keep what was finalised
-                await _store(live, store)
+                await _store(live, store, owner)
         except StreamClosed as exc:
             if opened and exc.code != CLOSE_TRY_AGAIN:
                 with contextlib.suppress(StreamClosed):
-                    await _store(opened[0], store)
+                    await _store(opened[0], store, owner)
             await _close(ws, exc.code, exc.detail)
         except asyncio.CancelledError:
             # The server dropped the connection's task: finish and store regardless.
             if opened:
-                await asyncio.shield(_finish_and_store(opened[0], store))
+                await asyncio.shield(_finish_and_store(opened[0], store, owner))
             raise
-        except Exception as exc:  # a bug or a failed backend: say so, keep what we have
+        except BackendUnavailableError as exc:  # a model replica died or is overloaded
+            if opened:
+                if opened[0].lanes is not None:
+                    opened[0].lanes.cancel()
+                with contextlib.suppress(Exception):
+                    await _store(opened[0], store, owner)
+            await _close(ws, CLOSE_TRY_AGAIN, exc.detail)
+        except Exception as exc:  # a bug: say so, keep what we have
             error_id = uuid.uuid4().hex[:12]
             log.error("stream error %s", error_id, exc_info=exc)
             if opened:
                 if opened[0].lanes is not None:
                     opened[0].lanes.cancel()
                 with contextlib.suppress(Exception):
-                    await _store(opened[0], store)
+                    await _store(opened[0], store, owner)
             await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})")
         finally:
             reader.cancel()
+            if opened:
+                with contextlib.suppress(EthostralError):
+                    await asyncio.shield(usage.update(opened[0].duration_s, final=True))
 
 
-async def _finish_and_store(live: LiveStream, store: Any) -> None:
+async def _finish_and_store(live: LiveStream, store: Any, owner: str | None) -> None:
     with contextlib.suppress(Exception):
         if not live.finished:
             await _finish(live, send=False)
-        await _store(live, store)
+        await _store(live, store, owner)
 
 
 async def _run(
@@ -501,6 +574,7 @@ async def _run(
     settings: Settings,
     capacity: StreamCapacity,
     opened: list[LiveStream],
+    usage: StreamUsage,
 ) -> tuple[LiveStream, bool]:
     """Process messages until ``stop`` (True) or a disconnect (False)."""
     limits = settings.stream
@@ -565,6 +639,11 @@ async def _run(
         live = opened[0]
         if audio:
             await _process(live, b"".join(audio))
+            try:
+                await usage.update(live.duration_s)
+            except QuotaExceededError as exc:
+                await _finish(live, send=True)
+                raise StreamClosed(CLOSE_QUOTA, exc.detail) from None
         if error is not None:
             await _finish(live, send=True)
             raise error
@@ -614,10 +693,10 @@ async def _finish(live: LiveStream, send: bool) -> None:
     await live.capacity.call(live.refine_speakers)
 
 
-async def _store(live: LiveStream, store: Any) -> str:
+async def _store(live: LiveStream, store: Any, owner: str | None) -> str:
     session = live.session()
     try:
-        await store.save(session)
+        await store.save(session, owner=owner)
     except EthostralError as exc:
         raise StreamClosed(CLOSE_TRY_AGAIN, exc.detail) from None
     return session.id

@@ -251,7 +251,8 @@ class Ingress:
         model: DeploymentHandle,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        from ethostral_serve.embedded_redis import resolve_redis_url
+        from ethostral_serve.api.auth import Access
+        from ethostral_serve.embedded_redis import RedisWatchdog, resolve_redis_url
         from ethostral_serve.runner import PipelineRunner
         from ethostral_serve.serve.remote import (
             RemoteDiarizer,
@@ -265,10 +266,16 @@ class Ingress:
         self.settings = settings_from(settings)
         self._handles = {"VAD": vad, "Diarizer": diarizer, "EthostralModel": model}
         url, self._embedded_redis = resolve_redis_url(self.settings)
+        # An embedded Redis that dies (killed, out of memory) is started again with its
+        # data; meanwhile requests get 503.
+        self._redis_watchdog = (
+            RedisWatchdog(self._embedded_redis).start() if self._embedded_redis else None
+        )
         r = self.settings.redis
         self.store = SessionStore(
             url, key_prefix=r.key_prefix, ttl_s=r.ttl_s, timeout_s=r.timeout_s
         )
+        self.access = Access.from_settings(url, self.settings)
         timeout = self.settings.limits.backend_timeout_s
         self.runner = PipelineRunner.traced(
             self.settings,
@@ -283,6 +290,9 @@ class Ingress:
         # Serve calls this when the replica shuts down: stop the embedded Redis this
         # replica started (its data is flushed to disk first), so nothing outlives
         # `serve run`.
+        watchdog = getattr(self, "_redis_watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()
         embedded = getattr(self, "_embedded_redis", None)
         if embedded is not None:
             embedded.stop()
@@ -297,6 +307,7 @@ class Ingress:
             self.settings,
             health_checks=checks,
             stream_backends=self.stream_backends,
+            access=self.access,
         )
 
 

@@ -8,6 +8,7 @@ the model deployment's ``@serve.batch`` methods can batch them with other reques
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from ethostral_serve.pipeline.types import (
     Transcript,
     WindowResult,
 )
+
+log = logging.getLogger("ethostral_serve.remote")
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,31 @@ DEFAULT_TIMEOUT_S = 600.0
 
 
 def wait(response: Any, what: str, timeout_s: float) -> Any:
-    """A deployment call's result; 503 (``BackendUnavailableError``) when it takes too long."""
+    """A deployment call's result; 503 (``BackendUnavailableError``) when it takes too long,
+    or when the replica serving it died (Serve starts another; the client retries)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import (
+        BackPressureError,
+        DeploymentUnavailableError,
+        ReplicaUnavailableError,
+    )
+
     try:
         return response.result(timeout_s=timeout_s)
     except TimeoutError:
         raise BackendUnavailableError(
             f"the {what} deployment did not answer within {timeout_s:g} s; try again later"
+        ) from None
+    except (RayActorError, ReplicaUnavailableError) as exc:
+        log.warning("a %s replica died during a call: %s", what, type(exc).__name__)
+        raise BackendUnavailableError(
+            f"the {what} replica serving this request stopped ({type(exc).__name__}); "
+            "Serve is replacing it: try again later"
+        ) from None
+    except (BackPressureError, DeploymentUnavailableError) as exc:
+        raise BackendUnavailableError(
+            f"the {what} deployment cannot take the request now ({type(exc).__name__}); "
+            "try again later"
         ) from None
 
 
