@@ -624,3 +624,40 @@ def test_cancelling_a_holder_as_it_leaves_its_slot_is_not_lost(
             assert leases(raw, f"{prefix}slots:uploads:{key.id}") == []
 
     assert run(go(), store) == "cancelled"
+
+
+def test_a_streams_usage_is_counted_every_ten_seconds_and_stops_it_when_used_up(
+    redis_url: str, prefix: str
+) -> None:
+    from ethostral_serve.api.auth import Access, Caller
+    from ethostral_serve.api.stream import StreamUsage
+    from ethostral_serve.keys import KeyStore
+
+    store = QuotaStore(redis_url, prefix=prefix)
+    key = make_key(audio_hours_per_day=25 / 3600)
+    usage = StreamUsage(Access(KeyStore(redis_url, prefix=prefix), store), Caller(key))
+
+    async def go() -> None:
+        await usage.update(9.0)  # under 10 s: not counted yet
+        assert await store.audio_used_s(key.id) == 0.0
+        await usage.update(12.0)
+        assert await store.audio_used_s(key.id) == 12.0
+        with pytest.raises(QuotaExceededError):
+            await usage.update(26.0)  # 26 s counted: over the 25 s of the day
+        await usage.update(27.5, final=True)  # the rest is counted, and never raises
+        assert await store.audio_used_s(key.id) == 27.5
+
+    run(go(), store, usage.access.keys)  # type: ignore[arg-type]
+
+
+def test_a_streams_usage_waits_while_redis_is_down() -> None:
+    from ethostral_serve.api.auth import Access, Caller
+    from ethostral_serve.api.stream import StreamUsage
+    from ethostral_serve.keys import KeyStore
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    key = make_key(audio_hours_per_day=1.0)
+    access = Access(KeyStore(url, timeout_s=0.5), QuotaStore(url, timeout_s=0.5))
+    usage = StreamUsage(access, Caller(key))
+    run(usage.update(30.0), access.quotas)  # type: ignore[arg-type]
+    assert usage.counted_s == 0.0  # not lost: counted once Redis answers again

@@ -45,7 +45,12 @@ from starlette.websockets import WebSocket, WebSocketState
 from ethostral_serve.api.auth import Access, Caller, websocket_credentials
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES
-from ethostral_serve.errors import AuthenticationError, BackendUnavailableError, EthostralError
+from ethostral_serve.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    EthostralError,
+    StoreUnavailableError,
+)
 from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.compose import (
     UNDETERMINED_LANGUAGE,
@@ -452,10 +457,15 @@ class StreamUsage:
         new = duration_s - self.counted_s
         if new <= 0 or (new < USAGE_EVERY_S and not final):
             return
-        await self.access.add_audio(self.caller, new)
+        try:
+            await self.access.add_audio(self.caller, new)
+        except StoreUnavailableError as exc:  # counted at the next update instead
+            log.warning("stream audio not counted yet: %s", exc.detail)
+            return
         self.counted_s = duration_s
         if not final:
-            await self.access.check_audio(self.caller)
+            with contextlib.suppress(StoreUnavailableError):
+                await self.access.check_audio(self.caller)
 
 
 async def serve_stream(
