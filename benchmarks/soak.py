@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import machine, print_table
+from benchmarks.processes import serve_roles
 from benchmarks.serve_upload import conversation, wav_bytes
 
 SAMPLE_RATE = 16_000
@@ -104,32 +105,13 @@ def streamer(
             time.sleep(1.0)
 
 
-def serve_processes() -> dict[str, int]:
-    """PIDs of the Serve replicas, proxy and controller on this machine, by role."""
-    import psutil
-
-    found: dict[str, int] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        title = " ".join(p.info["cmdline"] or [])
-        if "ServeReplica:" in title:
-            role = title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-        elif "ProxyActor" in title:
-            role = "proxy"
-        elif "ServeController" in title:
-            role = "controller"
-        else:
-            continue
-        found.setdefault(role, p.pid)
-    return found
-
-
 def rss_sampler(until: float, t0: float, out: Results) -> None:
     """RSS (MB) of each Serve process every ``RSS_EVERY_S`` until ``until``."""
     import psutil
 
     while True:
         sample: dict[str, float] = {"t_s": round(time.monotonic() - t0, 1)}
-        for role, pid in serve_processes().items():
+        for role, pid in serve_roles().items():
             try:
                 sample[role] = psutil.Process(pid).memory_info().rss / 2**20
             except psutil.NoSuchProcess:

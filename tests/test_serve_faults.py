@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from redis_server import free_port
 from speech import meeting_minute, two_speaker_conversation
 
+from benchmarks.processes import cpu_seconds, redis_pids, replica_pids
 from ethostral_serve.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graph]:
         serve.shutdown()
         ray.shutdown()
     # The Ingress stopped the embedded Redis it started (the watchdog first).
-    assert not _redis_pids(redis_dir)
+    assert not redis_pids(redis_dir)
 
 
 def _status(url: str, **kwargs: object) -> int | None:
@@ -86,30 +86,11 @@ def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def _redis_pids(redis_dir: Path) -> list[int]:
-    pids = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if "redis-server" in (p.info["name"] or "") + cmdline and str(redis_dir) in cmdline:
-            pids.append(p.pid)
-    return pids
-
-
 def _replica_pid(deployment: str) -> int:
-    """The process of the deployment's one replica (Ray titles it ServeReplica:app:name)."""
-    title = f"ServeReplica:{APP}:{deployment}"
-    pids = [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if any(title in part for part in p.info["cmdline"] or [])
-    ]
+    """The process of the deployment's one replica."""
+    pids = replica_pids(deployment, APP)
     assert len(pids) == 1, pids
     return pids[0]
-
-
-def _cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
 
 
 def _upload(
@@ -189,10 +170,10 @@ def test_a_killed_embedded_redis_comes_back_with_its_data(graph: Graph, capsys) 
     r = _upload(graph, talk.samples, headers)
     assert r.status_code == 200, r.text
     before = r.json()
-    (pid,) = _redis_pids(graph.redis_dir)
+    (pid,) = redis_pids(graph.redis_dir)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    _until(lambda: _redis_pids(graph.redis_dir) not in ([], [pid]), 30, "Redis not restarted")
+    _until(lambda: redis_pids(graph.redis_dir) not in ([], [pid]), 30, "Redis not restarted")
     _until(lambda: _status(f"{graph.url}/healthz") == 200, 30, "not healthy again")
     again = _upload(graph, talk.samples, headers)  # the key survived too
     assert again.status_code == 200, again.text
@@ -206,11 +187,11 @@ def test_a_model_replica_killed_mid_upload_gives_503_then_recovers(graph: Graph,
     samples, _ = meeting_minute()
     long_audio = np.concatenate([samples, samples])  # two minutes: ASR runs a while
     pid = _replica_pid("EthostralModel")
-    idle = _cpu_s(pid)
+    idle = cpu_seconds(pid)
     with cf.ThreadPoolExecutor(1) as pool:
         upload = pool.submit(_upload, graph, long_audio, headers)
         # The model replica is busy with this upload once it has used a second of CPU.
-        _until(lambda: _cpu_s(pid) > idle + 1.0 or upload.done(), 120, "the model never ran")
+        _until(lambda: cpu_seconds(pid) > idle + 1.0 or upload.done(), 120, "the model never ran")
         assert not upload.done()
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -221,14 +202,7 @@ def test_a_model_replica_killed_mid_upload_gives_503_then_recovers(graph: Graph,
     assert "EthostralModel" in r.json()["detail"]
     assert answered_s < 10
     # Serve replaces the replica; meanwhile /healthz answers (503 or 200), never hangs.
-    _until(lambda: _replica_pid_or_none("EthostralModel") not in (None, pid), 60, "no new one")
+    _until(lambda: replica_pids("EthostralModel", APP) not in ([], [pid]), 60, "no new one")
     _until(lambda: _status(f"{graph.url}/healthz") == 200, 120, "not healthy again")
     talk = two_speaker_conversation(turns_each=1)
     assert _upload(graph, talk.samples, headers).status_code == 200
-
-
-def _replica_pid_or_none(deployment: str) -> int | None:
-    try:
-        return _replica_pid(deployment)
-    except AssertionError:
-        return None

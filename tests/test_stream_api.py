@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,7 +72,9 @@ def _close_code(ws) -> int:
 
 def _session_keys(url: str) -> set[bytes]:
     with redis.Redis.from_url(url) as r:
-        return set(r.keys("ethostral:session:*"))
+        keys = r.keys("ethostral:session:*")
+    # sessions only: not their owner keys or the listing index
+    return {k for k in keys if re.fullmatch(rb"ethostral:session:[0-9a-f-]{36}", k)}
 
 
 CHUNK = 1600  # 100 ms
@@ -306,6 +309,7 @@ def test_an_idle_stream_keeps_what_was_said_before_it_went_quiet(
     (key,) = _session_keys(redis_url) - before
     with redis.Redis.from_url(redis_url) as r:
         stored = json.loads(r.get(key))
+    assert events[-1]["session_id"] == stored["id"]  # the client learns where it went
     # each final's segment is stored under its segment_id (the speaker pass may split a
     # final holding two voices: its first piece keeps the id), in order
     stored_ids = [s["id"] for s in stored["segments"]]
@@ -487,3 +491,48 @@ def test_a_stream_without_diarization_keeps_no_audio_and_one_speaker(
         _, stored = _stream(client, talk.samples, diarize=False)
     assert spy.calls == 0
     assert stored["segments"] and {s["speaker"] for s in stored["segments"]} == {"s0"}
+
+
+class _DyingModel(_Spy):
+    """Real stream backends whose model replica dies after its first final."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.final_calls = 0
+
+    def finals(self, *args, **kwargs):
+        from ethostral_serve.errors import BackendUnavailableError
+
+        self.final_calls += 1
+        if self.final_calls > 1:
+            raise BackendUnavailableError(
+                "the EthostralModel replica serving this request stopped (ActorDiedError)"
+            )
+        return self._inner.finals(*args, **kwargs)
+
+
+def test_a_stream_whose_model_replica_dies_closes_1013_and_keeps_its_finals(
+    engine, stream_backends, redis_url: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    dying = _DyingModel(stream_backends)
+    with (
+        _client(engine, dying, redis_url) as client,
+        client.websocket_connect("/transcribe/stream?language=en&emotion=false") as ws,
+    ):
+        pcm = _pcm16(talk.samples)
+        for i in range(0, len(pcm), 2 * CHUNK):
+            ws.send_bytes(pcm[i : i + 2 * CHUNK])
+        ws.send_json({"type": "stop"})
+        events: list[dict] = []
+        while not events or events[-1]["type"] not in ("session", "error"):
+            events.append(ws.receive_json())
+        code = _close_code(ws)
+    assert code == 1013
+    error = events[-1]
+    assert error["type"] == "error" and "replica" in error["detail"]
+    finals = [e for e in events if e["type"] == "final" and e["text"]]
+    assert finals  # the first utterance was finalised before the replica died
+    stored = client.get(f"/sessions/{error['session_id']}").json()
+    ids = [s["id"] for s in stored["segments"]]
+    assert all(f["segment_id"] in ids for f in finals)

@@ -9,7 +9,8 @@ Protocol (also in the README and the OpenAPI description):
 - Events (JSON text): ``partial`` while an utterance is spoken (same ``segment_id``,
   text may change; ``speaker`` provisional, ``emotion`` null), one ``final`` per
   utterance (stable speaker, emotion), then ``{"type": "session", "session_id"}`` after
-  ``stop``, and a normal close. Errors: ``{"type": "error", "detail"}`` then a close.
+  ``stop``, and a normal close. Errors: ``{"type": "error", "detail"}`` (with
+  ``session_id`` when what was finalised was stored first) then a close.
   Events of neighbouring segments may interleave (a final can follow the next
   segment's first partials); match events on ``segment_id``.
 
@@ -537,36 +538,42 @@ async def _serve_admitted(
             else:  # the client went away: keep what was finalised
                 await _store(live, store, owner)
         except StreamClosed as exc:
+            stored = None
             if opened and exc.code != CLOSE_TRY_AGAIN:
                 with contextlib.suppress(StreamClosed):
-                    await _store(opened[0], store, owner)
-            await _close(ws, exc.code, exc.detail)
+                    stored = await _store(opened[0], store, owner)
+            await _close(ws, exc.code, exc.detail, stored)
         except asyncio.CancelledError:
             # The server dropped the connection's task: finish and store regardless.
             if opened:
                 await asyncio.shield(_finish_and_store(opened[0], store, owner))
             raise
         except BackendUnavailableError as exc:  # a model replica died or is overloaded
-            if opened:
-                if opened[0].lanes is not None:
-                    opened[0].lanes.cancel()
-                with contextlib.suppress(Exception):
-                    await _store(opened[0], store, owner)
-            await _close(ws, CLOSE_TRY_AGAIN, exc.detail)
+            stored = await _store_what_was_finalised(opened, store, owner)
+            await _close(ws, CLOSE_TRY_AGAIN, exc.detail, stored)
         except Exception as exc:  # a bug: say so, keep what we have
             error_id = uuid.uuid4().hex[:12]
             log.error("stream error %s", error_id, exc_info=exc)
-            if opened:
-                if opened[0].lanes is not None:
-                    opened[0].lanes.cancel()
-                with contextlib.suppress(Exception):
-                    await _store(opened[0], store, owner)
-            await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})")
+            stored = await _store_what_was_finalised(opened, store, owner)
+            await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})", stored)
         finally:
             reader.cancel()
             if opened:
                 with contextlib.suppress(EthostralError):
                     await asyncio.shield(usage.update(opened[0].duration_s, final=True))
+
+
+async def _store_what_was_finalised(
+    opened: list[LiveStream], store: Any, owner: str | None
+) -> str | None:
+    """After a failure: drop pending work, store the finalised segments; the session id."""
+    if not opened:
+        return None
+    if opened[0].lanes is not None:
+        opened[0].lanes.cancel()
+    with contextlib.suppress(Exception):
+        return await _store(opened[0], store, owner)
+    return None
 
 
 async def _finish_and_store(live: LiveStream, store: Any, owner: str | None) -> None:
@@ -745,9 +752,13 @@ def _command(text: str) -> dict[str, Any]:
     return command
 
 
-async def _close(ws: WebSocket, code: int, detail: str) -> None:
+async def _close(ws: WebSocket, code: int, detail: str, session_id: str | None = None) -> None:
+    """Send the error event (with the id of the session stored first, if any), close."""
     if ws.application_state != WebSocketState.CONNECTED:
         return
+    event = {"type": "error", "detail": detail}
+    if session_id is not None:
+        event["session_id"] = session_id
     with contextlib.suppress(Exception):
-        await ws.send_json({"type": "error", "detail": detail})
+        await ws.send_json(event)
         await ws.close(code, reason=detail.encode()[:120].decode(errors="ignore"))
