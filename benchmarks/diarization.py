@@ -441,10 +441,10 @@ def stream_segments(
 
     Each final is recognised alone, as soon as it is due (no grouping under load).
     """
-    from ethostral_serve.api.stream import LiveStream, StreamCapacity, StreamParams
+    from ethostral_serve.pipeline.live_stream import LiveStream, StreamParams
 
     params = StreamParams(language="en", emotion=False)
-    live = LiveStream(params, backends, settings, StreamCapacity(1), language="en")  # type: ignore[arg-type]
+    live = LiveStream(params, backends, settings, language="en")  # type: ignore[arg-type]
     pcm = (np.clip(case.samples, -1, 1) * 32767).astype("<i2").tobytes()
     step = 2 * SAMPLE_RATE // 10
     for i in range(0, len(pcm), step):

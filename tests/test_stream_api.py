@@ -19,8 +19,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from benchmarks.common import speaker_agreement, wer_counts
 from ethostral_serve.api.app import create_app
-from ethostral_serve.api.stream import LiveStream, StreamCapacity, StreamParams
 from ethostral_serve.pipeline.compose import to_ms
+from ethostral_serve.pipeline.live_stream import LiveStream, StreamParams
 from ethostral_serve.runner import PipelineRunner
 from ethostral_serve.schema import EMOTION_LABELS
 from ethostral_serve.sessions import SessionStore
@@ -95,7 +95,6 @@ def _partials_owed(engine, stream_backends, samples: np.ndarray) -> list[tuple[i
         StreamParams(language="en"),
         stream_backends,
         engine.settings,
-        StreamCapacity(1),
         language="en",
     )
     owed: list[tuple[int, int]] = []

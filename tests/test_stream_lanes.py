@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from starlette.websockets import WebSocketState
 
-from ethostral_serve.api.stream import LiveStream, StreamCapacity, StreamLanes, StreamParams
+from ethostral_serve.api.stream import StreamCapacity, StreamLanes
+from ethostral_serve.pipeline.live_stream import LiveStream, StreamParams
 from ethostral_serve.pipeline.streaming import Due
 from ethostral_serve.pipeline.types import UtteranceResult, WordTiming
 from ethostral_serve.settings import Settings
@@ -83,12 +84,10 @@ def _due(kind: str, utterance: int, seconds: float) -> Due:
 def _lanes(max_draft_wait_s: float = 5.0) -> tuple[StreamLanes, _Socket, _Backends, list[str]]:
     backends = _Backends()
     settings = Settings(stream={"max_draft_wait_s": max_draft_wait_s})
-    live = LiveStream(
-        StreamParams(emotion=False, diarize=False), backends, settings, StreamCapacity(4)
-    )
+    live = LiveStream(StreamParams(emotion=False, diarize=False), backends, settings)
     socket = _Socket()
     failures: list[str] = []
-    lanes = StreamLanes(socket, live, lambda: failures.append("failed"))  # type: ignore[arg-type]
+    lanes = StreamLanes(socket, live, StreamCapacity(4), lambda: failures.append("failed"))  # type: ignore[arg-type]
     live.lanes = lanes
     return lanes, socket, backends, failures
 

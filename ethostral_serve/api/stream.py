@@ -24,6 +24,10 @@ disconnect, and before any close for a limit. Before it is stored, a diarized st
 audio is diarized as a whole and its segments re-speakered from their words
 (:meth:`LiveStream.refine_speakers`): live labels come from one embedding per utterance,
 which cannot tell apart voices that share an utterance.
+
+This module is the transport: the socket, parameters, close codes, API keys and quotas,
+and the threads model calls run on. The stream's own state (decoding, endpointing,
+speakers, the Session) is :class:`~ethostral_serve.pipeline.live_stream.LiveStream`.
 """
 
 from __future__ import annotations
@@ -36,15 +40,13 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
 
 from ethostral_serve.api.auth import Access, Caller, websocket_credentials
-from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.stream import MAX_WINDOW_SAMPLES
 from ethostral_serve.errors import (
     AuthenticationError,
@@ -53,25 +55,19 @@ from ethostral_serve.errors import (
     StoreUnavailableError,
 )
 from ethostral_serve.languages import requested_language
-from ethostral_serve.pipeline.compose import (
-    UNDETERMINED_LANGUAGE,
-    to_emotion,
-    to_ms,
-    to_word,
+from ethostral_serve.pipeline.live_stream import (
+    InvalidStreamAudio,
+    LiveStream,
+    StreamParams,
+    coalesce,
 )
 from ethostral_serve.pipeline.ports import StreamBackends
-from ethostral_serve.pipeline.stream_speakers import FinalWords, refine_segments
 from ethostral_serve.pipeline.streaming import (
     Due,
-    OnlineSpeakers,
-    StreamOptions,
-    StreamTracker,
     take_window,
 )
-from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
 from ethostral_serve.quotas import QuotaExceededError
-from ethostral_serve.schema import Emotion, Segment, Session
-from ethostral_serve.settings import Settings, stream_speaker_threshold
+from ethostral_serve.settings import Settings
 
 log = logging.getLogger("ethostral_serve.stream")
 
@@ -123,32 +119,6 @@ class StreamCapacity:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
-class StreamParams(BaseModel):
-    """Per-stream options, from the query string or a first ``start`` message."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sample_rate: int = Field(16000, ge=8000, le=192000)
-    encoding: Literal["pcm_s16le", "pcm_f32le"] = "pcm_s16le"
-    language: str | None = None
-    diarize: bool = True
-    emotion: bool = True
-    adapter: str | None = None
-    filename: str = Field("stream", min_length=1, max_length=255)
-    num_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
-    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
-    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
-
-    @model_validator(mode="after")
-    def _check_speakers(self) -> StreamParams:
-        self.speaker_count()  # raises ValueError when the bounds contradict each other
-        return self
-
-    def speaker_count(self) -> SpeakerCount:
-        """The speaker count the client gave (all None: none)."""
-        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
-
-
 class StreamClosed(Exception):
     """The stream must end with this close code and reason (after an error event)."""
 
@@ -156,183 +126,6 @@ class StreamClosed(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-@dataclass
-class LiveStream:
-    """One connection's state: decoding, endpointing, speakers and finished segments."""
-
-    params: StreamParams
-    backends: StreamBackends
-    settings: Settings
-    capacity: StreamCapacity
-    language: str | None = None
-    tracker: StreamTracker = field(init=False)
-    speakers: OnlineSpeakers = field(init=False)
-    segments: list[Segment] = field(default_factory=list)
-    _finals: list[FinalWords] = field(default_factory=list)  # what refine_speakers rebuilds
-    _spans: list[Span] = field(default_factory=list)  # every final's utterance, seconds
-    _kept: list[np.ndarray] | None = None  # the stream's audio (int16) while it may refine
-    _vad_state: Any = None
-    _rest: bytes = b""
-    _resampler: Any = None
-    _segment_ids: dict[int, str] = field(default_factory=dict)
-    _last_speaker: str = "s0"
-    finished: bool = False
-    lanes: StreamLanes | None = None  # set when the stream opens
-
-    def __post_init__(self) -> None:
-        s = self.settings.stream
-        self.tracker = StreamTracker(
-            StreamOptions(
-                threshold=s.threshold,
-                end_threshold=min(s.end_threshold, s.threshold),
-                end_silence_s=s.end_silence_s,
-                max_utterance_s=s.max_utterance_s,
-                partial_every_s=s.partial_every_s,
-            )
-        )
-        self.speakers = OnlineSpeakers(
-            threshold=stream_speaker_threshold(self.settings),
-            max_speakers=self.params.speaker_count().upper or self.settings.diarizer.max_speakers,
-        )
-        self._vad_state = self.backends.new_vad_state()
-        if self.params.diarize and self.settings.stream.refine_speakers_max_s > 0:
-            self._kept = []
-        if self.params.sample_rate != SAMPLE_RATE:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(
-                self.params.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
-            )
-
-    @property
-    def duration_s(self) -> float:
-        """Audio received so far, in seconds at 16 kHz."""
-        return self.tracker.total_samples / SAMPLE_RATE
-
-    def decode(self, data: bytes, last: bool = False) -> np.ndarray:
-        """Raw PCM bytes (any split) → 16 kHz float32 samples."""
-        width = 2 if self.params.encoding == "pcm_s16le" else 4
-        data = self._rest + data
-        usable = len(data) - len(data) % width
-        self._rest = data[usable:]
-        if self.params.encoding == "pcm_s16le":
-            x = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        else:
-            x = np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
-            if not np.all(np.isfinite(x)):
-                raise StreamClosed(CLOSE_INVALID_DATA, "pcm_f32le audio holds NaN or inf")
-        if self._resampler is not None:
-            x = self._resampler.resample_chunk(x, last=last)
-        return np.asarray(x, dtype=np.float32)
-
-    def step(self, samples: np.ndarray) -> list[Due]:
-        """Run the VAD over new samples; what is due (partials coalesced to the newest)."""
-        probs, self._vad_state = self.backends.vad_step(samples, self._vad_state)
-        due = coalesce(self.tracker.push(samples, probs))
-        if self._kept is not None:
-            if self.duration_s > self.settings.stream.refine_speakers_max_s:
-                self._kept = None  # too long to diarize at the end: online speakers stay
-            else:
-                pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
-                self._kept.append(pcm)
-        return due
-
-    def segment_id(self, utterance: int) -> str:
-        """The stable id of an utterance's segment."""
-        return self._segment_ids.setdefault(utterance, str(uuid.uuid4()))
-
-    def partial_event(self, due: Due) -> dict[str, Any]:
-        """Draft the open utterance (blocking)."""
-        # A draft's detected language is not kept: a fraction of a second is too little
-        # to tell; the first final decides the stream's language.
-        text, _ = self.backends.partial(due.audio, self.language, self.params.adapter)
-        return self._event("partial", due, text, self._last_speaker, None)
-
-    def final_events(self, dues: Sequence[Due]) -> list[dict[str, Any]]:
-        """Recognise finished utterances (in one ASR pass), keep them (blocking)."""
-        results = self.backends.finals(
-            [d.audio for d in dues], self.language, self.params.emotion, self.params.adapter
-        )
-        return [self._final(d, r) for d, r in zip(dues, results, strict=True)]
-
-    def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
-        """Give a recognised utterance its speaker and keep it."""
-        if self.language is None and result.words and result.language != UNDETERMINED_LANGUAGE:
-            self.language = result.language
-        speaker = "s0"
-        if self.params.diarize:
-            speaker = self.speakers.assign(self.backends.embed(due.audio))
-        self._last_speaker = speaker
-        emotion = to_emotion(result.emotion)
-        event = self._event("final", due, result.text, speaker, emotion)
-        self._spans.append(Span(due.start, due.end))
-        if result.text:
-            segment = Segment(
-                id=event["segment_id"],
-                speaker=speaker,
-                start_ms=event["start_ms"],
-                end_ms=event["end_ms"],
-                text=result.text,
-                emotion=emotion,
-                words=[to_word(w, due.start) for w in result.words],
-            )
-            self.segments.append(segment)
-            at = due.start
-            words = [replace(w, start=w.start + at, end=w.end + at) for w in result.words]
-            self._finals.append(FinalWords(segment, words))
-        return event
-
-    def refine_speakers(self) -> None:
-        """Re-speaker the stored segments from a diarization of the whole stream (blocking).
-
-        Runs once the last final is in, for diarized streams no longer than
-        ``stream.refine_speakers_max_s``. If the diarizer fails, the online speakers stay:
-        the session is stored either way.
-        """
-        kept, self._kept = self._kept, None
-        if kept is None or not self._finals:
-            return
-        audio = np.concatenate(kept).astype(np.float32) / 32768.0 if kept else np.zeros(0)
-        try:
-            turns = self.backends.diarize(audio, self._spans, self.params.speaker_count())
-        except Exception as exc:  # a failed diarizer must not lose the stream
-            log.warning("stream speaker pass failed; online speakers kept: %r", exc)
-            return
-        self.segments = refine_segments(self._finals, turns)
-
-    def session(self) -> Session:
-        """Everything finalised so far, as a Session."""
-        return Session(
-            filename=self.params.filename,
-            language=self.language or self.params.language or UNDETERMINED_LANGUAGE,
-            duration_ms=to_ms(self.duration_s),
-            segments=list(self.segments),
-        )
-
-    def _event(
-        self, kind: str, due: Due, text: str, speaker: str, emotion: Emotion | None
-    ) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "segment_id": self.segment_id(due.utterance),
-            "speaker": speaker,
-            "text": text,
-            "start_ms": to_ms(due.start),
-            "end_ms": max(to_ms(due.end), to_ms(due.start)),
-            "emotion": emotion.model_dump() if emotion is not None else None,
-        }
-
-
-def coalesce(due: list[Due]) -> list[Due]:
-    """Drop partials made stale by a later partial or a final of the same utterance."""
-    out = []
-    for i, d in enumerate(due):
-        if d.kind == "partial" and any(later.utterance == d.utterance for later in due[i + 1 :]):
-            continue
-        out.append(d)
-    return out
 
 
 class StreamLanes:
@@ -346,9 +139,16 @@ class StreamLanes:
     through ``on_failure`` (the connection's loop then ends the stream).
     """
 
-    def __init__(self, ws: WebSocket, live: LiveStream, on_failure: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        live: LiveStream,
+        capacity: StreamCapacity,
+        on_failure: Callable[[], None],
+    ) -> None:
         self._ws = ws
         self._live = live
+        self._capacity = capacity
         self._on_failure = on_failure
         self._finals: deque[Due] = deque()
         self._finals_due = asyncio.Event()
@@ -407,7 +207,7 @@ class StreamLanes:
                 # Finals that queued up while the last ran share one ASR pass (up to
                 # 30 s): under load, finals catch up instead of falling further behind.
                 batch = take_window(self._finals, MAX_WINDOW_SAMPLES)
-                for event in await self._live.capacity.call(self._live.final_events, batch):
+                for event in await self._capacity.call(self._live.final_events, batch):
                     await self._send(event)
         except Exception as exc:
             self._fail(exc)
@@ -423,7 +223,7 @@ class StreamLanes:
                 waited = asyncio.get_running_loop().time() - self._draft_submitted
                 if waited > self._live.settings.stream.max_draft_wait_s:
                     continue  # it waited for the last draft: draft the next, fresher audio
-                event = await self._live.capacity.call(self._live.partial_event, due)
+                event = await self._capacity.call(self._live.partial_event, due)
                 if not self._stale(due):
                     await self._send(event)
         except Exception as exc:
@@ -442,6 +242,15 @@ class StreamLanes:
 
 
 LANE_FAILED = "ethostral.lane_failed"  # inbox message: a lane of this stream failed
+
+
+@dataclass
+class Connection:
+    """An opened stream on this connection: its state, its lanes and their threads."""
+
+    live: LiveStream
+    lanes: StreamLanes
+    capacity: StreamCapacity
 
 
 class StreamUsage:
@@ -523,7 +332,7 @@ async def _serve_admitted(
                 "try again later",
             )
             return
-        opened: list[LiveStream] = []  # the stream, once its first audio arrived
+        opened: list[Connection] = []  # the stream, once its first audio arrived
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         reader = asyncio.create_task(_read(ws, inbox))
         try:
@@ -541,7 +350,7 @@ async def _serve_admitted(
             stored = None
             if opened and exc.code != CLOSE_TRY_AGAIN:
                 with contextlib.suppress(StreamClosed):
-                    stored = await _store(opened[0], store, owner)
+                    stored = await _store(opened[0].live, store, owner)
             await _close(ws, exc.code, exc.detail, stored)
         except asyncio.CancelledError:
             # The server dropped the connection's task: finish and store regardless.
@@ -560,27 +369,26 @@ async def _serve_admitted(
             reader.cancel()
             if opened:
                 with contextlib.suppress(EthostralError):
-                    await asyncio.shield(usage.update(opened[0].duration_s, final=True))
+                    await asyncio.shield(usage.update(opened[0].live.duration_s, final=True))
 
 
 async def _store_what_was_finalised(
-    opened: list[LiveStream], store: Any, owner: str | None
+    opened: list[Connection], store: Any, owner: str | None
 ) -> str | None:
     """After a failure: drop pending work, store the finalised segments; the session id."""
     if not opened:
         return None
-    if opened[0].lanes is not None:
-        opened[0].lanes.cancel()
+    opened[0].lanes.cancel()
     with contextlib.suppress(Exception):
-        return await _store(opened[0], store, owner)
+        return await _store(opened[0].live, store, owner)
     return None
 
 
-async def _finish_and_store(live: LiveStream, store: Any, owner: str | None) -> None:
+async def _finish_and_store(conn: Connection, store: Any, owner: str | None) -> None:
     with contextlib.suppress(Exception):
-        if not live.finished:
-            await _finish(live, send=False)
-        await _store(live, store, owner)
+        if not conn.live.finished:
+            await _finish(conn, send=False)
+        await _store(conn.live, store, owner)
 
 
 async def _run(
@@ -590,7 +398,7 @@ async def _run(
     backends: StreamBackends,
     settings: Settings,
     capacity: StreamCapacity,
-    opened: list[LiveStream],
+    opened: list[Connection],
     usage: StreamUsage,
 ) -> tuple[LiveStream, bool]:
     """Process messages until ``stop`` (True) or a disconnect (False)."""
@@ -608,7 +416,7 @@ async def _run(
         batch = [first]
         while not inbox.empty():
             batch.append(inbox.get_nowait())
-        if opened and opened[0].lanes is not None and opened[0].lanes.error is not None:
+        if opened and opened[0].lanes.error is not None:
             raise opened[0].lanes.error
         audio: list[bytes] = []
         stop = disconnected = False
@@ -653,22 +461,22 @@ async def _run(
             if error is not None:
                 raise error
             continue
-        live = opened[0]
+        conn = opened[0]
         if audio:
-            await _process(live, b"".join(audio))
+            await _process(conn, b"".join(audio))
             try:
-                await usage.update(live.duration_s)
+                await usage.update(conn.live.duration_s)
             except QuotaExceededError as exc:
-                await _finish(live, send=True)
+                await _finish(conn, send=True)
                 raise StreamClosed(CLOSE_QUOTA, exc.detail) from None
         if error is not None:
-            await _finish(live, send=True)
+            await _finish(conn, send=True)
             raise error
         if stop or disconnected:
-            await _finish(live, send=not disconnected)
-            return live, stop
-        if live.duration_s > min(limits.max_stream_s, settings.limits.max_duration_s):
-            await _finish(live, send=True)
+            await _finish(conn, send=not disconnected)
+            return conn.live, stop
+        if conn.live.duration_s > min(limits.max_stream_s, settings.limits.max_duration_s):
+            await _finish(conn, send=True)
             raise StreamClosed(
                 CLOSE_POLICY, f"stream too long: over {limits.max_stream_s:g} s of audio"
             )
@@ -681,33 +489,36 @@ async def _open(
     backends: StreamBackends,
     settings: Settings,
     capacity: StreamCapacity,
-) -> LiveStream:
+) -> Connection:
     try:
         language = await capacity.call(backends.check_language, requested_language(params.language))
         adapter = await capacity.call(backends.check_adapter, params.adapter)
     except EthostralError as exc:
         raise StreamClosed(CLOSE_POLICY, exc.detail) from None
     params = params.model_copy(update={"language": language, "adapter": adapter})
-    live = LiveStream(params, backends, settings, capacity, language=language)
-    live.lanes = StreamLanes(ws, live, lambda: inbox.put_nowait({"type": LANE_FAILED}))
-    return live
+    live = LiveStream(params, backends, settings, language=language)
+    lanes = StreamLanes(ws, live, capacity, lambda: inbox.put_nowait({"type": LANE_FAILED}))
+    return Connection(live, lanes, capacity)
 
 
-async def _process(live: LiveStream, data: bytes) -> None:
-    samples = live.decode(data)
-    if samples.size and live.lanes is not None:
-        live.lanes.submit(await live.capacity.call(live.step, samples))
+async def _process(conn: Connection, data: bytes) -> None:
+    try:
+        samples = conn.live.decode(data)
+    except InvalidStreamAudio as exc:
+        raise StreamClosed(CLOSE_INVALID_DATA, str(exc)) from None
+    if samples.size:
+        conn.lanes.submit(await conn.capacity.call(conn.live.step, samples))
 
 
-async def _finish(live: LiveStream, send: bool) -> None:
+async def _finish(conn: Connection, send: bool) -> None:
     """Finalise the open utterance and run every queued final."""
+    live = conn.live
     live.finished = True
     tail = live.decode(b"", last=True)
-    due = await live.capacity.call(live.step, tail) if tail.size else []
-    if live.lanes is not None:
-        live.lanes.submit([d for d in coalesce(due + live.tracker.finish()) if d.kind == "final"])
-        await live.lanes.drain(send)
-    await live.capacity.call(live.refine_speakers)
+    due = await conn.capacity.call(live.step, tail) if tail.size else []
+    conn.lanes.submit([d for d in coalesce(due + live.tracker.finish()) if d.kind == "final"])
+    await conn.lanes.drain(send)
+    await conn.capacity.call(live.refine_speakers)
 
 
 async def _store(live: LiveStream, store: Any, owner: str | None) -> str:

@@ -1,0 +1,244 @@
+"""A live stream's state apart from its transport: decoding PCM, endpointing, drafts and
+finals through the stream backends, online speakers, the speaker pass over the whole
+stream, and the Session it stores. The WebSocket protocol lives in ``api/stream.py``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.pipeline.compose import (
+    UNDETERMINED_LANGUAGE,
+    to_emotion,
+    to_ms,
+    to_word,
+)
+from ethostral_serve.pipeline.ports import StreamBackends
+from ethostral_serve.pipeline.stream_speakers import FinalWords, refine_segments
+from ethostral_serve.pipeline.streaming import (
+    Due,
+    OnlineSpeakers,
+    StreamOptions,
+    StreamTracker,
+)
+from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
+from ethostral_serve.schema import Emotion, Segment, Session
+from ethostral_serve.settings import Settings, stream_speaker_threshold
+
+log = logging.getLogger("ethostral_serve.stream")
+
+
+class InvalidStreamAudio(ValueError):
+    """Audio bytes that are not valid samples (NaN or infinity in ``pcm_f32le``)."""
+
+
+class StreamParams(BaseModel):
+    """Per-stream options, from the query string or a first ``start`` message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: int = Field(16000, ge=8000, le=192000)
+    encoding: Literal["pcm_s16le", "pcm_f32le"] = "pcm_s16le"
+    language: str | None = None
+    diarize: bool = True
+    emotion: bool = True
+    adapter: str | None = None
+    filename: str = Field("stream", min_length=1, max_length=255)
+    num_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+
+    @model_validator(mode="after")
+    def _check_speakers(self) -> StreamParams:
+        self.speaker_count()  # raises ValueError when the bounds contradict each other
+        return self
+
+    def speaker_count(self) -> SpeakerCount:
+        """The speaker count the client gave (all None: none)."""
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
+
+
+@dataclass
+class LiveStream:
+    """One stream's state: decoding, endpointing, speakers and finished segments.
+
+    Its model calls block (``step``, ``partial_event``, ``final_events``,
+    ``refine_speakers``): the transport runs them on worker threads.
+    """
+
+    params: StreamParams
+    backends: StreamBackends
+    settings: Settings
+    language: str | None = None
+    tracker: StreamTracker = field(init=False)
+    speakers: OnlineSpeakers = field(init=False)
+    segments: list[Segment] = field(default_factory=list)
+    _finals: list[FinalWords] = field(default_factory=list)  # what refine_speakers rebuilds
+    _spans: list[Span] = field(default_factory=list)  # every final's utterance, seconds
+    _kept: list[np.ndarray] | None = None  # the stream's audio (int16) while it may refine
+    _vad_state: Any = None
+    _rest: bytes = b""
+    _resampler: Any = None
+    _segment_ids: dict[int, str] = field(default_factory=dict)
+    _last_speaker: str = "s0"
+    finished: bool = False  # no more audio will come
+
+    def __post_init__(self) -> None:
+        s = self.settings.stream
+        self.tracker = StreamTracker(
+            StreamOptions(
+                threshold=s.threshold,
+                end_threshold=min(s.end_threshold, s.threshold),
+                end_silence_s=s.end_silence_s,
+                max_utterance_s=s.max_utterance_s,
+                partial_every_s=s.partial_every_s,
+            )
+        )
+        self.speakers = OnlineSpeakers(
+            threshold=stream_speaker_threshold(self.settings),
+            max_speakers=self.params.speaker_count().upper or self.settings.diarizer.max_speakers,
+        )
+        self._vad_state = self.backends.new_vad_state()
+        if self.params.diarize and self.settings.stream.refine_speakers_max_s > 0:
+            self._kept = []
+        if self.params.sample_rate != SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(
+                self.params.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+            )
+
+    @property
+    def duration_s(self) -> float:
+        """Audio received so far, in seconds at 16 kHz."""
+        return self.tracker.total_samples / SAMPLE_RATE
+
+    def decode(self, data: bytes, last: bool = False) -> np.ndarray:
+        """Raw PCM bytes (any split) → 16 kHz float32 samples."""
+        width = 2 if self.params.encoding == "pcm_s16le" else 4
+        data = self._rest + data
+        usable = len(data) - len(data) % width
+        self._rest = data[usable:]
+        if self.params.encoding == "pcm_s16le":
+            x = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            x = np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
+            if not np.all(np.isfinite(x)):
+                raise InvalidStreamAudio("pcm_f32le audio holds NaN or inf")
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x, last=last)
+        return np.asarray(x, dtype=np.float32)
+
+    def step(self, samples: np.ndarray) -> list[Due]:
+        """Run the VAD over new samples; what is due (partials coalesced to the newest)."""
+        probs, self._vad_state = self.backends.vad_step(samples, self._vad_state)
+        due = coalesce(self.tracker.push(samples, probs))
+        if self._kept is not None:
+            if self.duration_s > self.settings.stream.refine_speakers_max_s:
+                self._kept = None  # too long to diarize at the end: online speakers stay
+            else:
+                pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
+                self._kept.append(pcm)
+        return due
+
+    def segment_id(self, utterance: int) -> str:
+        """The stable id of an utterance's segment."""
+        return self._segment_ids.setdefault(utterance, str(uuid.uuid4()))
+
+    def partial_event(self, due: Due) -> dict[str, Any]:
+        """Draft the open utterance (blocking)."""
+        # A draft's detected language is not kept: a fraction of a second is too little
+        # to tell; the first final decides the stream's language.
+        text, _ = self.backends.partial(due.audio, self.language, self.params.adapter)
+        return self._event("partial", due, text, self._last_speaker, None)
+
+    def final_events(self, dues: Sequence[Due]) -> list[dict[str, Any]]:
+        """Recognise finished utterances (in one ASR pass), keep them (blocking)."""
+        results = self.backends.finals(
+            [d.audio for d in dues], self.language, self.params.emotion, self.params.adapter
+        )
+        return [self._final(d, r) for d, r in zip(dues, results, strict=True)]
+
+    def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
+        """Give a recognised utterance its speaker and keep it."""
+        if self.language is None and result.words and result.language != UNDETERMINED_LANGUAGE:
+            self.language = result.language
+        speaker = "s0"
+        if self.params.diarize:
+            speaker = self.speakers.assign(self.backends.embed(due.audio))
+        self._last_speaker = speaker
+        emotion = to_emotion(result.emotion)
+        event = self._event("final", due, result.text, speaker, emotion)
+        self._spans.append(Span(due.start, due.end))
+        if result.text:
+            segment = Segment(
+                id=event["segment_id"],
+                speaker=speaker,
+                start_ms=event["start_ms"],
+                end_ms=event["end_ms"],
+                text=result.text,
+                emotion=emotion,
+                words=[to_word(w, due.start) for w in result.words],
+            )
+            self.segments.append(segment)
+            at = due.start
+            words = [replace(w, start=w.start + at, end=w.end + at) for w in result.words]
+            self._finals.append(FinalWords(segment, words))
+        return event
+
+    def refine_speakers(self) -> None:
+        """Re-speaker the stored segments from a diarization of the whole stream (blocking).
+
+        Runs once the last final is in, for diarized streams no longer than
+        ``stream.refine_speakers_max_s``. If the diarizer fails, the online speakers stay:
+        the session is stored either way.
+        """
+        kept, self._kept = self._kept, None
+        if kept is None or not self._finals:
+            return
+        audio = np.concatenate(kept).astype(np.float32) / 32768.0 if kept else np.zeros(0)
+        try:
+            turns = self.backends.diarize(audio, self._spans, self.params.speaker_count())
+        except Exception as exc:  # a failed diarizer must not lose the stream
+            log.warning("stream speaker pass failed; online speakers kept: %r", exc)
+            return
+        self.segments = refine_segments(self._finals, turns)
+
+    def session(self) -> Session:
+        """Everything finalised so far, as a Session."""
+        return Session(
+            filename=self.params.filename,
+            language=self.language or self.params.language or UNDETERMINED_LANGUAGE,
+            duration_ms=to_ms(self.duration_s),
+            segments=list(self.segments),
+        )
+
+    def _event(
+        self, kind: str, due: Due, text: str, speaker: str, emotion: Emotion | None
+    ) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "segment_id": self.segment_id(due.utterance),
+            "speaker": speaker,
+            "text": text,
+            "start_ms": to_ms(due.start),
+            "end_ms": max(to_ms(due.end), to_ms(due.start)),
+            "emotion": emotion.model_dump() if emotion is not None else None,
+        }
+
+
+def coalesce(due: list[Due]) -> list[Due]:
+    """Drop partials made stale by a later partial or a final of the same utterance."""
+    out = []
+    for i, d in enumerate(due):
+        if d.kind == "partial" and any(later.utterance == d.utterance for later in due[i + 1 :]):
+            continue
+        out.append(d)
+    return out
