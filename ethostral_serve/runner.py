@@ -138,6 +138,14 @@ class _TracedModel:
         self._transcribe = tracer.op("asr", inner.transcribe)
         self._emotions = tracer.op("emotion", inner.emotions)
 
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self._inner.languages
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return self._inner.adapters
+
     def check_language(self, language: str | None) -> str | None:
         return self._inner.check_language(language)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,6 +146,43 @@ class ErrorDetail(BaseModel):
     )
 
     detail: str = Field(description="what was wrong, in words")
+
+
+class FieldError(BaseModel):
+    """One request value that failed FastAPI's validation (its ``ValidationError``)."""
+
+    loc: list[str | int] = Field(description="where the value is, e.g. ['body', 'diarize']")
+    msg: str = Field(description="what was wrong with it, in words")
+    type: str = Field(description="the kind of error, e.g. 'bool_parsing'")
+    input: Any = Field(default=None, description="the value sent (null when missing)")
+    ctx: dict[str, Any] | None = Field(default=None, description="the constraint it broke")
+
+
+class InvalidRequestDetail(BaseModel):
+    """Body of a 422: a value the route itself refused (``detail`` in words), or values
+    that failed FastAPI's validation (``detail`` lists them)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"detail": "language 'xx' is not supported by the ASR model; use one of: en, …"},
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "diarize"],
+                            "msg": "Input should be a valid boolean, unable to interpret input",
+                            "type": "bool_parsing",
+                            "input": "maybe",
+                        }
+                    ]
+                },
+            ]
+        }
+    )
+
+    detail: str | list[FieldError] = Field(
+        description="what was wrong, in words; or one entry per invalid value"
+    )
 
 
 class Health(BaseModel):

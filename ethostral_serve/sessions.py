@@ -38,6 +38,9 @@ from ethostral_serve.schema import Session
 T = TypeVar("T")
 log = logging.getLogger("ethostral_serve.sessions")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A `next_cursor` (creation score in ms, then the session id), or "" (the first page).
+CURSOR_PATTERN = r"^(?:[0-9]+_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 _INDEX_VERSION = "1"  # bump to re-run the backfill of sessions stored before the index
 
 
@@ -264,9 +267,9 @@ def _cursor(session_id: str, score: float) -> str:
 def _parse_cursor(cursor: str | None) -> tuple[str, float] | None:
     if cursor is None or cursor == "":
         return None
-    score, sep, session_id = cursor.partition("_")
-    if not sep or not score.isdigit() or not _UUID.fullmatch(session_id):
+    if not _CURSOR.fullmatch(cursor):
         raise InvalidRequestError(
             f"cursor {cursor!r} is not a cursor this server returned (use next_cursor)"
         )
+    score, _, session_id = cursor.partition("_")
     return session_id, float(score)

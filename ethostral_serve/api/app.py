@@ -17,11 +17,14 @@ from pathlib import PurePath
 from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile, WebSocket
-from fastapi.openapi.utils import get_openapi
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from ethostral_serve.api.auth import Access, Caller, http_credentials
+from ethostral_serve.api.auth import AUTH_CHALLENGE, Access, Caller, http_credentials
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
+from ethostral_serve.api.openapi import error_responses, install_openapi, subtitle_responses
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
 from ethostral_serve.errors import (
     AuthenticationError,
@@ -34,7 +37,7 @@ from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
 from ethostral_serve.quotas import QuotaExceededError
 from ethostral_serve.runner import PipelineRunner
-from ethostral_serve.schema import ErrorDetail, Health, Session, SessionList, SessionSummary
+from ethostral_serve.schema import Health, Session, SessionList, SessionSummary
 from ethostral_serve.sessions import SessionPage
 from ethostral_serve.settings import Settings
 from ethostral_serve.subtitles import to_srt, to_vtt
@@ -42,13 +45,14 @@ from ethostral_serve.subtitles import to_srt, to_vtt
 log = logging.getLogger("ethostral_serve.api")
 
 RETRY_AFTER_S = 5
-AUTH_CHALLENGE = 'Bearer realm="ethostral"'
 HealthCheck = Callable[[], Awaitable[None]]
 
 API_DESCRIPTION = """\
 Diarized, emotion-annotated transcription. Upload audio or video to
 `POST /transcribe`; the stored session can be fetched, exported as subtitles and
-deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`.
+deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`, saying what
+was wrong in words; a 422 from FastAPI's own validation lists the invalid values instead
+(`{"detail": [{"loc", "msg", "type", ...}]}`).
 
 **Live streaming: `WS /transcribe/stream`.** Query parameters `sample_rate` (default
 16000), `encoding` (`pcm_s16le` default, or `pcm_f32le`), `language`, `diarize`,
@@ -112,32 +116,6 @@ def speaker_count(num: int | None, minimum: int | None, maximum: int | None) -> 
     return count if count.given else None
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
-    reasons = {
-        400: "the upload holds no audio",
-        401: "missing, unknown or revoked API key (when the server requires keys)",
-        404: "no session has this id",
-        413: "the upload is too large or the audio too long",
-        415: "the upload is not audio or video FFmpeg can decode",
-        422: "a form field or parameter is invalid",
-        429: "over a quota of the API key (retry after Retry-After seconds)",
-        503: "the session store is unreachable (retry after Retry-After seconds)",
-    }
-    headers = {
-        401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
-        429: {"Retry-After": {"schema": {"type": "integer"}}},
-        503: {"Retry-After": {"schema": {"type": "integer"}}},
-    }
-    return {
-        c: {"model": ErrorDetail, "description": reasons[c], **_headers(headers.get(c))}
-        for c in codes
-    }
-
-
-def _headers(spec: dict[str, object] | None) -> dict[str, object]:
-    return {"headers": spec} if spec else {}
-
-
 def create_app(
     runner: PipelineRunner,
     store: SessionStorage,
@@ -173,21 +151,21 @@ def create_app(
     )
     checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
     app.state.access = access
-    if access.required:
-        _document_bearer_auth(app)
+    install_openapi(app, runner.model.languages, runner.model.adapters, access.required)
 
     @app.post(
         "/transcribe",
+        operation_id="transcribe",
         response_model=Session,
         summary="Transcribe an audio or video file",
-        responses=_errors(400, 401, 413, 415, 422, 429, 503),
+        responses=error_responses(400, 401, 413, 415, 422, 429, 503),
     )
     async def transcribe(
         caller: CallerDep,
         file: Annotated[UploadFile, File(description="any audio or video FFmpeg decodes")],
         language: Annotated[
             str | None,
-            Form(description="ISO 639-1 code such as 'en'; empty or 'auto': detect"),
+            Form(description="ISO 639-1 code such as 'en' (any case); empty or 'auto': detect"),
         ] = None,
         diarize: Annotated[bool, Form(description="tell speakers apart")] = True,
         emotion: Annotated[
@@ -231,15 +209,17 @@ def create_app(
 
     @app.get(
         "/sessions",
+        operation_id="list_sessions",
         response_model=SessionList,
         summary="List stored sessions, newest first",
-        responses=_errors(401, 422, 503),
+        responses=error_responses(401, 422, 503),
     )
     async def list_sessions(
         caller: CallerDep,
         limit: Annotated[int, Query(ge=1, le=100, description="sessions per page")] = 20,
         cursor: Annotated[
-            str | None, Query(description="`next_cursor` of the previous page")
+            str | None,
+            Query(description="`next_cursor` of the previous page; empty: the first page"),
         ] = None,
     ) -> SessionList:
         page = await store.list(owner=caller.owner, limit=limit, cursor=cursor)
@@ -249,18 +229,20 @@ def create_app(
 
     @app.get(
         "/sessions/{session_id}",
+        operation_id="get_session",
         response_model=Session,
         summary="Fetch a stored session",
-        responses=_errors(401, 404, 503),
+        responses=error_responses(401, 404, 503),
     )
     async def get_session(caller: CallerDep, session_id: str) -> Session:
         return await store.get(_session_id(session_id), owner=caller.owner)
 
     @app.delete(
         "/sessions/{session_id}",
+        operation_id="delete_session",
         status_code=204,
         summary="Delete a stored session",
-        responses=_errors(401, 404, 503),
+        responses=error_responses(401, 404, 503),
     )
     async def delete_session(caller: CallerDep, session_id: str) -> Response:
         await store.delete(_session_id(session_id), owner=caller.owner)
@@ -268,9 +250,10 @@ def create_app(
 
     @app.get(
         "/sessions/{session_id}/srt",
-        response_class=PlainTextResponse,
+        operation_id="session_srt",
+        response_class=Response,
         summary="A stored session as SubRip subtitles",
-        responses={**_errors(401, 404, 503), 200: {"content": {"application/x-subrip": {}}}},
+        responses=subtitle_responses("application/x-subrip", "the session as SubRip (.srt)"),
     )
     async def session_srt(caller: CallerDep, session_id: str) -> Response:
         session = await store.get(_session_id(session_id), owner=caller.owner)
@@ -278,9 +261,10 @@ def create_app(
 
     @app.get(
         "/sessions/{session_id}/vtt",
-        response_class=PlainTextResponse,
+        operation_id="session_vtt",
+        response_class=Response,
         summary="A stored session as WebVTT subtitles",
-        responses={**_errors(401, 404, 503), 200: {"content": {"text/vtt": {}}}},
+        responses=subtitle_responses("text/vtt", "the session as WebVTT (.vtt)"),
     )
     async def session_vtt(caller: CallerDep, session_id: str) -> Response:
         session = await store.get(_session_id(session_id), owner=caller.owner)
@@ -295,6 +279,7 @@ def create_app(
 
     @app.get(
         "/healthz",
+        operation_id="healthz",
         response_model=Health,
         summary="Ready when every deployment and the session store answer",
         responses={503: {"model": Health, "description": "something is not ready"}},
@@ -329,6 +314,25 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _internal_error(request, exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path
+            # served by several routes (GET and DELETE /sessions/{id}) allows them all.
+            allowed = _allowed_methods(request)
+            exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
 
 async def current_caller(request: Request) -> Caller:
     """The request's caller, authenticated by the app's :class:`Access` (401 if needed)."""
@@ -337,37 +341,6 @@ async def current_caller(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
-
-OPEN_PATHS = ("/healthz",)
-
-
-def _document_bearer_auth(app: FastAPI) -> None:
-    """Declare the bearer scheme in OpenAPI, required on every route but the open ones."""
-
-    def openapi() -> dict[str, object]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "an API key from `ethostral keys create --name NAME`",
-                }
-            }
-            for path, operations in schema.get("paths", {}).items():
-                if path in OPEN_PATHS:
-                    continue
-                for operation in operations.values():
-                    operation["security"] = [{"apiKey": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -18,6 +18,7 @@ from ethostral_serve.quotas import QuotaStore, SlotKind
 from ethostral_serve.settings import Settings
 
 SCHEMES = ("bearer", "token")
+AUTH_CHALLENGE = 'Bearer realm="ethostral"'  # the WWW-Authenticate header of a 401
 CREATE_HINT = "create one on the server with `ethostral keys create --name NAME`"
 
 

@@ -56,7 +56,14 @@ class DiarizerBackend(Protocol):
 
 @runtime_checkable
 class SpeechModel(Protocol):
-    """Speech recognition plus emotion recognition."""
+    """Speech recognition plus emotion recognition.
+
+    ``languages``: the codes :meth:`check_language` accepts; ``adapters``: the names
+    :meth:`check_adapter` accepts (the API documents both).
+    """
+
+    languages: tuple[str, ...]
+    adapters: tuple[str, ...]
 
     def check_language(self, language: str | None) -> str | None:
         """Normalise a requested language code; raise ``UnsupportedLanguageError``."""
@@ -96,8 +103,6 @@ class WindowedSpeechModel(SpeechModel, Protocol):
     ``classifies``: :meth:`classify` works (else only inline emotions exist).
     """
 
-    languages: tuple[str, ...]
-    adapters: tuple[str, ...]
     multilingual: bool
     detects_language: bool
     reads_encoder_states: bool

@@ -277,11 +277,12 @@ class Ingress:
         )
         self.access = Access.from_settings(url, self.settings)
         timeout = self.settings.limits.backend_timeout_s
+        self.speech = RemoteSpeechModel(model, timeout)
         self.runner = PipelineRunner.traced(
             self.settings,
             RemoteVad(vad, timeout),
             RemoteDiarizer(diarizer, timeout),
-            RemoteSpeechModel(model, timeout),
+            self.speech,
             make_tracer(self.settings.tracing),
         )
         self.stream_backends = RemoteStreamBackends(vad, diarizer, model, timeout)
@@ -297,9 +298,12 @@ class Ingress:
         if embedded is not None:
             embedded.stop()
 
-    def __serve_build_asgi_app__(self) -> Any:
+    async def __serve_build_asgi_app__(self) -> Any:
         from ethostral_serve.api.app import create_app
 
+        # The app's OpenAPI lists the model's languages and adapters: ask the model
+        # deployment once, here, where awaiting does not block the event loop.
+        await self.speech.load_info()
         checks = {name: _pinger(handle) for name, handle in self._handles.items()}
         return create_app(
             self.runner,

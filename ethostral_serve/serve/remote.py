@@ -8,6 +8,7 @@ the model deployment's ``@serve.batch`` methods can batch them with other reques
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,6 +149,28 @@ class RemoteSpeechModel:
         if self._info is None:
             self._info = self._wait(self._handle.info.remote())
         return self._info
+
+    async def load_info(self) -> ModelInfo:
+        """Fetch the model description without blocking the event loop (the ingress does
+        this before it builds its app, whose OpenAPI lists the languages and adapters)."""
+        if self._info is None:
+            try:
+                self._info = await asyncio.wait_for(self._handle.info.remote(), self.timeout_s)
+            except TimeoutError:
+                raise BackendUnavailableError(
+                    f"the EthostralModel deployment did not answer within {self.timeout_s:g} s"
+                ) from None
+        return self._info
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Language codes the deployment's model accepts."""
+        return self.info.languages
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Adapter names the deployment's model accepts."""
+        return self.info.adapters
 
     def _wait(self, response: Any) -> Any:
         return wait(response, "EthostralModel", self.timeout_s)
