@@ -250,3 +250,29 @@ def test_an_external_redis_that_goes_down_and_comes_back_needs_no_restart(
             r = c.post("/transcribe", files={"file": ("jfk.flac", jfk.read_bytes())}, data=form)
             assert r.status_code == 200, r.text
             assert c.get(f"/sessions/{r.json()['id']}").status_code == 200
+
+
+def test_healthz_names_a_deployment_with_no_ready_replica(
+    runner, redis_url, settings, monkeypatch
+) -> None:
+    import asyncio
+
+    from ethostral_serve.api import app as app_module
+
+    monkeypatch.setattr(app_module, "HEALTH_TIMEOUT_S", 0.2)
+
+    async def being_replaced() -> None:  # a handle call that waits for a new replica
+        await asyncio.Event().wait()
+
+    async def answers() -> None:
+        return None
+
+    checks = {"EthostralModel": being_replaced, "VAD": answers}
+    app = create_app(runner, SessionStore(redis_url), settings, health_checks=checks)
+    with TestClient(app) as c:
+        r = c.get("/healthz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["VAD"] == "ok" and body["checks"]["store"] == "ok"
+    assert "no replica is ready" in body["checks"]["EthostralModel"]

@@ -370,9 +370,17 @@ def _subtitle(text: str, session: Session, ext: str, media_type: str) -> Respons
     )
 
 
+HEALTH_TIMEOUT_S = 5.0
+
+
 async def _check(fn: HealthCheck) -> str:
     try:
-        await asyncio.wait_for(fn(), timeout=5.0)
+        await asyncio.wait_for(fn(), timeout=HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return (
+            f"no answer within {HEALTH_TIMEOUT_S:g} s: no replica is ready (starting, "
+            "being replaced after a crash, or overloaded)"
+        )
     except Exception as exc:  # a health check reports, it does not raise
         return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
     return "ok"
