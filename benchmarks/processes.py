@@ -22,8 +22,10 @@ def _replica_name(title: str) -> tuple[str, str] | None:
     """(app, deployment) of a replica's process title, else None."""
     if "ServeReplica:" not in title:
         return None
-    app, _, deployment = title.split("ServeReplica:", 1)[1].split()[0].rpartition(":")
-    return app, deployment
+    # "ServeReplica:<app>:<deployment>", with ".<method>" appended while it serves a call
+    name = title.split("ServeReplica:", 1)[1].split()[0]
+    app, _, deployment = name.rpartition(":")
+    return app, deployment.split(".", 1)[0]
 
 
 def serve_roles() -> dict[str, int]:

@@ -144,13 +144,19 @@ def percentiles(xs: list[float]) -> tuple[str, str]:
     return f"{np.percentile(xs, 50):.1f}", f"{np.percentile(xs, 95):.1f}"
 
 
+def merged_roles(rss: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Samples with each process under its deployment's name (a busy replica's title
+    carries the method it serves, e.g. ``EthostralModel.handle_request_with_rejection``)."""
+    return [{k.split(".", 1)[0]: v for k, v in sample.items()} for sample in rss]
+
+
 def rss_table(rss: list[dict[str, float]]) -> tuple[list[str], list[list[object]]]:
     """Headers and rows: RSS per process over time."""
     roles = sorted({k for s in rss for k in s if k != "t_s"})
     rows = [
         [f"{s['t_s'] / 60:.1f}", *[f"{s[r]:.0f}" if r in s else "-" for r in roles]] for s in rss
     ]
-    return ["minute", *[f"{r} MB" for r in roles]], rows
+    return ["minute", *[f"{r} MiB" for r in roles]], rows
 
 
 def rss_change(rss: list[dict[str, float]]) -> dict[str, float]:
@@ -188,6 +194,41 @@ def plot(rss: list[dict[str, float]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def render(report: dict[str, object], out: Path | None) -> None:
+    """Print the tables of a run (and write its plot to ``out``)."""
+    upload_s = list(report["upload_s"])  # type: ignore[call-overload]
+    after_stop_s = list(report["session_after_stop_s"])  # type: ignore[call-overload]
+    errors: dict[str, int] = dict(report["errors"])  # type: ignore[call-overload]
+    rss = merged_roles(list(report["rss"]))  # type: ignore[call-overload]
+    print(f"machine: {report['machine']}; {float(report['minutes']):.1f} min")  # type: ignore[arg-type]
+    up50, up95 = percentiles(upload_s)
+    st50, st95 = percentiles(after_stop_s)
+    stored, missing = report["stored"], report["missing"]
+    print_table(
+        ["what", "done", "p50 s", "p95 s"],
+        [
+            ["uploads (request → stored session)", len(upload_s), up50, up95],
+            ["streams (stop → session event)", len(after_stop_s), st50, st95],
+            ["sessions fetched back", f"{stored} of {stored + missing}", "", ""],  # type: ignore[operator]
+            ["errors", sum(errors.values()), "", ""],
+        ],
+    )
+    for what, n in sorted(errors.items(), key=lambda kv: -kv[1]):
+        print(f"  {n} × {what}")
+    print()
+    headers_rss, rows = rss_table(rss)
+    print_table(headers_rss, rows)
+    change = rss_change(rss)
+    if change:
+        print(
+            "\nRSS at the end against the 3-minute mark: "
+            + ", ".join(f"{r} {c:+.1f} %" for r, c in sorted(change.items()))
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plot(rss, out / "soak_rss.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
@@ -196,8 +237,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each recording")
     ap.add_argument("--api-key", default=None, help="for a service with auth.required")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write soak.json and the plot here")
+    ap.add_argument("--render", type=Path, default=None, help="print a saved soak.json again")
     args = ap.parse_args()
+    if args.render is not None:
+        render(json.loads(args.render.read_text()), args.out)
+        return
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     upload_audio, _, _ = conversation(["3080", "533"], args.seconds, seed=1)
@@ -223,52 +268,25 @@ def main() -> None:
         t.join()
     elapsed = time.monotonic() - t0
     stored, missing = check_stored(args.url, headers, out)
-
-    print(f"machine: {machine()}; {elapsed / 60:.1f} min against {args.url}")
     print(
         f"{args.uploaders} uploaders of {len(upload_audio) / SAMPLE_RATE:.0f} s, "
-        f"{args.streams} real-time streams of {len(stream_audio_samples) / SAMPLE_RATE:.0f} s\n"
+        f"{args.streams} real-time streams of {len(stream_audio_samples) / SAMPLE_RATE:.0f} s "
+        f"against {args.url}"
     )
-    up50, up95 = percentiles(out.upload_s)
-    st50, st95 = percentiles(out.session_after_stop_s)
-    errors = sum(out.errors.values())
-    print_table(
-        ["what", "done", "p50 s", "p95 s"],
-        [
-            ["uploads (request → stored session)", len(out.upload_s), up50, up95],
-            ["streams (stop → session event)", len(out.session_after_stop_s), st50, st95],
-            ["sessions fetched back", f"{stored} of {stored + missing}", "", ""],
-            ["errors", errors, "", ""],
-        ],
-    )
-    for what, n in out.errors.most_common():
-        print(f"  {n} × {what}")
-    print()
-    headers_rss, rows = rss_table(out.rss)
-    print_table(headers_rss, rows)
-    change = rss_change(out.rss)
-    if change:
-        print(
-            "\nRSS at the end against the 3-minute mark: "
-            + ", ".join(f"{r} {c:+.1f} %" for r, c in sorted(change.items()))
-        )
+    report = {
+        "machine": machine(),
+        "minutes": elapsed / 60,
+        "upload_s": out.upload_s,
+        "session_after_stop_s": out.session_after_stop_s,
+        "stored": stored,
+        "missing": missing,
+        "errors": dict(out.errors),
+        "rss": out.rss,
+    }
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        report = {
-            "machine": machine(),
-            "minutes": elapsed / 60,
-            "uploads": len(out.upload_s),
-            "streams": len(out.session_after_stop_s),
-            "upload_s": out.upload_s,
-            "session_after_stop_s": out.session_after_stop_s,
-            "stored": stored,
-            "missing": missing,
-            "errors": dict(out.errors),
-            "rss": out.rss,
-            "rss_change_pct": change,
-        }
         (args.out / "soak.json").write_text(json.dumps(report, indent=1))
-        plot(out.rss, args.out / "soak_rss.png")
+    render(report, args.out)
 
 
 if __name__ == "__main__":
