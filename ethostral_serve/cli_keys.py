@@ -34,7 +34,7 @@ def add_keys_parser(sub: Any) -> None:
     c.add_argument("--json", action="store_true", help="print the key and record as JSON")
     ls = ksub.add_parser("list", help="list keys (ids, names, limits; never the keys)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    r = ksub.add_parser("revoke", help="revoke a key by id or name; it stops working at once")
+    r = ksub.add_parser("revoke", help="revoke a key by id or name; refused from its next request")
     r.add_argument("key", metavar="ID_OR_NAME")
 
 

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -36,6 +37,7 @@ unixsocketperm 700
 daemonize no
 dir {dir}
 logfile {logfile}
+pidfile {pidfile}
 dbfilename sessions.rdb
 appendonly yes
 appendfilename sessions.aof
@@ -120,10 +122,29 @@ class EmbeddedRedis:
             if proc is not None and proc.poll() is None:  # ours, alive but not answering
                 proc.kill()
                 proc.wait()
+            self._kill_stalled()
             self._spawn()
             self._wait_until_up()
         self._attached = True
         return True
+
+    def _kill_stalled(self) -> None:
+        """Kill a server of this directory that is alive but does not answer (started by
+        another process), so two servers never append to one AOF."""
+        try:
+            pid = int((self.data_dir / "redis.pid").read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                alive = b"redis" in fh.read()
+        except (OSError, ValueError):
+            return
+        if alive:
+            log.error("the embedded Redis (pid %d) stopped answering: killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            for _ in range(100):  # reaped by its parent, or gone
+                if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+                    break
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """Shut the server down with a final save if this instance started it; else detach."""
@@ -196,6 +217,7 @@ class EmbeddedRedis:
                 socket=_quote(self.socket_path),
                 dir=_quote(self.data_dir),
                 logfile=_quote(self.data_dir / "redis.log"),
+                pidfile=_quote(self.data_dir / "redis.pid"),
             )
         )
         log.info("starting the embedded Redis in %s", self.data_dir)
@@ -236,27 +258,47 @@ class EmbeddedRedis:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ", 1)[1][:1] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 class RedisWatchdog:
     """Restarts an embedded Redis that died, checking every ``every_s`` on a daemon thread.
 
-    Sessions come back from the append-only file; requests in between get 503.
+    A server is restarted once it has failed ``down_checks`` checks in a row (a busy one
+    may miss one); sessions come back from the append-only file; requests in between
+    get 503.
     """
 
-    def __init__(self, embedded: EmbeddedRedis, every_s: float = 1.0) -> None:
+    def __init__(self, embedded: EmbeddedRedis, every_s: float = 1.0, down_checks: int = 3) -> None:
         self.embedded = embedded
         self.every_s = every_s
+        self.down_checks = down_checks
         self.restarts = 0
+        self._down = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> bool:
-        """One check: restart the server if it is down; True when it was restarted."""
+        """One check: restart the server if it has been down ``down_checks`` checks in a
+        row; True when it was restarted."""
+        if self.embedded.running:
+            self._down = 0
+            return False
+        self._down += 1
+        if self._down < self.down_checks:
+            return False
         try:
             restarted = self.embedded.ensure_running()
         except StoreUnavailableError as exc:  # retried at the next check
             log.error("the embedded Redis is down and did not restart: %s", exc)
             return False
         if restarted:
+            self._down = 0
             self.restarts += 1
             log.warning("the embedded Redis in %s had stopped: restarted", self.embedded.data_dir)
         return restarted

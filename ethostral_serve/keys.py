@@ -140,7 +140,7 @@ class KeyStore(RedisStore):
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
     async def revoke(self, id_or_name: str) -> ApiKey:
-        """Delete a key by id or (unique) name; it stops working at once."""
+        """Delete a key by id or (unique) name; its next request is refused."""
         matches = [k for k in await self.list() if id_or_name in (k.id, k.name)]
         if not matches:
             raise KeyNotFoundError(f"no API key with id or name {id_or_name!r}")

@@ -17,7 +17,7 @@ from speech import Conversation, two_speaker_conversation
 from starlette.websockets import WebSocketDisconnect
 
 from ethostral_serve.api.app import create_app
-from ethostral_serve.api.auth import Access
+from ethostral_serve.api.auth import Access, Caller
 from ethostral_serve.api.stream import CLOSE_QUOTA, CLOSE_UNAUTHORIZED
 from ethostral_serve.keys import ApiKey, KeyLimits, KeyStore
 from ethostral_serve.quotas import seconds_to_utc_midnight
@@ -291,3 +291,55 @@ def test_stream_quotas_close_4429(service: Service, talk) -> None:
     assert events[-1]["type"] == "error" and "hours of audio" in events[-1]["detail"]
     listed = service.client.get("/sessions", headers=metered).json()["sessions"]
     assert len(listed) == 1 and listed[0]["segments"] >= 1
+
+
+def test_an_upload_without_a_key_is_refused_before_its_body_is_read(service: Service) -> None:
+    """Without a key, the server answers 401 at once: it never receives the upload."""
+    service.key("someone")
+    sent: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        for i in range(1000):  # 64 MB if it were all read
+            sent.append(i)
+            yield b"\0" * 65536
+
+    r = service.client.post(
+        "/transcribe",
+        content=body(),
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    _unauthorized(r)
+    assert r.headers["connection"] == "close"
+    assert len(sent) <= 1, f"{len(sent)} chunks of the body were read"
+
+
+def test_an_upload_whose_client_left_keeps_its_slot_then_is_stored_and_counted(
+    service: Service,
+) -> None:
+    from ethostral_serve.api.app import _finish_abandoned
+    from ethostral_serve.quotas import QuotaStore
+    from ethostral_serve.schema import Session
+
+    key, headers = service.key("left", audio_hours_per_day=1.0)
+    caller = Caller(key)
+    store = SessionStore(service.url, key_prefix=f"{service.prefix}session:")
+    quotas = QuotaStore(service.url, prefix=service.prefix)
+    access = Access(service.keys, quotas)
+    session = Session(filename="left.wav", language="en", duration_ms=42_000)
+
+    async def go() -> float:
+        try:
+            run: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+            finishing = asyncio.create_task(_finish_abandoned(run, store, access, caller))
+            await asyncio.sleep(0)
+            assert not finishing.done()  # it waits for the run, holding the caller's slot
+            run.set_result(session)
+            await finishing
+            return await quotas.audio_used_s(key.id)
+        finally:
+            for s in (store, quotas, service.keys):
+                await s.aclose()
+
+    assert asyncio.run(go()) == 42.0
+    listed = service.client.get("/sessions", headers=headers).json()["sessions"]
+    assert [s["id"] for s in listed] == [session.id]

@@ -35,7 +35,7 @@ def _kill(server: EmbeddedRedis) -> None:
 
 def test_the_watchdog_restarts_a_killed_server_with_its_sessions(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path).start()
-    watchdog = RedisWatchdog(server)
+    watchdog = RedisWatchdog(server, down_checks=1)
     try:
         assert not watchdog.check()  # up: nothing to do
         session = Session(filename="kept.wav", language="en", duration_ms=1200)
@@ -58,7 +58,7 @@ def test_the_watchdog_restarts_a_killed_server_with_its_sessions(tmp_path: Path)
 def test_a_server_restarted_by_another_process_is_left_alone(tmp_path: Path) -> None:
     first = EmbeddedRedis(tmp_path).start()
     attached = EmbeddedRedis(tmp_path).start()  # another replica reusing the server
-    watchdog = RedisWatchdog(attached)
+    watchdog = RedisWatchdog(attached, down_checks=1)
     try:
         _kill(first)
         assert first.ensure_running()  # the owner's own watchdog got there first
@@ -72,7 +72,7 @@ def test_a_server_restarted_by_another_process_is_left_alone(tmp_path: Path) -> 
 
 def test_a_server_that_cannot_start_is_reported_and_retried(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path, binary="/bin/false", start_timeout_s=1.0)
-    watchdog = RedisWatchdog(server)
+    watchdog = RedisWatchdog(server, down_checks=1)
     assert not watchdog.check()  # logged, not raised: the next check tries again
     assert watchdog.restarts == 0
     assert not watchdog.check()
@@ -85,3 +85,40 @@ def test_the_watchdog_thread_stops_before_the_server_is_stopped(tmp_path: Path) 
     assert watchdog._thread is not None and not watchdog._thread.is_alive()
     server.stop()
     assert not server.running  # nothing brought it back
+
+
+def test_a_server_is_restarted_only_after_it_failed_several_checks_in_a_row(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(tmp_path).start()
+    watchdog = RedisWatchdog(server, down_checks=3)
+    try:
+        _kill(server)
+        assert not watchdog.check() and not watchdog.check()  # maybe only busy
+        assert watchdog.check()  # the third failure in a row: restarted
+        assert server.running
+    finally:
+        watchdog.stop()
+        server.stop()
+
+
+def test_a_stalled_server_is_killed_before_another_starts_on_its_data(tmp_path: Path) -> None:
+    """A server that is alive but answers nothing (here: stopped) must not keep writing
+    to the append-only file a new server uses."""
+    first = EmbeddedRedis(tmp_path).start()
+    attached = EmbeddedRedis(tmp_path).start()  # another replica's view of the same server
+    watchdog = RedisWatchdog(attached, down_checks=1)
+    session = Session(filename="kept.wav", language="en", duration_ms=900)
+    try:
+        assert _save_then_read(SessionStore(first.url), session, session.id) == session
+        assert first._proc is not None
+        stalled = first._proc
+        os.kill(stalled.pid, signal.SIGSTOP)
+        assert watchdog.check()
+        assert stalled.wait(10) == -signal.SIGKILL  # killed, not left running
+        assert attached.owner and attached.running
+        assert _save_then_read(SessionStore(attached.url), None, session.id) == session
+    finally:
+        watchdog.stop()
+        attached.stop()
+        first.stop()

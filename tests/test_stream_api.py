@@ -535,3 +535,51 @@ def test_a_stream_whose_model_replica_dies_closes_1013_and_keeps_its_finals(
     stored = client.get(f"/sessions/{error['session_id']}").json()
     ids = [s["id"] for s in stored["segments"]]
     assert all(f["segment_id"] in ids for f in finals)
+
+
+def test_invalid_audio_closes_1007_after_finalising_what_came_before(
+    engine, stream_backends, redis_url: str
+) -> None:
+    talk = two_speaker_conversation(turns_each=1)
+    good = talk.samples.astype("<f4").tobytes()
+    bad = np.array([0.1, np.nan, 0.2], dtype="<f4").tobytes()
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect(
+            "/transcribe/stream?encoding=pcm_f32le&language=en&emotion=false&diarize=false"
+        ) as ws,
+    ):
+        for i in range(0, len(good), 4 * 3200):
+            ws.send_bytes(good[i : i + 4 * 3200])
+        ws.send_bytes(bad)
+        events: list[dict] = []
+        while not events or events[-1]["type"] != "error":
+            events.append(ws.receive_json())
+        assert _close_code(ws) == 1007
+    assert "NaN" in events[-1]["detail"]
+    finals = [e for e in events if e["type"] == "final" and e["text"]]
+    assert len(finals) >= 2  # both speakers' utterances, the last one finalised at the close
+    stored = client.get(f"/sessions/{events[-1]['session_id']}").json()
+    assert [s["id"] for s in stored["segments"]] == [f["segment_id"] for f in finals]
+
+
+class _DeadModel(_Spy):
+    """Stream backends whose model deployment is down when the stream opens."""
+
+    def check_language(self, language):
+        from ethostral_serve.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("the EthostralModel deployment did not answer")
+
+
+def test_a_stream_opened_while_the_model_is_down_closes_1013(
+    engine, stream_backends, redis_url: str
+) -> None:
+    with (
+        _client(engine, _DeadModel(stream_backends), redis_url) as client,
+        client.websocket_connect("/transcribe/stream") as ws,
+    ):
+        ws.send_bytes(b"\0\0" * 1600)
+        event = ws.receive_json()
+        assert _close_code(ws) == 1013  # try again later, not "bad parameters" (1008)
+    assert event["type"] == "error" and "EthostralModel" in event["detail"]

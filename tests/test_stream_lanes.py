@@ -193,3 +193,25 @@ def test_a_partial_that_waited_too_long_for_the_last_draft_is_skipped() -> None:
         await lanes.drain(send=True)
 
     asyncio.run(scenario())
+
+
+def test_a_stream_is_one_session_however_often_it_is_stored() -> None:
+    """Storing again after a failure replaces the session instead of adding another."""
+    live = LiveStream(StreamParams(emotion=False, diarize=False), _Backends(), Settings())
+    first, again = live.session(), live.session()
+    assert first.id == again.id and first.created_at == again.created_at
+    other = LiveStream(StreamParams(emotion=False, diarize=False), _Backends(), Settings())
+    assert other.session().id != first.id
+
+
+def test_invalid_samples_end_the_audio_after_the_valid_ones() -> None:
+    import numpy as np
+
+    live = LiveStream(StreamParams(encoding="pcm_f32le"), _Backends(), Settings())
+    x = np.array([0.1, 0.2, np.inf, 0.3], dtype="<f4")
+    assert list(live.decode(x.tobytes())) == pytest.approx([0.1, 0.2])
+    assert live.bad_audio is not None and "NaN or inf" in live.bad_audio
+    from ethostral_serve.pipeline.live_stream import InvalidStreamAudio
+
+    with pytest.raises(InvalidStreamAudio):
+        live.decode(np.zeros(4, "<f4").tobytes())  # nothing after it is taken

@@ -22,7 +22,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from ethostral_serve.api.auth import AUTH_CHALLENGE, Access, Caller, http_credentials
+from ethostral_serve.api.auth import (
+    AUTH_CHALLENGE,
+    RETRY_AFTER_S,
+    Access,
+    AuthMiddleware,
+    Caller,
+    http_credentials,
+)
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
 from ethostral_serve.api.openapi import error_responses, install_openapi, subtitle_responses
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
@@ -44,7 +51,6 @@ from ethostral_serve.subtitles import to_srt, to_vtt
 
 log = logging.getLogger("ethostral_serve.api")
 
-RETRY_AFTER_S = 5
 HealthCheck = Callable[[], Awaitable[None]]
 
 API_DESCRIPTION = """\
@@ -143,6 +149,8 @@ def create_app(
             f"upload is larger than the {n / 1e6:g} MB limit (ETHOSTRAL_LIMITS__MAX_UPLOAD_MB)"
         ),
     )
+    if access.required:  # outermost: no body is read before the key is checked
+        app.add_middleware(AuthMiddleware, access=access)
     install_error_handlers(app)
     # Each upload holds a thread while the pipeline runs (asyncio's default pool has
     # only cores + 4), so uploads get their own pool.
@@ -200,11 +208,18 @@ def create_app(
         )
         context = contextvars.copy_context()  # tracing context reaches the thread
         async with access.slot(caller, "uploads"):
-            session = await asyncio.get_running_loop().run_in_executor(
+            run = asyncio.get_running_loop().run_in_executor(
                 runs, context.run, runner.run, file.file, filename, options
             )
+            try:
+                session = await asyncio.shield(run)
+            except asyncio.CancelledError:
+                # The client went away; the run goes on in its thread. It keeps its slot
+                # until it ends, then is stored (GET /sessions lists it) and counted.
+                await asyncio.shield(_finish_abandoned(run, store, access, caller))
+                raise
         await store.save(session, owner=caller.owner)
-        await access.add_audio(caller, session.duration_ms / 1000)
+        await _count_audio(access, caller, session)
         return session
 
     @app.get(
@@ -285,13 +300,37 @@ def create_app(
         responses={503: {"model": Health, "description": "something is not ready"}},
     )
     async def healthz() -> JSONResponse:
-        results = await asyncio.gather(*(_check(fn) for fn in checks.values()))
+        # Behind API keys /healthz is open to anyone: it names what failed, not how.
+        results = await asyncio.gather(
+            *(_check(fn, detailed=not access.required) for fn in checks.values())
+        )
         report = dict(zip(checks, results, strict=True))
         ok = all(v == "ok" for v in report.values())
         body = Health(status="ok" if ok else "unavailable", checks=report)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     return app
+
+
+async def _count_audio(access: Access, caller: Caller, session: Session) -> None:
+    """Count a stored session's audio against the caller's key; a Redis failure here
+    must not turn a stored result into an error the client would retry."""
+    try:
+        await access.add_audio(caller, session.duration_ms / 1000)
+    except EthostralError as exc:
+        log.warning("audio of session %s not counted: %s", session.id, exc.detail)
+
+
+async def _finish_abandoned(
+    run: asyncio.Future[Session], store: SessionStorage, access: Access, caller: Caller
+) -> None:
+    """Wait for a run whose client left; store and count its session."""
+    try:
+        session = await run
+        await store.save(session, owner=caller.owner)
+        await _count_audio(access, caller, session)
+    except Exception as exc:  # nobody is waiting for the answer
+        log.warning("an abandoned upload did not complete: %r", exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -335,7 +374,11 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def current_caller(request: Request) -> Caller:
-    """The request's caller, authenticated by the app's :class:`Access` (401 if needed)."""
+    """The request's caller: authenticated by :class:`AuthMiddleware` when keys are on,
+    else by the app's :class:`Access` (anonymous)."""
+    caller = getattr(request.state, "caller", None)
+    if isinstance(caller, Caller):
+        return caller
     access: Access = request.app.state.access
     return await access.authenticate(http_credentials(request.headers))
 
@@ -373,7 +416,7 @@ def _subtitle(text: str, session: Session, ext: str, media_type: str) -> Respons
 HEALTH_TIMEOUT_S = 5.0
 
 
-async def _check(fn: HealthCheck) -> str:
+async def _check(fn: HealthCheck, detailed: bool = True) -> str:
     try:
         await asyncio.wait_for(fn(), timeout=HEALTH_TIMEOUT_S)
     except TimeoutError:
@@ -382,5 +425,8 @@ async def _check(fn: HealthCheck) -> str:
             "being replaced after a crash, or overloaded)"
         )
     except Exception as exc:  # a health check reports, it does not raise
+        if not detailed:
+            log.warning("health check failed: %r", exc)
+            return "unavailable (the server log has the details)"
         return f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
     return "ok"

@@ -12,7 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from ethostral_serve.errors import AuthenticationError
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ethostral_serve.errors import AuthenticationError, EthostralError
 from ethostral_serve.keys import ApiKey, KeyStore
 from ethostral_serve.quotas import QuotaStore, SlotKind
 from ethostral_serve.settings import Settings
@@ -20,6 +23,7 @@ from ethostral_serve.settings import Settings
 SCHEMES = ("bearer", "token")
 AUTH_CHALLENGE = 'Bearer realm="ethostral"'  # the WWW-Authenticate header of a 401
 CREATE_HINT = "create one on the server with `ethostral keys create --name NAME`"
+RETRY_AFTER_S = 5  # the Retry-After of a 503
 
 
 @dataclass(frozen=True)
@@ -127,3 +131,40 @@ class Access:
         for store in (self.keys, self.quotas):
             if store is not None:
                 await store.aclose()
+
+
+OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
+
+class AuthMiddleware:
+    """Authenticates every HTTP request but the open paths before its body is read, so a
+    caller without a valid key cannot make the server receive an upload (401 at once).
+
+    The caller is left in ``scope["state"]["caller"]`` for the routes (``request.state``).
+    """
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            caller = await self.access.authenticate(http_credentials(headers))
+        except EthostralError as exc:  # 401, or 503 when the key store is down
+            extra = {"WWW-Authenticate": AUTH_CHALLENGE} if exc.status_code == 401 else {}
+            if exc.status_code == 503:
+                extra = {"Retry-After": str(RETRY_AFTER_S)}
+            response = JSONResponse(
+                {"detail": exc.detail},
+                status_code=exc.status_code,
+                # the unread body stays unread: the connection is not reused
+                headers={**extra, "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)

@@ -56,7 +56,6 @@ from ethostral_serve.errors import (
 )
 from ethostral_serve.languages import requested_language
 from ethostral_serve.pipeline.live_stream import (
-    InvalidStreamAudio,
     LiveStream,
     StreamParams,
     coalesce,
@@ -342,8 +341,9 @@ async def _serve_admitted(
             )
             if stopped:
                 session_id = await _store(live, store, owner)
-                await ws.send_json({"type": "session", "session_id": session_id})
-                await ws.close(CLOSE_NORMAL)
+                with contextlib.suppress(Exception):  # a client gone after stop: stored
+                    await ws.send_json({"type": "session", "session_id": session_id})
+                    await ws.close(CLOSE_NORMAL)
             else:  # the client went away: keep what was finalised
                 await _store(live, store, owner)
         except StreamClosed as exc:
@@ -368,6 +368,7 @@ async def _serve_admitted(
         finally:
             reader.cancel()
             if opened:
+                opened[0].lanes.cancel()  # nothing is left running (a no-op once drained)
                 with contextlib.suppress(EthostralError):
                     await asyncio.shield(usage.update(opened[0].live.duration_s, final=True))
 
@@ -463,7 +464,11 @@ async def _run(
             continue
         conn = opened[0]
         if audio:
-            await _process(conn, b"".join(audio))
+            try:
+                await _process(conn, b"".join(audio))
+            except StreamClosed:  # invalid audio: what came before it is still finalised
+                await _finish(conn, send=True)
+                raise
             try:
                 await usage.update(conn.live.duration_s)
             except QuotaExceededError as exc:
@@ -493,6 +498,8 @@ async def _open(
     try:
         language = await capacity.call(backends.check_language, requested_language(params.language))
         adapter = await capacity.call(backends.check_adapter, params.adapter)
+    except BackendUnavailableError:
+        raise  # the model is down, not the parameters wrong: 1013
     except EthostralError as exc:
         raise StreamClosed(CLOSE_POLICY, exc.detail) from None
     params = params.model_copy(update={"language": language, "adapter": adapter})
@@ -502,20 +509,24 @@ async def _open(
 
 
 async def _process(conn: Connection, data: bytes) -> None:
-    try:
-        samples = conn.live.decode(data)
-    except InvalidStreamAudio as exc:
-        raise StreamClosed(CLOSE_INVALID_DATA, str(exc)) from None
+    """Decode and endpoint new audio; invalid samples end the stream (1007) after the
+    valid audio before them is processed."""
+    samples = conn.live.decode(data)
     if samples.size:
         conn.lanes.submit(await conn.capacity.call(conn.live.step, samples))
+    if conn.live.bad_audio is not None:
+        raise StreamClosed(CLOSE_INVALID_DATA, conn.live.bad_audio)
 
 
 async def _finish(conn: Connection, send: bool) -> None:
     """Finalise the open utterance and run every queued final."""
     live = conn.live
     live.finished = True
-    tail = live.decode(b"", last=True)
-    due = await conn.capacity.call(live.step, tail) if tail.size else []
+    due = []
+    if live.bad_audio is None:  # flush the resampler (after invalid audio: nothing more)
+        tail = live.decode(b"", last=True)
+        if tail.size:
+            due = await conn.capacity.call(live.step, tail)
     conn.lanes.submit([d for d in coalesce(due + live.tracker.finish()) if d.kind == "final"])
     await conn.lanes.drain(send)
     await conn.capacity.call(live.refine_speakers)

@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +90,12 @@ class LiveStream:
     _segment_ids: dict[int, str] = field(default_factory=dict)
     _last_speaker: str = "s0"
     finished: bool = False  # no more audio will come
+    bad_audio: str | None = None  # why the audio ended early (invalid samples)
+    # One stream is one session: storing it again (after a failure) replaces it.
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
+    )
 
     def __post_init__(self) -> None:
         s = self.settings.stream
@@ -121,7 +128,13 @@ class LiveStream:
         return self.tracker.total_samples / SAMPLE_RATE
 
     def decode(self, data: bytes, last: bool = False) -> np.ndarray:
-        """Raw PCM bytes (any split) → 16 kHz float32 samples."""
+        """Raw PCM bytes (any split) → 16 kHz float32 samples.
+
+        Samples that are not finite (``pcm_f32le``) end the audio: the samples before
+        them are returned, and :attr:`bad_audio` says what was wrong.
+        """
+        if self.bad_audio is not None:
+            raise InvalidStreamAudio(self.bad_audio)
         width = 2 if self.params.encoding == "pcm_s16le" else 4
         data = self._rest + data
         usable = len(data) - len(data) % width
@@ -130,8 +143,11 @@ class LiveStream:
             x = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
         else:
             x = np.frombuffer(data[:usable], dtype="<f4").astype(np.float32)
-            if not np.all(np.isfinite(x)):
-                raise InvalidStreamAudio("pcm_f32le audio holds NaN or inf")
+            finite = np.isfinite(x)
+            if not np.all(finite):
+                x = x[: int(np.argmin(finite))]
+                self._rest = b""
+                self.bad_audio = "pcm_f32le audio holds NaN or inf"
         if self._resampler is not None:
             x = self._resampler.resample_chunk(x, last=last)
         return np.asarray(x, dtype=np.float32)
@@ -214,6 +230,8 @@ class LiveStream:
     def session(self) -> Session:
         """Everything finalised so far, as a Session."""
         return Session(
+            id=self.session_id,
+            created_at=self.created_at,
             filename=self.params.filename,
             language=self.language or self.params.language or UNDETERMINED_LANGUAGE,
             duration_ms=to_ms(self.duration_s),
