@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # A `next_cursor` (creation score in ms, then the session id), or "" (the first page).
 CURSOR_PATTERN = r"^(?:[0-9]+_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$"
 _CURSOR = re.compile(CURSOR_PATTERN)
+_TTL_SLACK_MS = 3_600_000  # a session may be stored up to an hour after it began
 _INDEX_VERSION = "1"  # bump to re-run the backfill of sessions stored before the index
 
 
@@ -93,6 +95,12 @@ class SessionStore(RedisStore):
         the API key ``owner`` (None: no key)."""
         score = _score(session)
         tx = self._client().pipeline(transaction=True)
+        if self.ttl_s is not None:
+            # Entries of sessions that have expired since (created more than ttl_s ago)
+            # go first, so an index nobody lists does not grow forever.
+            cutoff = time.time() * 1000 - self.ttl_s * 1000 - _TTL_SLACK_MS
+            for index in {self.index_key(), self.index_key(owner)}:
+                tx.zremrangebyscore(index, "-inf", f"({cutoff}")
         tx.set(self.key(session.id), session.model_dump_json(), ex=self.ttl_s)
         if owner:
             tx.set(self.owner_key(session.id), owner, ex=self.ttl_s)

@@ -662,3 +662,35 @@ def test_delete_while_redis_is_down_leaves_no_unawaited_coroutine() -> None:
             run(store.delete(str(uuid.uuid4())), store)
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_saving_drops_index_entries_of_sessions_past_their_ttl(
+    redis_url: str, raw: redis.Redis, prefix: str
+) -> None:
+    """With a TTL, expired sessions' entries leave every index the save touches, even
+    one that is never listed (the global index, when every caller has a key)."""
+    store = SessionStore(redis_url, key_prefix=prefix, ttl_s=600)
+    old = make_session().model_copy(
+        update={"id": str(uuid.uuid4()), "created_at": "2020-01-01T00:00:00.000+00:00"}
+    )
+    new = make_session().model_copy(update={"id": str(uuid.uuid4())})
+
+    async def go() -> None:
+        await store.save(old, owner="key_a")
+        raw.delete(f"{prefix}{old.id}")  # expired meanwhile
+        await store.save(new, owner="key_a")
+
+    run(go(), store)
+    for index in (f"{prefix}index", f"{prefix}index:key_a"):
+        assert [m.decode() for m in raw.zrange(index, 0, -1)] == [new.id]
+
+
+def test_a_session_saved_long_after_it_began_stays_listed(
+    redis_url: str, raw: redis.Redis, prefix: str
+) -> None:
+    store = SessionStore(redis_url, key_prefix=prefix, ttl_s=600)
+    late = make_session().model_copy(
+        update={"id": str(uuid.uuid4()), "created_at": "2020-01-01T00:00:00.000+00:00"}
+    )
+    run(store.save(late), store)
+    assert [s.id for s in run(store.list(), store).sessions] == [late.id]
