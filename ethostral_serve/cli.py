@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ethostral_serve.cli_keys import add_keys_parser, run_keys
+from ethostral_serve.cli_serve import add_serve_parser, run_serve
 from ethostral_serve.errors import EthostralError
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         help="API key of a service that requires one (default: $ETHOSTRAL_API_KEY)",
     )
     add_keys_parser(sub)
+    add_serve_parser(sub)
     m = sub.add_parser("models", help="check the bundled models, download production ones")
     msub = m.add_subparsers(dest="models_command", required=True)
     msub.add_parser(
@@ -322,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stream(args)
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "serve":
+        return run_serve(args)
     return 2  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -1,5 +1,10 @@
-"""``serve run serve_config.yaml`` as a user runs it, stopped with SIGINT or SIGTERM: a
-clean exit, nothing left running (the embedded Redis included), sessions on disk."""
+"""The service as a user runs it, stopped: ``serve run`` with Ctrl-C (SIGINT), and
+``ethostral serve`` with SIGTERM (a service manager) or SIGINT. Each exits cleanly,
+leaves nothing running (the embedded Redis included), and keeps its sessions on disk.
+
+Ray's ``serve run`` alone does not shut Serve down on SIGTERM (``ray.init``'s handler
+exits at once; it has aborted during teardown): that is what ``ethostral serve`` is for.
+"""
 
 from __future__ import annotations
 
@@ -55,8 +60,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30
     raise AssertionError(f"serve run never became healthy within {timeout_s:g} s")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_run_exits_cleanly_and_keeps_sessions(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("serve", signal.SIGINT), ("ethostral", signal.SIGTERM), ("ethostral", signal.SIGINT)],
+    ids=["serve-run-SIGINT", "ethostral-serve-SIGTERM", "ethostral-serve-SIGINT"],
+)
+def test_the_service_exits_cleanly_and_keeps_sessions(
+    tmp_path: Path, command: str, sig: signal.Signals
+) -> None:
     port = free_port()
     redis_dir = tmp_path / "redis"
     env = {
@@ -66,9 +77,10 @@ def test_serve_run_exits_cleanly_and_keeps_sessions(tmp_path: Path, sig: signal.
         "ETHOSTRAL_REDIS__URL": "",
         "REDIS_URL": "",
     }
-    serve = Path(sys.executable).parent / "serve"
+    program = Path(sys.executable).parent / command
+    verb = "run" if command == "serve" else "serve"
     proc = subprocess.Popen(
-        [str(serve), "run", str(_config(tmp_path, port))],
+        [str(program), verb, str(_config(tmp_path, port))],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -91,8 +103,7 @@ def test_serve_run_exits_cleanly_and_keeps_sessions(tmp_path: Path, sig: signal.
 
         asyncio.run(save())
         proc.send_signal(sig)
-        # 0 after Ctrl-C; serve run exits with the signal number after SIGTERM
-        assert proc.wait(timeout=120) in (0, sig, -sig, 128 + sig), "serve run did not exit"
+        assert proc.wait(timeout=120) == 0, f"{command} did not exit cleanly"
         psutil.wait_procs(children, timeout=30)
         left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert not left, [(c.pid, " ".join(c.cmdline())[:120]) for c in left]

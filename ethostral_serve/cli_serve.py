@@ -1,0 +1,49 @@
+"""``ethostral serve``: ``serve run CONFIG`` under a parent that turns SIGTERM into Ctrl-C.
+
+Ray's ``serve run`` shuts Serve down cleanly only on Ctrl-C (SIGINT). On SIGTERM, which
+service managers send (systemd, ``docker stop``, Kubernetes), ``ray.init``'s handler
+exits at once without ``serve.shutdown()``, and the interpreter may abort while Ray
+tears down. This wrapper runs ``serve run`` in its own session and forwards SIGTERM and
+SIGINT to it as one SIGINT, so both end the way Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+
+def add_serve_parser(sub: Any) -> None:
+    """Add ``serve [CONFIG]`` to the command line's sub-commands."""
+    s = sub.add_parser(
+        "serve",
+        help="run the service (serve run CONFIG) so that SIGTERM stops it cleanly",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    s.add_argument(
+        "config", nargs="?", default="serve_config.yaml", help="Serve config (default: %(default)s)"
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``serve run CONFIG`` until it exits; its exit code."""
+    serve = Path(sys.executable).with_name("serve")
+    # Its own session: a terminal's Ctrl-C reaches only this process, which forwards it
+    # once (a second SIGINT would interrupt Serve's shutdown).
+    child = subprocess.Popen([str(serve), "run", args.config], start_new_session=True)
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        # First signal: shut down as Ctrl-C does. Another: stop waiting for that.
+        child.send_signal(signal.SIGTERM if stopping else signal.SIGINT)
+        stopping = True
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return child.wait()
