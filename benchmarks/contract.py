@@ -18,17 +18,17 @@ The same hooks serve ``tests/test_contract.py``, which runs the check in-process
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import subprocess
 import sys
-import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.serve_upload import wav_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "schemathesis.toml"
@@ -40,17 +40,6 @@ FORM = "multipart/form-data"
 # costs milliseconds (no speech, so no ASR); random bytes stop at decoding (415).
 REAL_UPLOAD_ONE_IN = 4
 SPEAKER_FIELDS = ("min_speakers", "num_speakers", "max_speakers")
-
-
-def wav_bytes(samples: np.ndarray, sample_rate: int = 16_000) -> bytes:
-    """Mono float samples in [-1, 1] as a 16-bit PCM WAV file."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 SILENCE = wav_bytes(np.zeros(8_000, np.float32))
