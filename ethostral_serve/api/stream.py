@@ -287,12 +287,15 @@ async def serve_stream(
 ) -> None:
     """Run one WebSocket stream to its end (see the module docstring)."""
     access = access or Access()
-    subprotocol = websocket_credentials(ws.headers).subprotocol
+    credentials = websocket_credentials(ws.headers)
+    subprotocol = credentials.subprotocol
     try:
-        caller = await access.authenticate(websocket_credentials(ws.headers))
+        caller = await access.authenticate(credentials)
         async with access.slot(caller, "streams"):
             await access.check_audio(caller)
-            await _serve_admitted(ws, backends, store, settings, capacity, access, caller)
+            await _serve_admitted(
+                ws, backends, store, settings, capacity, access, caller, subprotocol
+            )
     except AuthenticationError as exc:
         await _refuse(ws, subprotocol, CLOSE_UNAUTHORIZED, exc.detail)
     except QuotaExceededError as exc:
@@ -318,11 +321,12 @@ async def _serve_admitted(
     capacity: StreamCapacity,
     access: Access,
     caller: Caller,
+    subprotocol: str | None,
 ) -> None:
     usage = StreamUsage(access, caller)
     owner = caller.owner
     async with capacity.slot() as admitted:
-        await ws.accept(subprotocol=websocket_credentials(ws.headers).subprotocol)
+        await ws.accept(subprotocol=subprotocol)
         if not admitted:
             await _close(
                 ws,
