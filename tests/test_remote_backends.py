@@ -213,10 +213,10 @@ def test_a_deployment_that_does_not_answer_is_a_503() -> None:
 
 
 def test_stream_finals_share_one_window_call_and_get_an_emotion_each() -> None:
-    from ethostral_serve.serve.remote import RemoteStreamBackends
+    from ethostral_serve.serve.remote import RemoteSpeechModel, RemoteStreamBackends
 
     handle = _FakeModelHandle()
-    backends = RemoteStreamBackends(None, None, handle)
+    backends = RemoteStreamBackends(None, None, RemoteSpeechModel(handle))
     first = np.full(32000, 7.0, np.float32)  # 2 s; the fake names words by the first sample
     second = np.full(16000, 9.0, np.float32)
     results = backends.finals([first, second], "en", emotion=True)
@@ -233,20 +233,20 @@ def test_stream_finals_share_one_window_call_and_get_an_emotion_each() -> None:
 
 
 def test_a_lone_final_without_words_is_not_read_twice() -> None:
-    from ethostral_serve.serve.remote import RemoteStreamBackends
+    from ethostral_serve.serve.remote import RemoteSpeechModel, RemoteStreamBackends
 
     handle = _FakeModelHandle()
-    backends = RemoteStreamBackends(None, None, handle)
+    backends = RemoteStreamBackends(None, None, RemoteSpeechModel(handle))
     nothing = np.zeros(0, np.float32)  # the fake finds no word in no audio
     (result,) = backends.finals([nothing], "en", emotion=False)
     assert result.words == [] and len(handle.transcribe_window.calls) == 1
 
 
 def test_stream_finals_take_an_utterances_inline_emotion_over_the_classifier() -> None:
-    from ethostral_serve.serve.remote import RemoteStreamBackends
+    from ethostral_serve.serve.remote import RemoteSpeechModel, RemoteStreamBackends
 
     handle = _FakeModelHandle(tagged=(7,))  # the joined window's tag sits 0.2 s in
-    backends = RemoteStreamBackends(None, None, handle)
+    backends = RemoteStreamBackends(None, None, RemoteSpeechModel(handle))
     first = np.full(32000, 7.0, np.float32)
     second = np.full(16000, 9.0, np.float32)
     results = backends.finals([first, second], "en", emotion=True)

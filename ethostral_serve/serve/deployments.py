@@ -285,7 +285,7 @@ class Ingress:
             self.speech,
             make_tracer(self.settings.tracing),
         )
-        self.stream_backends = RemoteStreamBackends(vad, diarizer, model, timeout)
+        self.stream_backends = RemoteStreamBackends(vad, diarizer, self.speech, timeout)
 
     def __del__(self) -> None:
         # Serve calls this when the replica shuts down: stop the embedded Redis this

@@ -270,11 +270,16 @@ class RemoteStreamBackends(ModelStreamBackends):
     """``StreamBackends`` over the deployments (VAD steps are batched across streams)."""
 
     def __init__(
-        self, vad: Any, diarizer: Any, model: Any, timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        vad: Any,
+        diarizer: Any,
+        model: RemoteSpeechModel,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        """``model``: the ingress's speech model (one model-info call serves both)."""
         self._vad = vad
         self._diarizer = diarizer
-        self.model = RemoteSpeechModel(model, timeout_s)
+        self.model = model
         self.timeout_s = timeout_s
 
     def new_vad_state(self) -> Any:
