@@ -18,6 +18,7 @@ from redis_server import free_port
 from speech import meeting_minute, two_speaker_conversation
 
 from benchmarks.processes import cpu_seconds, redis_pids, replica_pids
+from benchmarks.serve_upload import wav_bytes
 from ethostral_serve.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -96,16 +97,7 @@ def _replica_pid(deployment: str) -> int:
 def _upload(
     graph: Graph, samples: np.ndarray, headers: dict[str, str], timeout: float = 300
 ) -> httpx.Response:
-    import io
-    import wave
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    files = {"file": ("talk.wav", buf.getvalue(), "audio/wav")}
+    files = {"file": ("talk.wav", wav_bytes(samples), "audio/wav")}
     data = {"language": "en", "emotion": "false"}
     return httpx.post(
         f"{graph.url}/transcribe", files=files, data=data, headers=headers, timeout=timeout
