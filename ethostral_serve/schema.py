@@ -20,6 +20,11 @@ EMOTION_LABELS: tuple[str, ...] = (
 )
 
 
+def now_iso() -> str:
+    """The current UTC time as sessions record it (ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 class Emotion(BaseModel):
     """How a segment sounded: a category plus valence, arousal and dominance."""
 
@@ -98,9 +103,7 @@ class Session(BaseModel):
     filename: str
     language: str
     duration_ms: int = Field(ge=0)
-    created_at: str = Field(
-        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
-    )
+    created_at: str = Field(default_factory=now_iso)
     segments: list[Segment] = Field(default_factory=list)
 
 

@@ -8,7 +8,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +29,7 @@ from ethostral_serve.pipeline.streaming import (
     StreamTracker,
 )
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
-from ethostral_serve.schema import Emotion, Segment, Session
+from ethostral_serve.schema import Emotion, Segment, Session, now_iso
 from ethostral_serve.settings import Settings, stream_speaker_threshold
 
 log = logging.getLogger("ethostral_serve.stream")
@@ -93,9 +92,7 @@ class LiveStream:
     bad_audio: str | None = None  # why the audio ended early (invalid samples)
     # One stream is one session: storing it again (after a failure) replaces it.
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created_at: str = field(
-        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
-    )
+    created_at: str = field(default_factory=now_iso)
 
     def __post_init__(self) -> None:
         s = self.settings.stream
