@@ -33,17 +33,21 @@ def add_serve_parser(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve run CONFIG`` until it exits; its exit code."""
     serve = Path(sys.executable).with_name("serve")
-    # Its own session: a terminal's Ctrl-C reaches only this process, which forwards it
-    # once (a second SIGINT would interrupt Serve's shutdown).
-    child = subprocess.Popen([str(serve), "run", args.config], start_new_session=True)
+    children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         # First signal: shut down as Ctrl-C does. Another: stop waiting for that.
-        child.send_signal(signal.SIGTERM if stopping else signal.SIGINT)
+        for child in children:
+            child.send_signal(signal.SIGTERM if stopping else signal.SIGINT)
         stopping = True
 
+    # Handlers first: a started child then gets SIGINT at its default, not the "ignored"
+    # a shell gives background jobs (under which serve run would never see Ctrl-C).
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return child.wait()
+    # Its own session: a terminal's Ctrl-C reaches only this process, which forwards it
+    # once (a second SIGINT would interrupt Serve's shutdown).
+    children.append(subprocess.Popen([str(serve), "run", args.config], start_new_session=True))
+    return children[0].wait()

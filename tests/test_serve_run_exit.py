@@ -60,6 +60,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30
     raise AssertionError(f"serve run never became healthy within {timeout_s:g} s")
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize(
     ("command", "sig"),
     [("serve", signal.SIGINT), ("ethostral", signal.SIGTERM), ("ethostral", signal.SIGINT)],
@@ -86,6 +90,9 @@ def test_the_service_exits_cleanly_and_keeps_sessions(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, like a terminal's foreground job
+        # ethostral serve as a shell's background job (`cmd &`), which starts with SIGINT
+        # ignored: its serve run must still get the Ctrl-C it forwards.
+        preexec_fn=_ignore_sigint if command == "ethostral" else None,
     )
     try:
         url = f"http://127.0.0.1:{port}"
