@@ -115,7 +115,9 @@ def test_the_service_exits_cleanly_and_keeps_sessions(
         left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert not left, [(c.pid, " ".join(c.cmdline())[:120]) for c in left]
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failed run leaves nothing behind either (serve run
+            for child in _descendants(proc.pid):  # may sit in a session of its own)
+                child.kill()
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     # The data was flushed: a new server on the same directory has the session.
