@@ -15,7 +15,7 @@ from ethostral_serve.cli_serve import add_serve_parser, run_serve
 from ethostral_serve.errors import EthostralError
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
-from ethostral_serve.schema import Session
+from ethostral_serve.schema import Job, Session
 from ethostral_serve.subtitles import to_srt, to_vtt
 
 FORMATS = ("json", "jsonl", "srt", "vtt")
@@ -73,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         help="output file; with several files and json/srt/vtt, a directory",
     )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    t.add_argument(
+        "--url",
+        help="send the files to a running service (e.g. http://127.0.0.1:8000) as jobs, "
+        "with a progress bar, instead of loading the models here",
+    )
+    t.add_argument(
+        "--api-key",
+        default=os.environ.get("ETHOSTRAL_API_KEY"),
+        help="with --url: API key of a service that requires one (default: $ETHOSTRAL_API_KEY)",
+    )
     st = sub.add_parser(
         "stream",
         help="stream a file to a running service and print its live events",
@@ -203,12 +213,14 @@ def _transcribe(args: argparse.Namespace) -> int:
         return 2
 
     say = _Progress(args.quiet)
-    settings = Settings()
     try:
         speakers = _speaker_count(args)
     except ValueError as exc:
         print(f"ethostral: error: {exc}", file=sys.stderr)
         return 2
+    if args.url:
+        return _transcribe_remote(args, speakers, out_dir)
+    settings = Settings()
     options = TranscribeOptions(
         language=args.language,
         diarize=not args.no_diarize,
@@ -273,6 +285,108 @@ def _transcribe(args: argparse.Namespace) -> int:
         if sink is not sys.stdout:
             sink.close()
     return 1 if failures else 0
+
+
+def _transcribe_remote(
+    args: argparse.Namespace, speakers: SpeakerCount | None, out_dir: Path | None
+) -> int:
+    """``transcribe --url``: each file as a job of the running service, with progress."""
+    import httpx
+
+    from ethostral_serve.client import ApiError, Client
+
+    options: dict[str, object] = {
+        "language": args.language,
+        "adapter": args.adapter,
+        "diarize": not args.no_diarize,
+        "emotion": not args.no_emotion,
+    }
+    if speakers is not None:
+        options.update(
+            num_speakers=speakers.num, min_speakers=speakers.min, max_speakers=speakers.max
+        )
+    many = len(args.files) > 1
+    failures = 0
+    results: list[Session] = []
+    single_out = args.output if args.output is not None and out_dir is None else None
+    sink = single_out.open("w", encoding="utf-8") if single_out is not None else sys.stdout
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            for index, path in enumerate(args.files, start=1):
+                bar = ProgressBar(f"[{index}/{len(args.files)}] {path.name}", args.quiet)
+                try:
+                    session = client.transcribe(path, on_progress=bar.update, **options)
+                except ApiError as exc:
+                    failures += 1
+                    bar.close()
+                    print(f"ethostral: error: {path}: {exc.detail}", file=sys.stderr)
+                    if exc.status_code in (401, 403):
+                        break  # every other file would be refused the same way
+                    continue
+                except OSError as exc:
+                    failures += 1
+                    bar.close()
+                    print(f"ethostral: error: {path}: {exc}", file=sys.stderr)
+                    continue
+                except httpx.HTTPError as exc:
+                    bar.close()
+                    print(f"ethostral: cannot reach {args.url}: {exc}", file=sys.stderr)
+                    return 1
+                bar.close(f"{len(session.segments)} segments")
+                if out_dir is not None:
+                    target = out_dir / f"{path.stem}.{_EXT[args.format]}"
+                    target.write_text(_render(session, args.format), encoding="utf-8")
+                elif args.format == "json" and many:
+                    results.append(session)
+                else:
+                    sink.write(_render(session, args.format))
+                    sink.flush()
+        if args.format == "json" and many and out_dir is None:
+            payload = [json.loads(s.model_dump_json()) for s in results]
+            sink.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return 1 if failures else 0
+
+
+class ProgressBar:
+    """One job's progress on stderr: a bar redrawn in place on a terminal, else a line
+    per stage."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.started = time.perf_counter()
+        self.last: tuple[str, str | None] | None = None
+
+    def update(self, job: Job) -> None:
+        """Show a job state."""
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self.started
+        what = job.stage or job.status
+        if self.tty:
+            filled = round(job.progress * self.WIDTH)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            line = f"{self.label} [{bar}] {job.progress:4.0%} {what:<8} {elapsed:6.1f} s"
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif (job.status, job.stage) != self.last:
+            print(f"{self.label}: {what} {job.progress:.0%} ({elapsed:.1f} s)", file=sys.stderr)
+        self.last = (job.status, job.stage)
+
+    def close(self, summary: str | None = None) -> None:
+        """End the bar's line."""
+        if self.quiet:
+            return
+        if self.tty and self.last is not None:
+            print(file=sys.stderr)
+        if summary:
+            elapsed = time.perf_counter() - self.started
+            print(f"{self.label}: {summary} in {elapsed:.1f} s", file=sys.stderr, flush=True)
 
 
 def _stream(args: argparse.Namespace) -> int:

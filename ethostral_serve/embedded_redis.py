@@ -15,14 +15,15 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from ethostral_serve.errors import StoreUnavailableError
+from ethostral_serve.errors import ConfigurationError, StoreUnavailableError
 from ethostral_serve.settings import Settings
 
 log = logging.getLogger("ethostral_serve.embedded_redis")
@@ -320,14 +321,42 @@ class RedisWatchdog:
             self.check()
 
 
-def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+def alive_ray_nodes() -> int | None:
+    """How many nodes of the Ray cluster this process is connected to are alive; None when
+    it is not connected (Ray not imported or not initialised, e.g. the CLI).
+
+    Never imports Ray: a process that has not imported it cannot be connected.
+    """
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def resolve_redis_url(
+    settings: Settings, count_nodes: Callable[[], int | None] = alive_ray_nodes
+) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use: ``settings.redis.url``, else a started :class:`EmbeddedRedis`.
 
     The embedded server keeps its data in ``settings.redis.data_dir`` (default
     ``<cache_dir>/redis``); the caller owns the returned instance and may ``stop()`` it.
+    It listens on a unix socket of this machine only, so on a Ray cluster of more than one
+    alive node (``count_nodes``) it is refused with a :class:`ConfigurationError`.
     """
     if settings.redis.url:
         return settings.redis.url, None
+    nodes = count_nodes()
+    if nodes is not None and nodes > 1:
+        raise ConfigurationError(
+            "the embedded Redis serves only the machine it runs on, but this Ray cluster "
+            f"has {nodes} alive nodes: sessions need a shared Redis on a multi-node "
+            "cluster. Set redis.url (in the Serve config's args.settings) or "
+            "ETHOSTRAL_REDIS__URL (on every node) to a Redis that every node reaches, "
+            "e.g. redis://HOST:6379/0"
+        )
     data_dir = settings.redis.data_dir or settings.cache_dir / "redis"
     embedded = EmbeddedRedis(data_dir).start()
     return embedded.url, embedded

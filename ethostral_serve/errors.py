@@ -83,6 +83,12 @@ class InvalidRequestError(EthostralError):
     status_code = 422
 
 
+class ConfigurationError(EthostralError):
+    """The service is configured in a way that cannot work (a deployment fault)."""
+
+    status_code = 500
+
+
 class BackendUnavailableError(EthostralError):
     """A model deployment did not answer in time (overloaded, pending or gone)."""
 

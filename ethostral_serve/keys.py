@@ -116,6 +116,20 @@ class KeyStore(RedisStore):
         except ValidationError:
             return None  # a damaged record authenticates nobody
 
+    async def get(self, key_id: str) -> ApiKey | None:
+        """The key with this id as it is now; None when revoked or unknown."""
+        client = self._client()
+        digest = await self._call(client.hget(self._ids_key, key_id))
+        if digest is None:
+            return None
+        raw = await self._call(client.get(self._record_key(digest.decode())))
+        if raw is None:
+            return None
+        try:
+            return ApiKey.model_validate_json(raw)
+        except ValidationError:
+            return None
+
     async def any(self) -> bool:
         """Whether at least one key exists."""
         return bool(await self._call(self._client().hlen(self._ids_key)))

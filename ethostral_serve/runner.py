@@ -14,6 +14,7 @@ import numpy as np
 
 from ethostral_serve.audio import AudioSource, decode_audio
 from ethostral_serve.languages import requested_language
+from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.compose import StageHook, StageTimes, TranscribeOptions, transcribe
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.types import (
@@ -94,6 +95,7 @@ class PipelineRunner:
         on_stage: StageHook | None,
         times: StageTimes,
     ) -> Session:
+        progress.report("decode")
         with times.stage("decode", on_stage):
             audio = self.tracer.op("decode", decode_audio)(
                 source, self.settings.limits.max_duration_s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,6 +138,58 @@ class SessionList(BaseModel):
     sessions: list[SessionSummary]
     next_cursor: str | None = Field(
         description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class Job(BaseModel):
+    """An asynchronous upload (``async=true``): its state until the session is stored."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5d0b6f0e-8a53-4a0e-9a59-1f0f4a2bd8a1",
+                    "status": "running",
+                    "stage": "asr",
+                    "progress": 0.42,
+                    "detail": None,
+                    "status_code": None,
+                    "filename": "meeting.mp3",
+                    "created_at": "2026-12-02T09:12:03.123+00:00",
+                    "updated_at": "2026-12-02T09:14:41.870+00:00",
+                    "attempts": 1,
+                }
+            ]
+        }
+    )
+
+    id: str = Field(description="the job's id, which is also the id of its session")
+    status: JobStatus
+    stage: str | None = Field(
+        None, description="while running: decode, vad, asr, diarize, segment or emotion"
+    )
+    progress: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the run done")
+    detail: str | None = Field(None, description="why the job failed")
+    status_code: int | None = Field(
+        None,
+        description="failed: the HTTP status a synchronous upload would have got "
+        "(415 undecodable audio, 413 too long, 503 a model unavailable, ...)",
+    )
+    filename: str
+    created_at: str
+    updated_at: str
+    attempts: int = Field(0, ge=0, description="runs started (a lost replica's run is retried)")
+
+
+class CallbackSecret(BaseModel):
+    """The secret that signs an API key's job callbacks."""
+
+    secret: str = Field(
+        description="HMAC-SHA256 key: a callback's `X-Ethostral-Signature` is "
+        "`v1=` + hex(HMAC(secret, `<X-Ethostral-Timestamp>.<body>`))"
     )
 
 

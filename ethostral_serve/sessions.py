@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from ethostral_serve.errors import (
@@ -93,8 +94,14 @@ class SessionStore(RedisStore):
     async def save(self, session: Session, owner: str | None = None) -> None:
         """Store ``session`` under its id (replacing that id's earlier version), owned by
         the API key ``owner`` (None: no key)."""
-        score = _score(session)
         tx = self._client().pipeline(transaction=True)
+        self.add_save(tx, session, owner)
+        await self._call(tx.execute())
+
+    def add_save(self, tx: Pipeline, session: Session, owner: str | None = None) -> None:
+        """Queue the writes of :meth:`save` on a ``MULTI`` pipeline (a job stores its
+        session in the same transaction that marks it done)."""
+        score = _score(session)
         if self.ttl_s is not None:
             # Entries of sessions that have expired since (created more than ttl_s ago)
             # go first, so an index nobody lists does not grow forever.
@@ -108,7 +115,6 @@ class SessionStore(RedisStore):
         else:
             tx.delete(self.owner_key(session.id))
         tx.zadd(self.index_key(), {session.id: score})
-        await self._call(tx.execute())
 
     async def get(self, session_id: str, owner: str | None = None) -> Session:
         """The stored session with this id; raises ``SessionNotFoundError``, also when

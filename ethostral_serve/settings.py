@@ -317,6 +317,57 @@ class AuthSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Asynchronous uploads (``async=true``): a queue in Redis, audio spooled to disk."""
+
+    spool_dir: Path | None = Field(
+        None,
+        description="where queued uploads wait for their job (default: <cache_dir>/spool); "
+        "ingress replicas on different machines need it on shared storage, or each "
+        "gives its own host name in spool_host",
+    )
+    spool_host: str | None = Field(
+        None,
+        description="name of the spool this replica reads (default: the machine's host "
+        "name); replicas that share one spool directory must give the same name",
+    )
+    spool_max_gb: float = Field(
+        20.0, gt=0.0, description="uploads waiting in the spool may hold at most this much"
+    )
+    max_queued: int = Field(100, ge=1, description="jobs queued or running, in all")
+    max_queued_per_key: int = Field(
+        10, ge=1, description="jobs queued or running per API key (or in all with auth off)"
+    )
+    max_running: int = Field(
+        2, ge=0, description="jobs this replica runs at once (0: it runs none, only queues)"
+    )
+    lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="a running job renews its lease; a job whose replica died runs again "
+        "after at most this long",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="runs of one job (replicas lost, models unavailable) before it fails"
+    )
+    keep_s: int = Field(7 * 86400, gt=0, description="how long a finished job's state is kept")
+    callback_secret: str | None = Field(
+        None,
+        description="signs callbacks (HMAC-SHA256); default: a secret generated once and "
+        "kept in Redis. Each API key gets its own secret derived from it "
+        "(GET /callbacks/secret)",
+    )
+    callback_allow: list[str] = Field(
+        default_factory=list,
+        description="hosts or networks (CIDR) a callback may reach although they are "
+        "private or loopback, e.g. ['127.0.0.1', '10.0.0.0/8', 'hooks.internal']",
+    )
+    callback_timeout_s: float = Field(10.0, gt=0.0, description="per delivery attempt")
+    callback_attempts: int = Field(
+        6, ge=1, le=20, description="delivery attempts, backing off 1, 2, 4, ... s between them"
+    )
+
+
 class TracingSettings(BaseModel):
     """W&B Weave tracing; on only when a project is set and a W&B key is available."""
 
@@ -348,6 +399,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = AuthSettings()
+    jobs: JobSettings = Field(default_factory=JobSettings)
     tracing: TracingSettings = TracingSettings()
 
 

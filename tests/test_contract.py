@@ -23,10 +23,11 @@ from fastapi.testclient import TestClient
 from benchmarks.contract import CONFIG, register
 from ethostral_serve.api.app import create_app
 from ethostral_serve.api.auth import Access
+from ethostral_serve.api.jobs import Jobs
 from ethostral_serve.keys import KeyStore
 from ethostral_serve.runner import PipelineRunner
 from ethostral_serve.sessions import SessionStore
-from ethostral_serve.settings import AuthSettings
+from ethostral_serve.settings import AuthSettings, JobSettings, Settings
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[dev]'")
 
@@ -106,12 +107,32 @@ def runner(engine: Any) -> PipelineRunner:
     return PipelineRunner.traced(engine.settings, engine.vad, engine.diarizer, engine.model)
 
 
-def test_the_api_keeps_its_openapi_contract(runner, redis_url: str, settings) -> None:
+def _with_jobs(settings: Settings, prefix: str, spool: Path, auth: bool = False) -> Settings:
+    """Settings of a contract run: its own Redis prefix and spool; jobs run one at a time."""
+    return settings.model_copy(
+        update={
+            "auth": AuthSettings(required=auth, key_prefix=prefix),
+            "jobs": JobSettings(spool_dir=spool, spool_host="contract", max_running=1),
+        }
+    )
+
+
+def test_the_api_keeps_its_openapi_contract(
+    runner, redis_url: str, settings, tmp_path: Path
+) -> None:
     prefix = f"contract-{uuid.uuid4().hex[:8]}:"
+    settings = _with_jobs(settings, prefix, tmp_path)
     store = SessionStore(redis_url, key_prefix=f"{prefix}session:")
     speech = (require_data("asr", "jfk") / "jfk.flac").read_bytes()
-    report = check_contract(create_app(runner, store, settings), None, speech)
+    app = create_app(runner, store, settings, jobs=Jobs.from_settings(redis_url, settings))
+    with TestClient(app):  # the lifespan runs the job worker
+        report = check_contract(app, None, speech)
     _assert_clean(report)
+    assert (
+        report.count("fuzzing", "POST", "/transcribe", 202)
+        + report.count("stateful", "POST", "/transcribe", 202)
+        >= 1
+    )  # jobs were made and their routes answered within the contract
     # The examples (silence, and speech through the whole pipeline) met the schema.
     assert report.count("examples", "POST", "/transcribe", 200) == 2
     # The stateful phase made sessions and followed the links to them.
@@ -121,19 +142,19 @@ def test_the_api_keeps_its_openapi_contract(runner, redis_url: str, settings) ->
     assert report.cases > 300
 
 
-def test_the_contract_holds_with_api_keys(runner, redis_url: str, engine) -> None:
+def test_the_contract_holds_with_api_keys(runner, redis_url: str, engine, tmp_path: Path) -> None:
     prefix = f"contract-{uuid.uuid4().hex[:8]}:"
-    settings = engine.settings.model_copy(
-        update={"auth": AuthSettings(required=True, key_prefix=prefix)}
-    )
+    settings = _with_jobs(engine.settings, prefix, tmp_path, auth=True)
     secret = asyncio.run(_new_key(redis_url, prefix))
     app = create_app(
         runner,
         SessionStore(redis_url, key_prefix=f"{prefix}session:"),
         settings,
         access=Access.from_settings(redis_url, settings),
+        jobs=Jobs.from_settings(redis_url, settings),
     )
-    report = check_contract(app, {"Authorization": f"Bearer {secret}"}, None)
+    with TestClient(app):
+        report = check_contract(app, {"Authorization": f"Bearer {secret}"}, None)
     _assert_clean(report)
     # ignored_auth sent requests without the key and with a wrong one: all refused.
     refused = sum(n for (_, _, _, status), n in report.responses.items() if status == 401)

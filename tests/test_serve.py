@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def serve_url(redis_url: str) -> Iterator[str]:
+def serve_url(redis_url: str, tmp_path_factory) -> Iterator[str]:
     """The default graph (embedded models) on a local Ray, sessions in a real Redis."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -38,7 +39,10 @@ def serve_url(redis_url: str) -> Iterator[str]:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app(AppArgs(settings={"redis": {"url": redis_url}}))
+        spool = str(tmp_path_factory.mktemp("spool"))
+        app = build_app(
+            AppArgs(settings={"redis": {"url": redis_url}, "jobs": {"spool_dir": spool}})
+        )
         serve.run(app, name=APP, route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url)
@@ -99,6 +103,46 @@ def test_upload_through_the_graph(serve_url: str) -> None:
         f"{serve_url}/transcribe", files={"file": ("x.wav", b"garbage" * 50)}, timeout=60
     )
     assert bad.status_code == 415 and bad.json()["detail"]
+
+
+def test_async_upload_through_the_graph_with_progress_events(serve_url: str) -> None:
+    talk = two_speaker_conversation(turns_each=2)
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        data={"async": "true"},
+        timeout=60,
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    statuses = []
+    with httpx.stream("GET", f"{serve_url}{r.headers['location']}/events", timeout=300) as ev:
+        assert ev.status_code == 200
+        for line in ev.iter_lines():
+            if line.startswith("event: "):
+                statuses.append(line.removeprefix("event: "))
+    assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "done"
+    got = httpx.get(f"{serve_url}/sessions/{job_id}", timeout=10)
+    assert got.status_code == 200 and got.json()["id"] == job_id
+    assert len({s["speaker"] for s in got.json()["segments"]}) >= 2
+
+
+def test_ethostral_transcribe_url_sends_jobs_with_progress(
+    serve_url: str, tmp_path, capsys
+) -> None:
+    from ethostral_serve.cli import main
+
+    talk = two_speaker_conversation(turns_each=1)
+    audio = tmp_path / "talk.wav"
+    audio.write_bytes(talk.wav_bytes())
+    code = main(["transcribe", str(audio), "--url", serve_url, "--language", "en"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    session = json.loads(out)
+    assert session["filename"] == "talk.wav" and session["segments"]
+    assert "talk.wav: asr" in err and "segments in" in err  # progress, then the summary
+    missing = main(["transcribe", str(tmp_path / "absent.wav"), "--url", serve_url])
+    assert missing == 1 and "absent.wav" in capsys.readouterr().err
 
 
 def test_concurrent_requests_form_batches(serve_url: str) -> None:

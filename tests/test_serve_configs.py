@@ -200,3 +200,104 @@ def test_the_default_config_stays_on_loopback_without_auth(no_auth_env: None) ->
     )
     for app in schema.applications:
         assert not _settings(app.args.get("settings", {})).auth.required, "serve_config.yaml"
+
+
+def _raw_app(path: Path) -> dict[str, Any]:
+    (app,) = yaml.safe_load(path.read_text(encoding="utf-8"))["applications"]
+    return app
+
+
+def _deployments(path: Path) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in _raw_app(path)["deployments"]}
+
+
+def _replicas(dep: dict[str, Any], bound: str) -> int:
+    """A deployment's replicas at its autoscaling ``min``/``max``, or its fixed count."""
+    scaling = dep.get("autoscaling_config")
+    return int(scaling[f"{bound}_replicas"]) if scaling else int(dep.get("num_replicas", 1))
+
+
+def _actor(dep: dict[str, Any], key: str, default: float) -> float:
+    return float(dep.get("ray_actor_options", {}).get(key, default))
+
+
+AUTOSCALED = [
+    (path, name)
+    for path in CONFIGS
+    for name, dep in _deployments(path).items()
+    if dep.get("autoscaling_config")
+]
+
+
+@pytest.mark.parametrize(("path", "name"), AUTOSCALED, ids=[f"{p.name}:{n}" for p, n in AUTOSCALED])
+def test_an_autoscaled_deployment_can_reach_its_target(path: Path, name: str) -> None:
+    """The target lies below max_ongoing_requests (else replicas can never report more
+    than it), and the batched model is not scaled out before one batch is full."""
+    dep = _deployments(path)[name]
+    scaling = dep["autoscaling_config"]
+    assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+    target = scaling["target_ongoing_requests"]
+    assert target < dep["max_ongoing_requests"]
+    if name == "EthostralModel":
+        assert target >= dep["user_config"]["max_batch_size"]
+
+
+def test_autoscale_local_fits_two_cores_at_its_maximum() -> None:
+    path = REPO / "configs" / "autoscale-local.yaml"
+    assert _load(path).http_options.host == "127.0.0.1"
+    deps = _deployments(path)
+    for name in ("EthostralModel", "Diarizer"):
+        scaling = deps[name]["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 2), name
+        assert "num_replicas" not in deps[name]
+        assert scaling["downscale_delay_s"] <= 10, "a demo: back to one replica quickly"
+    cpus = sum(_actor(d, "num_cpus", 1) * _replicas(d, "max") for d in deps.values())
+    assert cpus <= 2.0  # every replica Serve may start fits on 2 cores
+    assert all(not _actor(d, "num_gpus", 0) for d in deps.values())
+
+
+def test_ethostral_gpu_minimum_shares_one_card() -> None:
+    """At its minimum replicas the production config fits one GPU, as before autoscaling;
+    deploy/rayservice.yaml's test checks the maximum against its GPU pods."""
+    deps = _deployments(REPO / "configs" / "ethostral-gpu.yaml")
+    gpus = {n: _actor(d, "num_gpus", 0) for n, d in deps.items()}
+    assert 0 < gpus["EthostralModel"] < 1 and 0 < gpus["Diarizer"] < 1
+    assert sum(gpus[n] * _replicas(d, "min") for n, d in deps.items()) <= 1.0 + 1e-9
+
+
+def test_local_cluster_places_the_model_on_the_worker_and_shares_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """configs/local-cluster.yaml: the `ray start` lines in its header give only the worker
+    the custom resource the model asks for, the replicas fit the two nodes, and sessions
+    go to a shared Redis (the embedded one is refused on two nodes)."""
+    from ethostral_serve.embedded_redis import resolve_redis_url
+
+    path = REPO / "configs" / "local-cluster.yaml"
+    text = path.read_text(encoding="utf-8")
+    head = re.search(r"ray start --head\b.*--num-cpus=(\d+)", text)
+    worker = re.search(r"ray start --address=\S+ --num-cpus=(\d+) --resources='(\{[^']*\})'", text)
+    assert head and worker, "the header must show how to start both nodes"
+    worker_cpus, worker_resources = float(worker.group(1)), yaml.safe_load(worker.group(2))
+    head_cpus = float(head.group(1))
+
+    deps = _deployments(path)
+    model = deps["EthostralModel"]["ray_actor_options"]
+    custom = model.get("resources", {})
+    assert custom and set(custom) <= set(worker_resources), "the model must need the worker"
+    for name, need in custom.items():
+        assert need * _replicas(deps["EthostralModel"], "max") <= worker_resources[name]
+    assert model["num_cpus"] <= worker_cpus
+    others = [d for n, d in deps.items() if n != "EthostralModel"]
+    assert all(not d.get("ray_actor_options", {}).get("resources") for d in others)
+    cpus = sum(_actor(d, "num_cpus", 1) * _replicas(d, "max") for d in deps.values())
+    assert cpus <= head_cpus + worker_cpus
+
+    assert _is_loopback(_load(path).http_options.host)
+    for name in list(os.environ):
+        if name.upper().startswith("ETHOSTRAL_REDIS"):
+            monkeypatch.delenv(name)
+    overrides = _raw_app(path)["args"]["settings"]
+    url = overrides["redis"]["url"]
+    assert url.startswith("redis://")
+    assert resolve_redis_url(_settings(overrides), count_nodes=lambda: 2) == (url, None)

@@ -8,17 +8,19 @@ become JSON ``{"detail": ...}`` responses in one place (:func:`install_error_han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePath
 from typing import Annotated, Protocol
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile, WebSocket
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -31,6 +33,7 @@ from ethostral_serve.api.auth import (
     http_credentials,
 )
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
+from ethostral_serve.api.jobs import Jobs, JobWorker
 from ethostral_serve.api.openapi import error_responses, install_openapi, subtitle_responses
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
 from ethostral_serve.errors import (
@@ -39,13 +42,21 @@ from ethostral_serve.errors import (
     InvalidRequestError,
     SessionNotFoundError,
 )
+from ethostral_serve.jobs import JobRecord
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
 from ethostral_serve.quotas import QuotaExceededError
 from ethostral_serve.runner import PipelineRunner
-from ethostral_serve.schema import Health, Session, SessionList, SessionSummary
-from ethostral_serve.sessions import SessionPage
+from ethostral_serve.schema import (
+    CallbackSecret,
+    Health,
+    Job,
+    Session,
+    SessionList,
+    SessionSummary,
+)
+from ethostral_serve.sessions import Pipeline, SessionPage
 from ethostral_serve.settings import Settings
 from ethostral_serve.subtitles import to_srt, to_vtt
 
@@ -94,6 +105,10 @@ class SessionStorage(Protocol):
         """Store a session under its id, owned by ``owner``."""
         ...
 
+    def add_save(self, tx: Pipeline, session: Session, owner: str | None = None) -> None:
+        """Queue the writes of ``save`` on a Redis ``MULTI`` pipeline (jobs)."""
+        ...
+
     async def get(self, session_id: str, owner: str | None = None) -> Session:
         """The stored session; raises ``SessionNotFoundError``."""
         ...
@@ -129,16 +144,36 @@ def create_app(
     health_checks: Mapping[str, HealthCheck] | None = None,
     stream_backends: StreamBackends | None = None,
     access: Access | None = None,
+    jobs: Jobs | None = None,
 ) -> FastAPI:
     """The HTTP API over a pipeline runner and a session store (+ live streams); ``access``
-    checks API keys and quotas (None: open, which ``auth.required`` forbids)."""
+    checks API keys and quotas (None: open, which ``auth.required`` forbids); ``jobs``
+    takes asynchronous uploads and runs them while the app is up (None: no ``async``)."""
     access = access or Access()
     if settings.auth.required and not access.required:
         raise ValueError("auth.required is on but no key store was given (Access.from_settings)")
+    # Each upload holds a thread while the pipeline runs (asyncio's default pool has
+    # only cores + 4), so uploads get their own pool; jobs share it.
+    runs = ThreadPoolExecutor(
+        max_workers=settings.limits.max_concurrent_runs, thread_name_prefix="transcribe"
+    )
+    worker = JobWorker(jobs, runner, store, access, runs) if jobs is not None else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+
     app = FastAPI(
         title="ethostral-serve",
         description=API_DESCRIPTION,
         version="0.1.0",
+        lifespan=lifespan,
     )
     max_bytes = int(settings.limits.max_upload_mb * 1_000_000)
     app.add_middleware(
@@ -152,21 +187,26 @@ def create_app(
     if access.required:  # outermost: no body is read before the key is checked
         app.add_middleware(AuthMiddleware, access=access)
     install_error_handlers(app)
-    # Each upload holds a thread while the pipeline runs (asyncio's default pool has
-    # only cores + 4), so uploads get their own pool.
-    runs = ThreadPoolExecutor(
-        max_workers=settings.limits.max_concurrent_runs, thread_name_prefix="transcribe"
-    )
     checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
     app.state.access = access
-    install_openapi(app, runner.model.languages, runner.model.adapters, access.required)
+    install_openapi(
+        app, runner.model.languages, runner.model.adapters, access.required, jobs is not None
+    )
 
     @app.post(
         "/transcribe",
         operation_id="transcribe",
         response_model=Session,
         summary="Transcribe an audio or video file",
-        responses=error_responses(400, 401, 413, 415, 422, 429, 503),
+        responses={
+            202: {
+                "model": Job,
+                "description": "queued as a job (`async=true`, `callback_url` or `Prefer: "
+                "respond-async`): poll `Location`, or follow its `/events`",
+                "headers": _JOB_HEADERS,
+            },
+            **error_responses(400, 401, 413, 415, 422, 429, 503),
+        },
     )
     async def transcribe(
         caller: CallerDep,
@@ -196,7 +236,25 @@ def create_app(
         max_speakers: Annotated[
             int | None, Form(ge=1, le=MAX_SPEAKERS, description="at most this many speakers")
         ] = None,
-    ) -> Session:
+        run_async: Annotated[
+            bool,
+            Form(
+                alias="async",
+                description="answer 202 at once with a job; the session follows at "
+                "`GET /sessions/{id}` (also `Prefer: respond-async`)",
+            ),
+        ] = False,
+        callback_url: Annotated[
+            str | None,
+            Form(
+                description="run as a job and POST `{job, session}` here when it ends, "
+                "signed (`X-Ethostral-Signature`, see `GET /callbacks/secret`)"
+            ),
+        ] = None,
+        prefer: Annotated[
+            str | None, Header(description="`respond-async`: run as a job (RFC 7240)")
+        ] = None,
+    ) -> Session | JSONResponse:
         speakers = speaker_count(num_speakers, min_speakers, max_speakers)
         code = await asyncio.to_thread(runner.check_language, language)
         named = await asyncio.to_thread(runner.check_adapter, adapter)
@@ -206,6 +264,15 @@ def create_app(
         options = TranscribeOptions(
             language=code, diarize=diarize, emotion=emotion, adapter=named, speakers=speakers
         )
+        prefers_async = _prefers_async(prefer)
+        if run_async or prefers_async or callback_url:
+            if jobs is None:
+                raise InvalidRequestError("this server does not run asynchronous jobs")
+            job = await jobs.submit(file.file, filename, options, caller, callback_url or None)
+            headers = _job_headers(job)
+            if prefers_async:
+                headers["Preference-Applied"] = "respond-async"
+            return JSONResponse(job.model_dump(), status_code=202, headers=headers)
         context = contextvars.copy_context()  # tracing context reaches the thread
         async with access.slot(caller, "uploads"):
             run = asyncio.get_running_loop().run_in_executor(
@@ -246,22 +313,108 @@ def create_app(
         "/sessions/{session_id}",
         operation_id="get_session",
         response_model=Session,
-        summary="Fetch a stored session",
-        responses=error_responses(401, 404, 503),
+        summary="Fetch a stored session, or the state of its job",
+        responses={
+            202: {
+                "model": Job,
+                "description": "its job is queued or running: the job's state",
+                "headers": _JOB_HEADERS,
+            },
+            **error_responses(401, 404, 503),
+            "default": {
+                "model": Job,
+                "description": "its job failed: the job's state (with `detail`), under the "
+                "status a synchronous upload would have got (415, 413, 503, ...)",
+            },
+        },
     )
-    async def get_session(caller: CallerDep, session_id: str) -> Session:
-        return await store.get(_session_id(session_id), owner=caller.owner)
+    async def get_session(caller: CallerDep, session_id: str) -> Session | JSONResponse:
+        sid = _session_id(session_id)
+        record = await _job_of(sid, caller)
+        if record is not None:
+            job = record.job
+            if job.status in ("queued", "running"):
+                return JSONResponse(job.model_dump(), status_code=202, headers=_job_headers(job))
+            if job.status == "failed":
+                return JSONResponse(job.model_dump(), status_code=job.status_code or 500)
+        return await store.get(sid, owner=caller.owner)
 
     @app.delete(
         "/sessions/{session_id}",
         operation_id="delete_session",
         status_code=204,
-        summary="Delete a stored session",
+        summary="Delete a stored session, or cancel and delete its job",
         responses=error_responses(401, 404, 503),
     )
     async def delete_session(caller: CallerDep, session_id: str) -> Response:
-        await store.delete(_session_id(session_id), owner=caller.owner)
+        sid = _session_id(session_id)
+        record = await _job_of(sid, caller)
+        if record is not None and jobs is not None and record.job.status != "cancelled":
+            status = record.job.status
+            if status in ("queued", "running"):
+                status = await jobs.cancel(record)  # or what it became meanwhile
+                if status in ("queued", "running", "cancelled", None):
+                    return Response(status_code=204)
+            try:
+                if status == "done":
+                    await store.delete(sid, owner=caller.owner)
+            finally:
+                await jobs.store.forget(sid)
+            return Response(status_code=204)
+        await store.delete(sid, owner=caller.owner)
         return Response(status_code=204)
+
+    @app.get(
+        "/sessions/{session_id}/events",
+        operation_id="session_events",
+        response_class=StreamingResponse,
+        summary="Follow a job's progress as server-sent events",
+        responses={
+            200: {
+                "description": "`text/event-stream`: one event per state of the job "
+                "(`event:` its status: queued, running, done, failed or cancelled; "
+                "`data:` the Job as JSON; `id:` for `Last-Event-ID`), ending after done, "
+                "failed or cancelled. A session made without a job gives one `done`. "
+                "If the store fails meanwhile, an `error` event (`data:` `{detail}`) ends "
+                "the stream.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **error_responses(401, 404, 422, 503),
+        },
+    )
+    async def session_events(
+        caller: CallerDep,
+        session_id: str,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                pattern=r"^[0-9]{1,19}(-[0-9]{1,19})?$",
+                description="resume after this event",
+            ),
+        ] = None,
+    ) -> StreamingResponse:
+        sid = _session_id(session_id)
+        record = await _job_of(sid, caller)
+        if jobs is None or record is None or record.job.status == "cancelled":
+            session = await store.get(sid, owner=caller.owner)
+            return _event_stream(_one_event(_done_job(session)))
+        return _event_stream(_job_events(jobs, sid, caller.owner, last_event_id))
+
+    if jobs is not None:
+
+        @app.get(
+            "/callbacks/secret",
+            operation_id="callback_secret",
+            response_model=CallbackSecret,
+            summary="The secret that signs this API key's job callbacks",
+            responses=error_responses(401, 503),
+        )
+        async def callback_secret(caller: CallerDep) -> CallbackSecret:
+            return CallbackSecret(secret=await jobs.callback_secret(caller.owner))
+
+    async def _job_of(session_id: str, caller: Caller) -> JobRecord | None:
+        return None if jobs is None else await jobs.get(session_id, caller.owner)
 
     @app.get(
         "/sessions/{session_id}/srt",
@@ -331,6 +484,88 @@ async def _finish_abandoned(
         await _count_audio(access, caller, session)
     except Exception as exc:  # nobody is waiting for the answer
         log.warning("an abandoned upload did not complete: %r", exc)
+
+
+_JOB_HEADERS = {
+    "Location": {
+        "description": "where the session will be: `/sessions/{id}`",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+TERMINAL = ("done", "failed", "cancelled")
+KEEPALIVE_S = 15.0
+RECHECK_S = 5.0
+
+
+def _prefers_async(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header asks for ``respond-async`` (RFC 7240)."""
+    if not prefer:
+        return False
+    tokens = (p.split(";", 1)[0].strip().lower() for p in prefer.split(","))
+    return "respond-async" in tokens
+
+
+def _job_headers(job: Job) -> dict[str, str]:
+    return {"Location": f"/sessions/{job.id}", "Retry-After": "2"}
+
+
+def _done_job(session: Session) -> Job:
+    """A finished job standing for a session that has none (a synchronous upload)."""
+    return Job(
+        id=session.id,
+        status="done",
+        progress=1.0,
+        filename=session.filename,
+        created_at=session.created_at,
+        updated_at=session.created_at,
+    )
+
+
+def _sse(job: Job, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {job.status}\ndata: {job.model_dump_json()}\n\n"
+
+
+async def _one_event(job: Job) -> AsyncIterator[str]:
+    yield _sse(job)
+
+
+async def _job_events(
+    jobs: Jobs, job_id: str, owner: str | None, after: str | None
+) -> AsyncIterator[str]:
+    """A job's events from its stream until it ends; keep-alive comments meanwhile, and
+    the job's state read directly now and then in case an event was lost."""
+    idle_s = 0.0
+    try:
+        async for item in jobs.store.events(job_id, after=after, block_s=1.0):
+            if item is not None:
+                idle_s = 0.0
+                event_id, job = item
+                yield _sse(job, event_id)
+                if job.status in TERMINAL:
+                    return
+                continue
+            idle_s += 1.0
+            if idle_s % KEEPALIVE_S == 0:
+                yield ": keep-alive\n\n"
+            if idle_s % RECHECK_S == 0:
+                record = await jobs.get(job_id, owner)
+                if record is None:
+                    return
+                if record.job.status in TERMINAL:
+                    yield _sse(record.job)
+                    return
+    except EthostralError as exc:
+        yield f"event: error\ndata: {json.dumps({'detail': exc.detail})}\n\n"
+
+
+def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -107,6 +107,14 @@ class Access:
             raise AuthenticationError("unknown or revoked API key")
         return Caller(key)
 
+    async def caller_of(self, owner: str | None) -> Caller | None:
+        """The caller behind a key id as the key is now (a job runs long after it was
+        made); None when that key was revoked. With auth off, the anonymous caller."""
+        if self.keys is None or not owner:
+            return Caller()
+        key = await self.keys.get(owner)
+        return Caller(key) if key is not None else None
+
     @contextlib.asynccontextmanager
     async def slot(self, caller: Caller, kind: SlotKind) -> AsyncIterator[None]:
         """Hold one of the caller's concurrent ``kind`` slots (429 when all are taken)."""

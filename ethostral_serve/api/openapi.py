@@ -10,16 +10,17 @@ headers. ``schemathesis.toml`` checks the result against the running server.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ethostral_serve.api.auth import AUTH_CHALLENGE
 from ethostral_serve.languages import DETECT
-from ethostral_serve.schema import ErrorDetail, InvalidRequestDetail
+from ethostral_serve.schema import ErrorDetail, InvalidRequestDetail, JobStatus
 from ethostral_serve.sessions import CURSOR_PATTERN
 
+JOB_STATUSES = list(get_args(JobStatus))
 OPEN_PATHS = ("/healthz",)  # no key needed with auth on (nor for /docs and /openapi.json)
 
 _RETRY_AFTER = {
@@ -82,10 +83,11 @@ def subtitle_responses(media_type: str, what: str) -> dict[int | str, dict[str, 
 
 
 def install_openapi(
-    app: FastAPI, languages: Sequence[str], adapters: Sequence[str], auth: bool
+    app: FastAPI, languages: Sequence[str], adapters: Sequence[str], auth: bool, jobs: bool
 ) -> None:
     """Complete FastAPI's OpenAPI document with what it cannot infer: the values the
-    server accepts, links from a session to its routes, and the bearer scheme."""
+    server accepts, links from a session to its routes, and the bearer scheme; without
+    ``jobs``, the upload's fields that ask for one are left out."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -97,6 +99,7 @@ def install_openapi(
             )
             _drop_unreachable_422s(schema)
             _document_request_values(schema, languages, adapters)
+            _document_jobs(schema, jobs)
             _document_links(schema)
             if auth:
                 _document_bearer_auth(schema)
@@ -124,6 +127,48 @@ def _document_request_values(
         parameter["schema"] = _not_null(parameter["schema"])
         if parameter["name"] == "cursor":
             parameter["schema"]["pattern"] = CURSOR_PATTERN
+
+
+def _document_jobs(schema: dict[str, Any], jobs: bool) -> None:
+    """The upload's job fields as the server reads them (absent without jobs), and the
+    events of a job: each one's data is a Job."""
+    upload = schema["paths"]["/transcribe"]["post"]
+    form = upload["requestBody"]["content"]["multipart/form-data"]
+    fields: dict[str, Any] = _resolve(schema, form["schema"])["properties"]
+    if not jobs:
+        fields.pop("async", None)
+        fields.pop("callback_url", None)
+        upload["parameters"] = [p for p in upload.get("parameters", []) if p["name"] != "prefer"]
+        upload["responses"].pop("202", None)
+        if not upload["parameters"]:
+            del upload["parameters"]
+        return
+    fields["callback_url"].update(format="uri", pattern="^https?://")
+    events_get = schema["paths"]["/sessions/{session_id}/events"]["get"]
+    for parameter in events_get.get("parameters", []):
+        parameter["schema"] = _not_null(parameter["schema"])
+    for parameter in upload.get("parameters", []):
+        parameter["schema"] = _not_null(parameter["schema"])
+    events = schema["paths"]["/sessions/{session_id}/events"]["get"]["responses"]["200"]
+    events["content"]["text/event-stream"]["schema"] = {
+        "type": "object",
+        "description": "one server-sent event",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": [*JOB_STATUSES, "error"]},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/Job"},
+                        {"$ref": "#/components/schemas/ErrorDetail"},
+                    ]
+                },
+            },
+            "id": {"type": "string", "description": "for `Last-Event-ID`"},
+        },
+    }
 
 
 def _drop_unreachable_422s(schema: dict[str, Any]) -> None:

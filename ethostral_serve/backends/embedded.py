@@ -15,6 +15,7 @@ import numpy as np
 
 from ethostral_serve.backends.whisper import WhisperAsr, default_cpu_threads
 from ethostral_serve.backends.windows import check_adapter, span_emotions
+from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -77,7 +78,9 @@ class EmbeddedSpeechModel:
     ) -> Transcript:
         """Words on the original timeline, plus the encoder states for emotion."""
         self.check_adapter(adapter)
-        return self.asr.transcribe(samples, chunks, language)
+        return self.asr.transcribe(
+            samples, chunks, language, progress=lambda done: progress.report("asr", done)
+        )
 
     def partial_text(
         self, audio: np.ndarray, language: str | None, adapter: str | None = None

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ethostral_serve.audio import Audio
+from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.chunks import build_chunks
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.segments import (
@@ -72,6 +73,7 @@ def transcribe(
     """Run the whole pipeline on decoded audio and return the (unsaved) Session."""
     times = times if times is not None else StageTimes()
     samples = audio.samples
+    progress.report("vad")
     with times.stage("vad", on_stage):
         regions = vad.speech_regions(samples)
     if not regions:
@@ -99,11 +101,14 @@ def transcribe(
                 regions,
                 options.speakers,
             )
+        progress.report("asr")
         with times.stage("asr", on_stage):
             chunks = build_chunks(regions, settings.vad.max_chunk_s)
             transcript = model.transcribe(samples, chunks, options.language, options.adapter)
         if pending is not None:
+            progress.report("diarize")
             turns = pending.result()
+    progress.report("segment")
     with times.stage("segment", on_stage):
         speakers = assign_speakers(transcript.words, turns)
         drafts = group_words(
@@ -115,6 +120,7 @@ def transcribe(
         names = rename_speakers([d.speaker for d in drafts])
     emotions: list[EmotionResult | None] = [None] * len(drafts)
     if options.emotion and drafts:
+        progress.report("emotion")
         with times.stage("emotion", on_stage):
             emotions = list(model.emotions(samples, transcript, [d.span for d in drafts]))
     # Emotion read the words' span (what it was trained on); the segment reports the

@@ -252,6 +252,7 @@ class Ingress:
         settings: dict[str, Any] | None = None,
     ) -> None:
         from ethostral_serve.api.auth import Access
+        from ethostral_serve.api.jobs import Jobs
         from ethostral_serve.embedded_redis import RedisWatchdog, resolve_redis_url
         from ethostral_serve.runner import PipelineRunner
         from ethostral_serve.serve.remote import (
@@ -276,6 +277,7 @@ class Ingress:
             url, key_prefix=r.key_prefix, ttl_s=r.ttl_s, timeout_s=r.timeout_s
         )
         self.access = Access.from_settings(url, self.settings)
+        self.jobs = Jobs.from_settings(url, self.settings)
         timeout = self.settings.limits.backend_timeout_s
         self.speech = RemoteSpeechModel(model, timeout)
         self.runner = PipelineRunner.traced(
@@ -312,6 +314,7 @@ class Ingress:
             health_checks=checks,
             stream_backends=self.stream_backends,
             access=self.access,
+            jobs=self.jobs,
         )
 
 

@@ -25,6 +25,7 @@ from ethostral_serve.backends.windows import (
     transcript_from_windows,
 )
 from ethostral_serve.errors import BackendUnavailableError
+from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -240,10 +241,11 @@ class RemoteSpeechModel:
             i += 1
         step = self.max_windows_in_flight
         for lo in range(i, len(windows), step):
-            wave = windows[lo : lo + step]
-            results[lo : lo + len(wave)] = self.transcribe_windows(
-                wave, [language] * len(wave), [adapter] * len(wave)
-            )
+            wave = [WindowJob(w, language, adapter) for w in windows[lo : lo + step]]
+            responses = [self._model(adapter).transcribe_window.remote(j) for j in wave]
+            for k, response in enumerate(responses):
+                results[lo + k] = self._wait(response)
+                progress.report("asr", lo + k + 1, len(windows))
         done = [r if r is not None else WindowResult.empty(language) for r in results]
         return transcript_from_windows(chunks, done, self.info.multilingual)
 
@@ -263,6 +265,7 @@ class RemoteSpeechModel:
         for lo in range(0, len(inputs), step):
             wave = [self._handle.classify_segment.remote(x) for x in inputs[lo : lo + step]]
             out += [self._wait(response) for response in wave]
+            progress.report("emotion", len(out), len(inputs))
         return out
 
 
