@@ -44,6 +44,10 @@ SECRET_PREFIX = "whsec_"
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class UnresolvableHostError(InvalidRequestError):
+    """A callback URL's host name does not resolve (now)."""
+
+
 def new_master_secret() -> str:
     """A fresh server secret (the one the keys' secrets derive from)."""
     return secrets.token_hex(32)
@@ -99,9 +103,19 @@ def _allowed(host: str, address: IpAddress | None, allow: Sequence[str]) -> bool
     return False
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _internal(address: IpAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether an address is not a public one, IPv4 inside IPv6 (mapped, NAT64, 6to4)
+    judged by the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _internal(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            return _internal(address.sixtofour)
+        if address in _NAT64:
+            return _internal(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return not address.is_global or address.is_multicast
 
 
@@ -124,7 +138,7 @@ async def check_callback_url(url: str, allow: Sequence[str]) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        raise InvalidRequestError(f"callback_url host {host!r} does not resolve") from None
+        raise UnresolvableHostError(f"callback_url host {host!r} does not resolve") from None
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if _internal(address) and not _allowed(host, address, allow):
@@ -153,6 +167,9 @@ async def deliver(
                 await asyncio.sleep(first_backoff_s * 2 ** (attempt - 1))
             try:
                 await check_callback_url(url, allow)  # the address may have changed
+            except UnresolvableHostError as exc:  # perhaps a passing resolver failure
+                log.info("callback of job %s, attempt %d: %s", job_id, attempt + 1, exc.detail)
+                continue
             except InvalidRequestError as exc:
                 log.warning("callback of job %s not sent: %s", job_id, exc.detail)
                 return False
@@ -165,7 +182,9 @@ async def deliver(
                 JOB_HEADER: job_id,
             }
             try:
-                response = await client.post(url, content=body, headers=headers)
+                # Streamed and closed unread: a receiver cannot make us read a large body.
+                async with client.stream("POST", url, content=body, headers=headers) as response:
+                    pass
             except httpx.HTTPError as exc:
                 log.info("callback of job %s, attempt %d: %r", job_id, attempt + 1, exc)
                 continue

@@ -21,6 +21,7 @@ session is stored in the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -295,14 +296,20 @@ class JobStore(RedisStore):
         ]
         verdict = await self._call(self._client().eval(_ENQUEUE, len(keys), *keys, *args))
         if verdict != b"ok":
-            if verdict == b"key":
-                what = f"this API key may have {max_open_per_key} jobs queued or running"
-            else:
-                what = f"the server holds at most {max_open} jobs queued or running"
-            raise JobsFullError(f"{what}; wait for one to finish", retry_after_s=30)
+            _refuse_if_full(verdict == b"all", verdict == b"key", max_open, max_open_per_key)
         job = _job(fields)
-        await self.publish(job)
+        with contextlib.suppress(EthostralError):  # the job exists: its event can be missing
+            await self.publish(job)
         return job
+
+    async def check_room(self, owner: str | None, max_open: int, max_open_per_key: int) -> None:
+        """Raise :class:`JobsFullError` when no job could be queued now (checked before an
+        upload is spooled; :meth:`create` checks again atomically)."""
+        tx = self._client().pipeline(transaction=False)
+        tx.scard(self.open_key)
+        tx.scard(self.open_key_of(owner or ""))
+        in_all, of_key = await self._call(tx.execute())
+        _refuse_if_full(in_all >= max_open, of_key >= max_open_per_key, max_open, max_open_per_key)
 
     # reading
     async def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
@@ -342,8 +349,7 @@ class JobStore(RedisStore):
         record = await self.get(job_id.decode())
         if record is None:  # vanished between the two calls (expired): nothing to run
             return None
-        await self.publish(record.job)
-        return Claim(record, lease)
+        return Claim(record, lease)  # its `running` event is the worker's to publish
 
     async def renew(self, claim: Claim) -> str:
         """Extend the claim's lease; returns ``running``, ``cancelled`` or ``lost``."""
@@ -378,7 +384,7 @@ class JobStore(RedisStore):
             )
         )
         if updated:
-            await self._publish_current(job_id)
+            await self.publish_current(job_id)
 
     async def requeue(self, claim: Claim, delay_s: float = 0.0, refund: bool = False) -> bool:
         """Put a running job back in its queue (to start after ``delay_s``); ``refund``:
@@ -397,8 +403,8 @@ class JobStore(RedisStore):
                 "1" if refund else "0",
             )
         )
-        if done:
-            await self._publish_current(job_id)
+        if done and not refund:  # a refunded run never started: nothing to tell
+            await self.publish_current(job_id)
         return bool(done)
 
     async def complete(self, claim: Claim, write_session: Callable[[Any], None]) -> bool:
@@ -437,7 +443,7 @@ class JobStore(RedisStore):
                 continue  # the job changed meanwhile (cancelled?): look again
             except (RedisError, OSError) as e:
                 raise StoreUnavailableError(f"{self.what} unavailable: {describe(e)}") from e
-            await self._publish_current(job_id)
+            await self.publish_current(job_id)
             return True
         return False
 
@@ -462,7 +468,7 @@ class JobStore(RedisStore):
             )
         )
         if failed:
-            await self._publish_current(job_id)
+            await self.publish_current(job_id)
         return bool(failed)
 
     async def cancel(self, job_id: str) -> JobStatus | None:
@@ -484,12 +490,44 @@ class JobStore(RedisStore):
             return None
         status = before.decode()
         if status in ("queued", "running"):
-            await self._publish_current(job_id)
+            await self.publish_current(job_id)
         return status  # type: ignore[return-value]
 
     async def forget(self, job_id: str) -> None:
         """Remove a finished job's state and events."""
         await self._call(self._client().delete(self.job_key(job_id), self.events_key(job_id)))
+
+    def _host_key(self, host: str) -> str:
+        return f"{self.prefix}jobs:host:{host}"
+
+    async def heartbeat(self, host: str, ttl_s: float) -> None:
+        """Say that a replica reading ``host``'s spool is alive (for ``ttl_s``)."""
+        tx = self._client().pipeline(transaction=True)
+        tx.set(self._host_key(host), str(_now_ms()), px=int(ttl_s * 1000))
+        tx.sadd(f"{self.prefix}jobs:hosts", host)
+        await self._call(tx.execute())
+
+    async def fail_orphans(self) -> list[str]:
+        """Fail the queued jobs of spools no replica has read for a heartbeat's TTL (the
+        host was replaced, its spool gone with it): their uploads cannot be run."""
+        client = self._client()
+        failed: list[str] = []
+        for raw in await self._call(client.smembers(f"{self.prefix}jobs:hosts")):
+            host = raw.decode()
+            if await self._call(client.exists(self._host_key(host))):
+                continue
+            ids = await self._call(client.zrange(self.queue_key(host), 0, -1))
+            detail = (
+                f"the upload waited in the spool of {host!r}, where no replica has run "
+                "since; upload it again"
+            )
+            for job_id in (i.decode() for i in ids):
+                await self._call(client.zrem(self.queue_key(host), job_id))
+                if await self.fail(job_id, detail, 503):
+                    failed.append(job_id)
+            if not await self._call(client.zcard(self.queue_key(host))):
+                await self._call(client.srem(f"{self.prefix}jobs:hosts", host))
+        return failed
 
     async def reap(self) -> tuple[list[str], list[str]]:
         """Queue again (or fail, after their last attempt) the jobs whose lease expired:
@@ -511,7 +549,8 @@ class JobStore(RedisStore):
         )
         ids = [i.decode() for i in requeued], [i.decode() for i in failed]
         for job_id in ids[0] + ids[1]:
-            await self._publish_current(job_id)
+            with contextlib.suppress(EthostralError):  # the states changed: events may lag
+                await self.publish_current(job_id)
         return ids
 
     async def next_start_s(self, host: str) -> float | None:
@@ -539,7 +578,8 @@ class JobStore(RedisStore):
         tx.expire(name, self.keep_s if job.status in ("done", "failed") else TOMBSTONE_S * 24)
         await self._call(tx.execute())
 
-    async def _publish_current(self, job_id: str) -> None:
+    async def publish_current(self, job_id: str) -> None:
+        """Append the job's state as it is now to its event stream."""
         record = await self.get(job_id)
         if record is not None:
             await self.publish(record.job)
@@ -561,6 +601,16 @@ class JobStore(RedisStore):
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     yield last, Job.model_validate_json(fields[b"job"])
+
+
+def _refuse_if_full(all_full: bool, key_full: bool, max_open: int, max_per_key: int) -> None:
+    if key_full:
+        what = f"this API key may have {max_per_key} jobs queued or running"
+    elif all_full:
+        what = f"the server holds at most {max_open} jobs queued or running"
+    else:
+        return
+    raise JobsFullError(f"{what}; wait for one to finish", retry_after_s=30)
 
 
 def _now_ms() -> int:

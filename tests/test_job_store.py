@@ -216,6 +216,7 @@ def test_events_replay_every_state_in_order(redis_url: str) -> None:
         job = await _create(store)
         claim = await store.claim(HOST)
         assert claim is not None
+        await store.publish_current(job.id)  # the worker does once the job really starts
         await store.progress(claim, "asr", 0.5)
         await store.fail(job.id, "undecodable", 415, lease=claim.lease)
         seen = []
@@ -267,3 +268,40 @@ def _expire_leases(store: JobStore) -> None:
         past = int(time.time() * 1000) - 1
         for member in r.zrange(store.running_key, 0, -1):
             r.zadd(store.running_key, {member: past})
+
+
+def test_queued_jobs_of_a_spool_no_replica_reads_fail_with_a_503(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    store = _store(redis_url)
+
+    async def go():
+        await store.heartbeat(HOST, ttl_s=60)
+        await store.heartbeat("spool-gone", ttl_s=60)
+        alive = await _create(store)
+        orphan = await _create(store, host="spool-gone")
+        raw.delete(f"{store.prefix}jobs:host:spool-gone")  # its heartbeat lapsed
+        failed = await store.fail_orphans()
+        return alive, orphan, failed, await store.get(alive.id), await store.get(orphan.id)
+
+    _, orphan, failed, alive_now, orphan_now = run(go(), store)
+    assert failed == [orphan.id]
+    assert alive_now.job.status == "queued"
+    assert orphan_now.job.status == "failed" and orphan_now.job.status_code == 503
+    assert "spool-gone" in (orphan_now.job.detail or "")
+    assert raw.scard(f"{store.prefix}jobs:open") == 1
+    assert raw.smembers(f"{store.prefix}jobs:hosts") == {HOST.encode()}
+
+
+def test_check_room_refuses_before_anything_is_spooled(redis_url: str) -> None:
+    store = _store(redis_url)
+
+    async def go():
+        await _create(store, owner="key_a")
+        await store.check_room("key_b", max_open=5, max_open_per_key=1)  # room for b
+        with pytest.raises(JobsFullError, match="this API key may have 1 jobs"):
+            await store.check_room("key_a", max_open=5, max_open_per_key=1)
+        with pytest.raises(JobsFullError, match="at most 1 jobs"):
+            await store.check_room("key_b", max_open=1, max_open_per_key=5)
+
+    run(go(), store)

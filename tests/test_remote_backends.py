@@ -253,3 +253,102 @@ def test_stream_finals_take_an_utterances_inline_emotion_over_the_classifier() -
     assert [r.emotion.label if r.emotion else None for r in results] == ["Fearful", "Calm"]
     assert len(handle.classify_segment.calls) == 1  # only the untagged second utterance
     assert all(r.emotion is None for r in backends.finals([first, second], "en", emotion=False))
+
+
+class _Pending:
+    """A call no replica takes: each wait for it times out after its slice (on a fake
+    clock), and it records being cancelled."""
+
+    def __init__(self, clock: list[float], answer_after: int | None = None) -> None:
+        self.clock = clock
+        self.calls = 0
+        self.cancelled = False
+        self.answer_after = answer_after
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        self.calls += 1
+        if self.answer_after is not None and self.calls > self.answer_after:
+            return "answer"
+        self.clock[0] += timeout_s or 0.0
+        raise TimeoutError
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_deployment_without_replicas_fails_fast_instead_of_hanging() -> None:
+    from ethostral_serve.serve.remote import wait
+    from ethostral_serve.serve.replicas import ReplicaWatch
+
+    clock = [0.0]
+    watch = ReplicaWatch(
+        lambda: {"EthostralModel": 0, "VAD": 1}, clock=lambda: clock[0], background=False
+    )
+    call = _Pending(clock)
+    with pytest.raises(BackendUnavailableError, match="no running replica for 4 s") as err:
+        wait(call, "EthostralModel", timeout_s=600, watch=watch, grace_s=3.0)
+    assert err.value.status_code == 503
+    # first seen without a replica after the first 2 s slice; 503 once that is 3 s or more
+    assert call.cancelled and call.calls == 3
+
+
+def test_a_running_replica_is_waited_for_and_a_returning_one_resets_the_count() -> None:
+    from ethostral_serve.serve.remote import wait
+    from ethostral_serve.serve.replicas import ReplicaWatch
+
+    clock = [0.0]
+    running = {"EthostralModel": 1}
+    watch = ReplicaWatch(lambda: dict(running), ttl_s=0.0, clock=lambda: clock[0], background=False)
+    slow = _Pending(clock, answer_after=20)  # 40 s of slices with a replica busy on it
+    assert wait(slow, "EthostralModel", timeout_s=600, watch=watch, grace_s=3.0) == "answer"
+    assert not slow.cancelled
+    running["EthostralModel"] = 0
+    clock[0] += 1
+    assert watch.without_replicas_s("EthostralModel") == 0.0  # first seen without one now
+    clock[0] += 2
+    assert watch.without_replicas_s("EthostralModel") == 2.0
+    running["EthostralModel"] = 1  # replaced
+    assert watch.without_replicas_s("EthostralModel") == 0.0
+    assert watch.without_replicas_s("Unknown") == 0.0
+
+
+def test_replica_counts_are_asked_at_most_once_per_ttl() -> None:
+    from ethostral_serve.serve.replicas import ReplicaWatch
+
+    clock = [0.0]
+    asked = []
+    watch = ReplicaWatch(
+        lambda: asked.append(1) or {"VAD": 0}, ttl_s=2.0, clock=lambda: clock[0], background=False
+    )
+    for _ in range(5):
+        watch.without_replicas_s("VAD")
+    clock[0] += 2.5
+    assert watch.without_replicas_s("VAD") == 2.5
+    assert len(asked) == 2
+
+
+def test_a_zero_seen_long_ago_is_not_counted_and_a_slow_controller_blocks_nobody() -> None:
+    import threading
+
+    from ethostral_serve.serve.replicas import ReplicaWatch
+
+    clock = [0.0]
+    watch = ReplicaWatch(lambda: {"VAD": 0}, ttl_s=2.0, clock=lambda: clock[0], background=False)
+    watch.without_replicas_s("VAD")
+    clock[0] += 3600  # nobody asked for an hour
+    assert watch.without_replicas_s("VAD") == 0.0  # counting starts afresh
+    clock[0] += 2.5
+    assert watch.without_replicas_s("VAD") == 2.5
+
+    release = threading.Event()
+    answered = threading.Event()
+
+    def slow() -> dict[str, int]:
+        release.wait(30)
+        answered.set()
+        return {"VAD": 1}
+
+    waiting = ReplicaWatch(slow, ttl_s=2.0)
+    assert waiting.without_replicas_s("VAD") == 0.0  # returns at once: nothing known yet
+    release.set()
+    assert answered.wait(30)

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +38,7 @@ from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.types import SpeakerCount
 from ethostral_serve.quotas import QuotaExceededError
 from ethostral_serve.runner import PipelineRunner
-from ethostral_serve.schema import Job, JobStatus, Session
+from ethostral_serve.schema import Job, JobStatus, Session, now_iso
 from ethostral_serve.sessions import SessionStore
 from ethostral_serve.settings import JobSettings, Settings
 from ethostral_serve.spool import Spool
@@ -48,8 +48,15 @@ log = logging.getLogger("ethostral_serve.jobs")
 POLL_S = 1.0  # how often an idle worker looks at the queue (a local upload wakes it)
 PROGRESS_EVERY_S = 0.5  # at most this often a running job writes its progress
 SWEEP_EVERY_S = 600.0
+HOST_TTL_S = 300.0  # a spool no replica read for this long: its queued jobs fail
 SLOT_RETRY_S = 2.0  # a job whose key has no upload slot free looks again this often
-RETRY_BACKOFF_S = 5.0  # a job whose model was unavailable waits this long, times its attempt
+RETRY_BACKOFF_S = 30.0  # a job whose model was unavailable waits this long, times its attempt
+
+
+class UploadLostError(EthostralError):
+    """A job's spooled upload is gone (its replica's disk was replaced): upload again."""
+
+    status_code = 503
 
 
 class JobCancelled(Exception):
@@ -120,6 +127,8 @@ class Jobs:
         spool is full."""
         if callback_url is not None:
             await callbacks.check_callback_url(callback_url, self.settings.callback_allow)
+        s = self.settings
+        await self.store.check_room(caller.owner, s.max_queued, s.max_queued_per_key)
         job_id = str(uuid.uuid4())
         path = await asyncio.to_thread(self.spool.save, job_id, source)
         try:
@@ -228,6 +237,7 @@ class JobWorker:
             try:
                 now = time.monotonic()
                 if now >= next_reap:
+                    await self.store.heartbeat(self.jobs.host, self.host_ttl_s)
                     await self._reap()
                     next_reap = now + min(self.store.lease_s / 3, 5.0)
                 if now >= next_sweep:
@@ -242,18 +252,34 @@ class JobWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_S)
 
+    @property
+    def host_ttl_s(self) -> float:
+        """How long this spool's queued jobs outlive the last replica that reads it."""
+        return max(10 * self.store.lease_s, HOST_TTL_S)
+
     async def _claim(self) -> None:
         while len(self._running) < self.jobs.settings.max_running:
             claim = await self.store.claim(self.jobs.host)
             if claim is None:
                 return
             job_id = claim.record.job.id
+            if job_id in self._running:
+                # Its lease lapsed while it still runs here (Redis was out longer than a
+                # lease): the run in progress keeps it.
+                await self.store.requeue(claim, delay_s=self.store.lease_s, refund=True)
+                return
             task = asyncio.create_task(self._run(claim), name=f"job-{job_id}")
             self._running[job_id] = task
-            task.add_done_callback(lambda _t, i=job_id: self._running.pop(i, None))
+            task.add_done_callback(self._forget_run)
+
+    def _forget_run(self, task: asyncio.Task[None]) -> None:
+        for job_id, running in list(self._running.items()):
+            if running is task:
+                del self._running[job_id]
 
     async def _reap(self) -> None:
         _, failed = await self.store.reap()
+        failed += await self.store.fail_orphans()
         for job_id in failed:
             record = await self.store.get(job_id)
             if record is not None:
@@ -279,6 +305,8 @@ class JobWorker:
                 return
             try:
                 async with self.access.slot(caller, "uploads"):
+                    with contextlib.suppress(EthostralError):  # the run matters, not its event
+                        await self.store.publish_current(job_id)
                     session = await self._transcribe(claim, stop)
             except QuotaExceededError as exc:
                 # All the key's upload slots are busy: the job waits in the queue.
@@ -339,7 +367,7 @@ class JobWorker:
         def work() -> Session:
             path = Path(record.spool)
             if not path.is_file():
-                raise EthostralError(
+                raise UploadLostError(
                     f"the upload of job {record.job.id} is no longer in the spool of "
                     f"{record.host!r}; upload it again"
                 )
@@ -384,13 +412,17 @@ class JobWorker:
                 self.jobs.spool.delete(job_id)
             return
         self.jobs.spool.delete(job_id)
+        done = replace(
+            record,
+            job=record.job.model_copy(
+                update={"status": "done", "stage": None, "progress": 1.0, "updated_at": now_iso()}
+            ),
+        )
+        self._callback(done, session)  # before anything else can fail
         try:
             await self.access.add_audio(caller, session.duration_ms / 1000)
         except EthostralError as exc:
             log.warning("audio of job %s not counted: %s", job_id, exc.detail)
-        done = await self.store.get(job_id)
-        if done is not None:
-            self._callback(done, session)
 
     async def _fail(self, claim: Claim, detail: str, status_code: int) -> None:
         job_id = claim.record.job.id

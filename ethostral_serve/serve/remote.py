@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from ethostral_serve.pipeline.types import (
     Transcript,
     WindowResult,
 )
+from ethostral_serve.serve.replicas import WATCH, ReplicaWatch
 
 log = logging.getLogger("ethostral_serve.remote")
 
@@ -64,9 +66,20 @@ class WindowJob:
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def wait(response: Any, what: str, timeout_s: float) -> Any:
+SLICE_S = 2.0  # a call is awaited in slices this long, checking its deployment between them
+NO_REPLICA_GRACE_S = 30.0  # a deployment without a running replica this long: 503
+
+
+def wait(
+    response: Any,
+    what: str,
+    timeout_s: float,
+    watch: ReplicaWatch = WATCH,
+    grace_s: float = NO_REPLICA_GRACE_S,
+) -> Any:
     """A deployment call's result; 503 (``BackendUnavailableError``) when it takes too long,
-    or when the replica serving it died (Serve starts another; the client retries)."""
+    when the replica serving it died (Serve starts another; the client retries), or when
+    the deployment has had no running replica for ``grace_s`` (its node is gone)."""
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import (
         BackPressureError,
@@ -74,12 +87,25 @@ def wait(response: Any, what: str, timeout_s: float) -> Any:
         ReplicaUnavailableError,
     )
 
+    deadline = time.monotonic() + timeout_s
     try:
-        return response.result(timeout_s=timeout_s)
-    except TimeoutError:
-        raise BackendUnavailableError(
-            f"the {what} deployment did not answer within {timeout_s:g} s; try again later"
-        ) from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BackendUnavailableError(
+                    f"the {what} deployment did not answer within {timeout_s:g} s; try again later"
+                )
+            try:
+                return response.result(timeout_s=min(remaining, SLICE_S))
+            except TimeoutError:
+                missing_s = watch.without_replicas_s(what)
+                if missing_s >= grace_s:
+                    response.cancel()
+                    raise BackendUnavailableError(
+                        f"the {what} deployment has had no running replica for "
+                        f"{missing_s:.0f} s (being started, or no node can host it); "
+                        "try again later"
+                    ) from None
     except (RayActorError, ReplicaUnavailableError) as exc:
         log.warning("a %s replica died during a call: %s", what, type(exc).__name__)
         raise BackendUnavailableError(
