@@ -10,8 +10,10 @@
 node only. It checks where each replica runs, then sends a synchronous upload, an
 asynchronous one (job) and a live stream, and checks each session. Then it kills the
 second node's raylet (the node is gone, as when a machine dies) and measures what a
-client gets: how long an upload takes to be answered and with what. Everything is
-stopped at the end (``ray stop``).
+client gets: how long an upload takes to be answered and with what; a job sent then
+waits and retries. Then a worker node joins again: the model replica is placed there,
+uploads succeed, and the waiting job completes. Everything is stopped at the end
+(``ray stop``).
 
 ``autoscale``: ``serve run configs/autoscale-local.yaml`` (one node), then
 ``--concurrency`` clients upload in a loop for ``--load-s`` seconds, then nothing. It
@@ -190,6 +192,8 @@ def multinode(args: argparse.Namespace) -> None:
         raylet = _worker_raylet()
         t2 = time.monotonic()
         os.kill(raylet, signal.SIGKILL)
+        with Client(URL) as client:
+            waiting = client.submit(path, language="en")  # a job sent while the node is gone
         results = []
         with cf.ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(timed_upload, talk, 900) for _ in range(2)]
@@ -201,6 +205,26 @@ def multinode(args: argparse.Namespace) -> None:
         health = httpx.get(f"{URL}/healthz", timeout=30)
         rows.append(["/healthz then", f"{health.status_code} {health.json()['checks']}"])
         rows.append(["seconds since the kill", f"{time.monotonic() - t2:.1f}"])
+
+        # The machine comes back: a worker node with the resource joins again.
+        sh(
+            "ray", "start", "--address=127.0.0.1:6379", "--num-cpus=2",
+            '--resources={"model_node": 1}', "--disable-usage-stats",
+        )  # fmt: skip
+        back = wait_healthy()
+        rows.append(["worker node started again → healthy (s)", f"{back:.1f}"])
+        nodes = node_ids()
+        placement = {d: [nodes.get(n, n) for n in ns] for d, ns in sorted(replica_nodes().items())}
+        rows.append(["replicas by node then", json.dumps(placement)])
+        secs, status, what = timed_upload(talk)
+        rows.append(["upload", f"{status} in {secs:.1f} s: {what}"])
+        with Client(URL) as client:
+            states = list(client.job_events(waiting.id))
+        rows.append(
+            ["the job sent while the node was gone",
+             f"{states[-1].status} after {time.monotonic() - t2:.0f} s since the kill, "
+             f"{states[-1].attempts} attempts"]
+        )  # fmt: skip
     finally:
         sh("serve", "shutdown", "-y", check=False, timeout=120)
         sh("ray", "stop", "--force", check=False, timeout=120)

@@ -352,3 +352,23 @@ def test_a_zero_seen_long_ago_is_not_counted_and_a_slow_controller_blocks_nobody
     assert waiting.without_replicas_s("VAD") == 0.0  # returns at once: nothing known yet
     release.set()
     assert answered.wait(30)
+
+
+def test_counts_from_before_a_quiet_spell_are_not_trusted() -> None:
+    from ethostral_serve.serve.replicas import ReplicaWatch
+
+    clock = [0.0]
+    answers: list[dict[str, int] | Exception] = [{"EthostralModel": 0}, {"EthostralModel": 0}]
+
+    def counts() -> dict[str, int]:
+        answer = answers.pop(0) if answers else TimeoutError("the controller is slow")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    watch = ReplicaWatch(counts, ttl_s=2.0, clock=lambda: clock[0], background=False)
+    watch.without_replicas_s("EthostralModel")
+    clock[0] += 2.0
+    assert watch.without_replicas_s("EthostralModel") == 2.0
+    clock[0] += 30.0  # nobody asked for 30 s; now the refresh does not land
+    assert watch.without_replicas_s("EthostralModel") == 0.0  # unknown, not 32 s

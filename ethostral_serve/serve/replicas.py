@@ -81,7 +81,10 @@ class ReplicaWatch:
                     finally:
                         self._lock.acquire()
             since = self._none_since.get(deployment)
-        return 0.0 if since is None else now - since
+            fresh = self._seen_at is not None and now - self._seen_at <= 2 * self.ttl_s + 1.0
+        # Counts from before a quiet spell say nothing about now (a node may have come
+        # back): until the refresh just asked for lands, nothing is known.
+        return 0.0 if since is None or not fresh else now - since
 
     def _fetch(self) -> None:
         try:
