@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.cluster multinode [--workdir /tmp/ethostral-cluster]
     .venv/bin/python -m benchmarks.cluster autoscale [--load-s 90] [--concurrency 4]
+        [--upload-s 120]
 
 ``multinode``: starts a shared ``redis-server`` (port 6390), a Ray head
 (``ray start --head``, 2 CPUs) and a second Ray node joined to it
@@ -242,15 +243,18 @@ def _worker_raylet() -> int:
     raise SystemExit("no raylet with the model_node resource found")
 
 
-def deployment_replicas() -> dict[str, int]:
-    """Running replicas per deployment, from ``serve status``."""
+def deployment_replicas() -> dict[str, str]:
+    """Replicas per deployment from ``serve status``: running, plus ``+N starting``."""
     import yaml
 
     status = yaml.safe_load(sh("serve", "status", check=False, timeout=60)) or {}
-    out: dict[str, int] = {}
+    out: dict[str, str] = {}
     for app in (status.get("applications") or {}).values():
         for name, dep in (app.get("deployments") or {}).items():
-            out[name] = int((dep.get("replica_states") or {}).get("RUNNING", 0))
+            states = dep.get("replica_states") or {}
+            running = int(states.get("RUNNING", 0))
+            starting = int(states.get("STARTING", 0))
+            out[name] = f"{running}" + (f" +{starting} starting" if starting else "")
     return out
 
 
@@ -268,7 +272,7 @@ def autoscale(args: argparse.Namespace) -> None:
     timeline: list[list[object]] = []
     try:
         wait_healthy()
-        talk = speech(30)
+        talk = speech(args.upload_s)
         t0 = time.monotonic()
         stop = threading.Event()
         answered: list[tuple[float, int]] = []
@@ -281,7 +285,7 @@ def autoscale(args: argparse.Namespace) -> None:
         threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
         for t in threads:
             t.start()
-        last: dict[str, int] | None = None
+        last: dict[str, str] | None = None
         peak: dict[str, int] = {}
         back_at: float | None = None
         while True:
@@ -290,14 +294,14 @@ def autoscale(args: argparse.Namespace) -> None:
                 stop.set()
                 timeline.append([f"{now:.0f}", "load stops (clients finish their upload)", ""])
             counts = deployment_replicas()
-            watched = {k: counts.get(k, 0) for k in ("EthostralModel", "Diarizer")}
+            watched = {k: counts.get(k, "0") for k in ("EthostralModel", "Diarizer")}
             for k, v in watched.items():
-                peak[k] = max(peak.get(k, 0), v)
+                peak[k] = max(peak.get(k, 0), int(v.split()[0]))
             if watched != last:
                 timeline.append([f"{now:.0f}", "replicas", json.dumps(watched)])
                 last = watched
             idle = stop.is_set() and not any(t.is_alive() for t in threads)
-            if idle and all(v == 1 for v in watched.values()) and max(peak.values()) > 1:
+            if idle and all(v == "1" for v in watched.values()) and max(peak.values()) > 1:
                 back_at = now
                 break
             if now > args.load_s + 300:
@@ -332,6 +336,9 @@ def main() -> None:
     a = sub.add_parser("autoscale")
     a.add_argument("--load-s", type=float, default=90.0)
     a.add_argument("--concurrency", type=int, default=4)
+    a.add_argument(
+        "--upload-s", type=float, default=120.0, help="seconds of speech per upload (windows)"
+    )
     a.add_argument("--workdir", type=Path, default=Path("/tmp/ethostral-autoscale"))
     args = ap.parse_args()
     (multinode if args.command == "multinode" else autoscale)(args)
