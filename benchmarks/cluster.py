@@ -161,6 +161,7 @@ def multinode(args: argparse.Namespace) -> None:
         )  # fmt: skip
         nodes = node_ids()
         rows.append(["ray nodes alive", ", ".join(f"{k} ({v})" for k, v in nodes.items())])
+        rows.append(["serve_config.yaml (embedded Redis) here", embedded_refused()])
         t0 = time.monotonic()
         sh("serve", "deploy", str(REPO / "configs" / "local-cluster.yaml"))
         rows.append(["deploy → healthy (s)", f"{wait_healthy() + (time.monotonic() - t0):.1f}"])
@@ -233,6 +234,32 @@ def multinode(args: argparse.Namespace) -> None:
         redis.wait(timeout=30)
     print(machine())
     print_table(["step", "result"], rows)
+
+
+def embedded_refused(timeout_s: float = 300.0) -> str:
+    """Deploy the single-machine config (embedded Redis) on the cluster: the Ingress must
+    refuse to start. Returns what ``serve status`` said about it."""
+    import yaml
+
+    sh("serve", "deploy", str(REPO / "serve_config.yaml"))
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout_s:
+            status = yaml.safe_load(sh("serve", "status", check=False, timeout=60)) or {}
+            for app in (status.get("applications") or {}).values():
+                ingress = (app.get("deployments") or {}).get("Ingress") or {}
+                message = str(ingress.get("message") or app.get("message") or "")
+                if "shared Redis" in message or "redis.url" in message:
+                    line = next(
+                        (x for x in message.splitlines() if "Redis" in x), message.splitlines()[-1]
+                    )
+                    return f"refused after {time.monotonic() - t0:.0f} s: {line.strip()[:160]}"
+                if app.get("status") == "RUNNING":
+                    raise SystemExit("the embedded Redis started on a two-node cluster")
+            time.sleep(3.0)
+        return "no verdict within the time allowed"
+    finally:
+        sh("serve", "shutdown", "-y", check=False, timeout=120)
 
 
 def _worker_raylet() -> int:
