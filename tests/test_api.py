@@ -252,14 +252,12 @@ def test_an_external_redis_that_goes_down_and_comes_back_needs_no_restart(
             assert c.get(f"/sessions/{r.json()['id']}").status_code == 200
 
 
-def test_healthz_names_a_deployment_with_no_ready_replica(
-    runner, redis_url, settings, monkeypatch
-) -> None:
+def test_healthz_names_a_deployment_with_no_ready_replica(runner, redis_url, settings) -> None:
     import asyncio
 
-    from ethostral_serve.api import app as app_module
-
-    monkeypatch.setattr(app_module, "HEALTH_TIMEOUT_S", 0.2)
+    # The production timeout (5 s), not a shortened one: the checks that answer (a real
+    # Redis among them) must answer within it even on a loaded machine; the one that
+    # never answers times out whatever the timeout is.
 
     async def being_replaced() -> None:  # a handle call that waits for a new replica
         await asyncio.Event().wait()
