@@ -242,10 +242,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     say(f"ethostral: models ready in {time.perf_counter() - t0:.1f} s")
 
     failures = 0
-    results: list[Session] = []
-    single_out = args.output if args.output is not None and out_dir is None else None
-    sink = single_out.open("w", encoding="utf-8") if single_out is not None else sys.stdout
-    try:
+    with _Output(args, out_dir) as output:
         for index, path in enumerate(args.files, start=1):
             tag = f"[{index}/{len(args.files)}] {path}"
             started = time.perf_counter()
@@ -270,20 +267,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                 f"{session.duration_ms / 1000:.1f} s of audio in "
                 f"{time.perf_counter() - started:.1f} s"
             )
-            if out_dir is not None:
-                target = out_dir / f"{path.stem}.{_EXT[args.format]}"
-                target.write_text(_render(session, args.format), encoding="utf-8")
-            elif args.format == "json" and many:
-                results.append(session)
-            else:
-                sink.write(_render(session, args.format))
-                sink.flush()
-        if args.format == "json" and many and out_dir is None:
-            payload = [json.loads(s.model_dump_json()) for s in results]
-            sink.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+            output.write(path, session)
     return 1 if failures else 0
 
 
@@ -305,49 +289,67 @@ def _transcribe_remote(
         options.update(
             num_speakers=speakers.num, min_speakers=speakers.min, max_speakers=speakers.max
         )
-    many = len(args.files) > 1
     failures = 0
-    results: list[Session] = []
-    single_out = args.output if args.output is not None and out_dir is None else None
-    sink = single_out.open("w", encoding="utf-8") if single_out is not None else sys.stdout
-    try:
-        with Client(args.url, api_key=args.api_key) as client:
-            for index, path in enumerate(args.files, start=1):
-                bar = ProgressBar(f"[{index}/{len(args.files)}] {path.name}", args.quiet)
-                try:
-                    session = client.transcribe(path, on_progress=bar.update, **options)
-                except ApiError as exc:
-                    failures += 1
-                    bar.close()
-                    print(f"ethostral: error: {path}: {exc.detail}", file=sys.stderr)
-                    if exc.status_code in (401, 403):
-                        break  # every other file would be refused the same way
-                    continue
-                except OSError as exc:
-                    failures += 1
-                    bar.close()
-                    print(f"ethostral: error: {path}: {exc}", file=sys.stderr)
-                    continue
-                except httpx.HTTPError as exc:
-                    bar.close()
-                    print(f"ethostral: cannot reach {args.url}: {exc}", file=sys.stderr)
-                    return 1
-                bar.close(f"{len(session.segments)} segments")
-                if out_dir is not None:
-                    target = out_dir / f"{path.stem}.{_EXT[args.format]}"
-                    target.write_text(_render(session, args.format), encoding="utf-8")
-                elif args.format == "json" and many:
-                    results.append(session)
-                else:
-                    sink.write(_render(session, args.format))
-                    sink.flush()
-        if args.format == "json" and many and out_dir is None:
-            payload = [json.loads(s.model_dump_json()) for s in results]
-            sink.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+    with _Output(args, out_dir) as output, Client(args.url, api_key=args.api_key) as client:
+        for index, path in enumerate(args.files, start=1):
+            bar = ProgressBar(f"[{index}/{len(args.files)}] {path.name}", args.quiet)
+            try:
+                session = client.transcribe(path, on_progress=bar.update, **options)
+            except ApiError as exc:
+                failures += 1
+                bar.close()
+                print(f"ethostral: error: {path}: {exc.detail}", file=sys.stderr)
+                if exc.status_code in (401, 403):
+                    break  # every other file would be refused the same way
+                continue
+            except OSError as exc:
+                failures += 1
+                bar.close()
+                print(f"ethostral: error: {path}: {exc}", file=sys.stderr)
+                continue
+            except httpx.HTTPError as exc:
+                bar.close()
+                print(f"ethostral: cannot reach {args.url}: {exc}", file=sys.stderr)
+                return 1
+            bar.close(f"{len(session.segments)} segments")
+            output.write(path, session)
     return 1 if failures else 0
+
+
+class _Output:
+    """Where ``transcribe`` writes its sessions: stdout, one file, or a directory (one
+    file per input); several sessions as JSON become one array, written at the end."""
+
+    def __init__(self, args: argparse.Namespace, out_dir: Path | None) -> None:
+        self.format = args.format
+        self.out_dir = out_dir
+        self.many = len(args.files) > 1
+        self.results: list[Session] = []
+        single = args.output if args.output is not None and out_dir is None else None
+        self.sink = single.open("w", encoding="utf-8") if single is not None else sys.stdout
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def write(self, path: Path, session: Session) -> None:
+        """Write (or keep, for the JSON array) one input's session."""
+        if self.out_dir is not None:
+            target = self.out_dir / f"{path.stem}.{_EXT[self.format]}"
+            target.write_text(_render(session, self.format), encoding="utf-8")
+        elif self.format == "json" and self.many:
+            self.results.append(session)
+        else:
+            self.sink.write(_render(session, self.format))
+            self.sink.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.format == "json" and self.many and self.out_dir is None:
+                payload = [json.loads(s.model_dump_json()) for s in self.results]
+                self.sink.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        finally:
+            if self.sink is not sys.stdout:
+                self.sink.close()
 
 
 class ProgressBar:

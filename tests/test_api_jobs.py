@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from redis_server import redis_server
 from speech import Conversation, two_speaker_conversation
 
 from ethostral_serve import callbacks
@@ -35,12 +34,6 @@ pytestmark = pytest.mark.slow
 
 FAST = {"diarize": "false", "emotion": "false", "language": "en"}
 WAIT_S = 120.0  # generous bound on a job of a few seconds of audio (never reached when green)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

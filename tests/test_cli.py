@@ -29,6 +29,16 @@ def test_jsonl_keeps_input_order_and_reports_bad_files(tmp_path, capsys) -> None
     assert len(errors) == 1 and "garbage.wav" in errors[0] and "decodable" in errors[0]
 
 
+def test_several_files_as_json_make_one_array_in_input_order(capsys) -> None:
+    jfk = require_data("asr", "jfk", "jfk.flac")
+    vox = sorted(require_data("asr", "librivox").glob("*.wav"))[0]
+    args = ["transcribe", str(vox), str(jfk), "-q", "--language", "en"]
+    assert main([*args, "--no-emotion", "--no-diarize"]) == 0
+    sessions = json.loads(capsys.readouterr().out)
+    assert [s["filename"] for s in sessions] == [vox.name, "jfk.flac"]
+    assert all(s["segments"] for s in sessions)
+
+
 def test_srt_and_vtt_into_a_directory(tmp_path) -> None:
     jfk = require_data("asr", "jfk", "jfk.flac")
     vox = sorted(require_data("asr", "librivox").glob("*.wav"))[0]
