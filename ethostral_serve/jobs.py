@@ -30,12 +30,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
-from ethostral_serve.errors import EthostralError, InvalidRequestError, StoreUnavailableError
+from ethostral_serve.errors import EthostralError, InvalidRequestError
 from ethostral_serve.keys import ApiKey
 from ethostral_serve.quotas import QuotaExceededError
-from ethostral_serve.redis_store import RedisStore, describe
+from ethostral_serve.redis_store import RedisStore
 from ethostral_serve.schema import Job, JobStatus, now_iso
 
 EVENTS_KEPT = 200  # newest events of one job kept in its stream
@@ -418,8 +418,8 @@ class JobStore(RedisStore):
         for _ in range(5):
             try:
                 async with self._client().pipeline(transaction=True) as pipe:
-                    await pipe.watch(key)
-                    status, lease = await pipe.hmget(key, ["status", "lease"])
+                    await self._call(pipe.watch(key))
+                    status, lease = await self._call(pipe.hmget(key, ["status", "lease"]))
                     if status != b"running" or lease != claim.lease.encode():
                         return False
                     pipe.multi()
@@ -438,11 +438,9 @@ class JobStore(RedisStore):
                     pipe.zrem(self.running_key, job_id)
                     pipe.srem(self.open_key, job_id)
                     pipe.srem(self.open_key_of(owner), job_id)
-                    await pipe.execute()
+                    await self._call(pipe.execute())
             except WatchError:
                 continue  # the job changed meanwhile (cancelled?): look again
-            except (RedisError, OSError) as e:
-                raise StoreUnavailableError(f"{self.what} unavailable: {describe(e)}") from e
             await self.publish_current(job_id)
             return True
         return False

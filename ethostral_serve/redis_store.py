@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from ethostral_serve.errors import StoreUnavailableError
 
@@ -82,9 +82,12 @@ class RedisStore:
             return client
 
     async def _call(self, op: Awaitable[T]) -> T:
-        """Await a Redis command, turning transport and server failures into a 503."""
+        """Await a Redis command, turning transport and server failures into a 503
+        (``WatchError``, a ``WATCH``ed key that changed, passes through)."""
         try:
             return await op
+        except WatchError:  # a WATCHed key changed: a conflict for the caller, not an outage
+            raise
         except (RedisError, OSError) as e:  # asyncio/builtin TimeoutError is an OSError
             raise StoreUnavailableError(f"{self.what} unavailable: {describe(e)}") from e
 

@@ -88,6 +88,10 @@ class Spool:
                 )
             self._reserved += n
 
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` is in this spool (a job's upload may be in another host's)."""
+        return Path(path).parent == self.directory
+
     def delete(self, job_id: str) -> None:
         """Remove a job's upload (nothing when it is gone already)."""
         self.path(job_id).unlink(missing_ok=True)

@@ -171,7 +171,7 @@ class Jobs:
         replica running it, when its run stops). Returns the job's status before: it may
         have ended meanwhile (``done``, ``failed``), and then nothing was cancelled."""
         before = await self.store.cancel(record.job.id)
-        if before == "queued" and Path(record.spool).parent == self.spool.directory:
+        if before == "queued" and self.spool.holds(record.spool):
             self.spool.delete(record.job.id)
         return before
 
@@ -434,7 +434,7 @@ class JobWorker:
             self.jobs.spool.delete(job_id)
 
     def _finish_failed(self, record: JobRecord) -> None:
-        if Path(record.spool).parent == self.jobs.spool.directory:
+        if self.jobs.spool.holds(record.spool):
             self.jobs.spool.delete(record.job.id)
         self._callback(record, None)
 

@@ -69,17 +69,16 @@ class ReplicaWatch:
         now = self._clock()
         with self._lock:
             due = self._asked_at is None or now - self._asked_at >= self.ttl_s
-            if due and not self._fetching:
+            fetch = due and not self._fetching
+            if fetch:
                 self._asked_at = now
                 self._fetching = True
-                if self._background:
-                    threading.Thread(target=self._fetch, daemon=True).start()
-                else:
-                    self._lock.release()
-                    try:
-                        self._fetch()
-                    finally:
-                        self._lock.acquire()
+        if fetch:
+            if self._background:
+                threading.Thread(target=self._fetch, daemon=True).start()
+            else:
+                self._fetch()
+        with self._lock:
             since = self._none_since.get(deployment)
             fresh = self._seen_at is not None and now - self._seen_at <= 2 * self.ttl_s + 1.0
         # Counts from before a quiet spell say nothing about now (a node may have come
