@@ -20,6 +20,7 @@ from ethostral_serve.errors import (
     AudioDecodeError,
     AudioTooLongError,
     EmptyAudioError,
+    EthostralError,
     NoAudioStreamError,
 )
 
@@ -103,6 +104,29 @@ def _container_duration_s(container: object, stream: object) -> float | None:
     if sd and tb:
         return float(sd * tb)
     return None
+
+
+def header_duration_s(path: str | os.PathLike[str]) -> float | None:
+    """The audio's length in seconds as the file's container header gives it, without
+    decoding; None when the header does not say, or the file is not media with audio
+    (decoding it says what is wrong)."""
+    import av
+
+    try:
+        with (
+            _open_binary(path) as fileobj,
+            av.open(
+                fileobj,
+                mode="r",
+                io_open=_refuse_nested_open,
+                options={"protocol_whitelist": "none"},
+            ) as container,
+        ):
+            if not container.streams.audio:
+                return None
+            return _container_duration_s(container, container.streams.audio[0])
+    except (EthostralError, av.FFmpegError, ValueError, OSError, UnicodeDecodeError):
+        return None
 
 
 def decode_audio(source: AudioSource, max_duration_s: float | None = None) -> Audio:

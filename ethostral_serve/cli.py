@@ -392,41 +392,57 @@ class ProgressBar:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from ethostral_serve.audio import decode_audio
-    from ethostral_serve.errors import EthostralError
-    from ethostral_serve.stream_client import stream_audio
+    """``stream``: decode a file here, send it to the service as a live stream (through
+    :meth:`Client.stream <ethostral_serve.client.Client.stream>`), print each event."""
+    import numpy as np
+
+    from ethostral_serve.audio import SAMPLE_RATE, decode_audio
+    from ethostral_serve.client import ApiError, Client, StreamError
 
     try:
         count = _speaker_count(args)
     except ValueError as exc:
         print(f"ethostral: error: {exc}", file=sys.stderr)
         return 2
+    if args.speed <= 0:
+        print("ethostral: error: --speed must be positive", file=sys.stderr)
+        return 2
     try:
         audio = decode_audio(args.file)
     except (EthostralError, OSError) as exc:
         print(f"ethostral: {args.file}: {exc}", file=sys.stderr)
         return 1
-    params: dict[str, object] = {"diarize": not args.no_diarize, "emotion": not args.no_emotion}
-    if args.language:
-        params["language"] = args.language
-    if args.adapter:
-        params["adapter"] = args.adapter
-    for name in ("num", "min", "max"):
-        value = getattr(count, name) if count is not None else None
-        if value is not None:
-            params[f"{name}_speakers"] = value
-    params["filename"] = args.file.name
-    last: dict[str, object] = {}
+    pcm = (np.clip(audio.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    speakers = {
+        f"{name}_speakers": getattr(count, name) if count is not None else None
+        for name in ("num", "min", "max")
+    }
     try:
-        for event, _, _ in stream_audio(
-            args.url, audio.samples, params, speed=args.speed, api_key=args.api_key
-        ):
-            print(json.dumps(event, ensure_ascii=False), flush=True)
-            last = event
+        with Client(args.url, api_key=args.api_key) as client:
+            for event in client.stream(
+                pcm,
+                sample_rate=SAMPLE_RATE,
+                language=args.language or None,
+                diarize=not args.no_diarize,
+                emotion=not args.no_emotion,
+                adapter=args.adapter or None,
+                filename=args.file.name,
+                realtime=True,
+                speed=args.speed,
+                **speakers,
+            ):
+                fields = event.model_dump(mode="json", exclude_unset=True)  # as it was sent
+                print(json.dumps(fields, ensure_ascii=False), flush=True)
+    except StreamError as exc:
+        print(f"ethostral: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"ethostral: {args.url} refused the stream: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"ethostral: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
-    return 0 if last.get("type") == "session" else 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,9 @@ service managers send (systemd, ``docker stop``, Kubernetes), ``ray.init``'s han
 exits at once without ``serve.shutdown()``, and the interpreter may abort while Ray
 tears down. This wrapper runs ``serve run`` in its own session and forwards SIGTERM and
 SIGINT to it as one SIGINT, so both end the way Ctrl-C does.
+
+The local Ray it starts exports Prometheus metrics on a fixed port (``--metrics-port``,
+8080), where bare ``serve run`` picks a random one (:mod:`ethostral_serve.serve.serve_run`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import argparse
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from ethostral_serve.serve.serve_run import DEFAULT_METRICS_PORT
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -28,11 +32,17 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument(
         "config", nargs="?", default="serve_config.yaml", help="Serve config (default: %(default)s)"
     )
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="port where Ray exports Prometheus metrics, http://HOST:PORT/metrics; 0: a "
+        "random one (default: %(default)s)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve run CONFIG`` until it exits; its exit code."""
-    serve = Path(sys.executable).with_name("serve")
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -49,5 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     # Its own session: a terminal's Ctrl-C reaches only this process, which forwards it
     # once (a second SIGINT would interrupt Serve's shutdown).
-    children.append(subprocess.Popen([str(serve), "run", args.config], start_new_session=True))
+    command = [sys.executable, "-m", "ethostral_serve.serve.serve_run", args.config]
+    command += ["--metrics-port", str(args.metrics_port)]
+    children.append(subprocess.Popen(command, start_new_session=True))
     return children[0].wait()

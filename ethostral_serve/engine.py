@@ -43,6 +43,10 @@ def load_speech_model(settings: Settings, with_emotion: bool = True) -> SpeechMo
         from ethostral_serve.backends.ethostral_speech import EthostralSpeechModel
 
         return EthostralSpeechModel(settings, with_emotion=with_emotion)
+    if settings.speech_model == "endpoint":
+        from ethostral_serve.backends.endpoint import EndpointSpeechModel
+
+        return EndpointSpeechModel(settings, with_emotion=with_emotion)
     from ethostral_serve.backends.embedded import EmbeddedSpeechModel
 
     return EmbeddedSpeechModel(settings, with_emotion=with_emotion)

@@ -1,7 +1,8 @@
 """What every Redis-backed store shares: one client per event loop and one error mapping.
 
 Every failure to reach Redis becomes :class:`~ethostral_serve.errors.StoreUnavailableError`
-(503), so callers see domain errors, never redis-py's.
+(503), so callers see domain errors, never redis-py's; each is counted in the process's
+metrics (``redis_errors``, by store and error type).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
+from ethostral_serve import metrics
 from ethostral_serve.errors import StoreUnavailableError
 
 T = TypeVar("T")
@@ -89,6 +91,7 @@ class RedisStore:
         except WatchError:  # a WATCHed key changed: a conflict for the caller, not an outage
             raise
         except (RedisError, OSError) as e:  # asyncio/builtin TimeoutError is an OSError
+            metrics.installed().redis_error(type(self).__name__, type(e).__name__)
             raise StoreUnavailableError(f"{self.what} unavailable: {describe(e)}") from e
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +105,10 @@ class Session(BaseModel):
     duration_ms: int = Field(ge=0)
     created_at: str = Field(default_factory=now_iso)
     segments: list[Segment] = Field(default_factory=list)
+    has_audio: bool = Field(
+        False,
+        description="its audio was kept (`store_audio`): `GET /sessions/{id}/audio` plays it",
+    )
 
 
 class SessionSummary(BaseModel):
@@ -117,6 +121,7 @@ class SessionSummary(BaseModel):
     created_at: str
     speakers: int = Field(ge=0, description="distinct speakers in the session")
     segments: int = Field(ge=0, description="number of segments")
+    has_audio: bool = Field(False, description="its audio was kept (`store_audio`)")
 
     @classmethod
     def of(cls, session: Session) -> SessionSummary:
@@ -129,6 +134,7 @@ class SessionSummary(BaseModel):
             created_at=session.created_at,
             speakers=len({s.speaker for s in session.segments}),
             segments=len(session.segments),
+            has_audio=session.has_audio,
         )
 
 
@@ -245,3 +251,49 @@ class Health(BaseModel):
 
     status: str = Field(description="'ok' when every check passed, else 'unavailable'")
     checks: dict[str, str] = Field(description="check name → 'ok' or what failed")
+
+
+class _SegmentEvent(BaseModel):
+    """What partial and final events of ``WS /transcribe/stream`` carry."""
+
+    type: str
+    segment_id: str = Field(description="the same for an utterance's partials and its final")
+    speaker: str = Field(description="live label; provisional in a partial")
+    text: str
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
+    emotion: Emotion | None = Field(description="null in partials, and with emotion off")
+
+
+class PartialEvent(_SegmentEvent):
+    """A draft of the utterance being spoken (its text may still change)."""
+
+    type: Literal["partial"] = "partial"
+
+
+class FinalEvent(_SegmentEvent):
+    """An utterance that ended: its text, live speaker and emotion."""
+
+    type: Literal["final"] = "final"
+
+
+class SessionEvent(BaseModel):
+    """The stream ended after ``stop`` and its session is stored under ``session_id``."""
+
+    type: Literal["session"] = "session"
+    session_id: str
+
+
+class ErrorEvent(BaseModel):
+    """Why the stream ends; a close with its code follows."""
+
+    type: Literal["error"] = "error"
+    detail: str
+    session_id: str | None = Field(
+        None, description="the session the segments finalised so far were stored as, if any"
+    )
+
+
+StreamEvent = Annotated[
+    PartialEvent | FinalEvent | SessionEvent | ErrorEvent, Field(discriminator="type")
+]

@@ -8,10 +8,13 @@ Layout under ``key_prefix`` (default ``ethostral:session:``):
 
 - ``<id>``: the session's JSON;
 - ``<id>:owner``: the id of the API key that made it (absent: made while auth was off);
+- ``<id>:audio``: its audio for playback (``store_audio``; :mod:`ethostral_serve.playback`),
+  present exactly when the session's ``has_audio`` is true, with the session's expiry;
 - ``index``: every session id, scored by creation time (ms), for listing;
 - ``index:<key id>``: the same for one key's sessions.
 
-A session and its index entries are written and removed in one ``MULTI`` transaction.
+A session, its audio and its index entries are written and removed in one ``MULTI``
+transaction, so a session never points to missing audio and no audio outlives its session.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -45,6 +48,21 @@ CURSOR_PATTERN = r"^(?:[0-9]+_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 _CURSOR = re.compile(CURSOR_PATTERN)
 _TTL_SLACK_MS = 3_600_000  # a session may be stored up to an hour after it began
 _INDEX_VERSION = "1"  # bump to re-run the backfill of sessions stored before the index
+
+
+AUDIO_CHUNK_BYTES = 1 << 20  # kept audio is read from Redis this much at a time
+
+
+class AudioNotKeptError(SessionNotFoundError):
+    """The session exists but its audio was not kept (uploaded without ``store_audio``)."""
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """A session's kept audio as found: its size; read it with :meth:`SessionStore.read_audio`."""
+
+    session_id: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -87,20 +105,38 @@ class SessionStore(RedisStore):
         """The Redis key holding the id of the API key that owns a session."""
         return f"{self.key_prefix}{session_id}:owner"
 
+    def audio_key(self, session_id: str) -> str:
+        """The Redis key holding a session's kept audio (``store_audio``)."""
+        return f"{self.key_prefix}{session_id}:audio"
+
     def index_key(self, owner: str | None = None) -> str:
         """The sorted set listing every session (``owner`` None) or one key's sessions."""
         return f"{self.key_prefix}index" + (f":{owner}" if owner else "")
 
-    async def save(self, session: Session, owner: str | None = None) -> None:
-        """Store ``session`` under its id (replacing that id's earlier version), owned by
-        the API key ``owner`` (None: no key)."""
+    async def save(
+        self, session: Session, owner: str | None = None, audio: bytes | None = None
+    ) -> None:
+        """Store ``session`` under its id (replacing that id's earlier version and its
+        audio), owned by the API key ``owner`` (None: no key), with ``audio`` for playback
+        when given (then ``session.has_audio`` must be true, else false)."""
         tx = self._client().pipeline(transaction=True)
-        self.add_save(tx, session, owner)
+        self.add_save(tx, session, owner, audio)
         await self._call(tx.execute())
 
-    def add_save(self, tx: Pipeline, session: Session, owner: str | None = None) -> None:
+    def add_save(
+        self,
+        tx: Pipeline,
+        session: Session,
+        owner: str | None = None,
+        audio: bytes | None = None,
+    ) -> None:
         """Queue the writes of :meth:`save` on a ``MULTI`` pipeline (a job stores its
         session in the same transaction that marks it done)."""
+        if session.has_audio != bool(audio):
+            raise ValueError(
+                f"session {session.id} has has_audio={session.has_audio} but "
+                f"{'no' if not audio else len(audio)} bytes of audio were given"
+            )
         score = _score(session)
         if self.ttl_s is not None:
             # Entries of sessions that have expired since (created more than ttl_s ago)
@@ -109,6 +145,10 @@ class SessionStore(RedisStore):
             for index in {self.index_key(), self.index_key(owner)}:
                 tx.zremrangebyscore(index, "-inf", f"({cutoff}")
         tx.set(self.key(session.id), session.model_dump_json(), ex=self.ttl_s)
+        if audio:
+            tx.set(self.audio_key(session.id), audio, ex=self.ttl_s)
+        else:
+            tx.delete(self.audio_key(session.id))
         if owner:
             tx.set(self.owner_key(session.id), owner, ex=self.ttl_s)
             tx.zadd(self.index_key(owner), {session.id: score})
@@ -138,13 +178,48 @@ class SessionStore(RedisStore):
         if not exists or not _visible(stored_owner, owner):
             raise SessionNotFoundError(f"no session with id {session_id!r}")
         tx = client.pipeline(transaction=True)
-        tx.delete(self.key(session_id), self.owner_key(session_id))
+        tx.delete(self.key(session_id), self.owner_key(session_id), self.audio_key(session_id))
         tx.zrem(self.index_key(), session_id)
         if stored_owner:
             tx.zrem(self.index_key(stored_owner.decode()), session_id)
         removed, *_ = await self._call(tx.execute())
         if not removed:
             raise SessionNotFoundError(f"no session with id {session_id!r}")
+
+    async def audio(self, session_id: str, owner: str | None = None) -> StoredAudio:
+        """The size of a session's kept audio; raises ``SessionNotFoundError`` (no such
+        session, or another key's) or :class:`AudioNotKeptError`."""
+        reads = self._client().pipeline(transaction=False)
+        reads.exists(self.key(session_id))
+        reads.get(self.owner_key(session_id))
+        reads.strlen(self.audio_key(session_id))
+        exists, stored_owner, size = await self._call(reads.execute(), session_id)
+        if not exists or not _visible(stored_owner, owner):
+            raise SessionNotFoundError(f"no session with id {session_id!r}")
+        if not size:
+            raise AudioNotKeptError(
+                f"session {session_id!r} has no audio: it was not kept (send the upload "
+                "or stream with store_audio=true to keep it)"
+            )
+        return StoredAudio(session_id, int(size))
+
+    async def read_audio(self, audio: StoredAudio, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive) of the kept audio, a chunk at a time.
+
+        Raises ``StoreUnavailableError``; stops short if the audio was deleted (or expired)
+        since :meth:`audio` found it, as the session it belonged to is gone.
+        """
+        client = self._client()
+        key = self.audio_key(audio.session_id)
+        at = start
+        while at <= end:
+            last = min(end, at + AUDIO_CHUNK_BYTES - 1)
+            chunk = await self._call(client.getrange(key, at, last))
+            if not chunk:
+                log.warning("the audio of session %s went while it was read", audio.session_id)
+                return
+            yield chunk
+            at += len(chunk)
 
     async def list(
         self, owner: str | None = None, limit: int = 20, cursor: str | None = None

@@ -128,6 +128,90 @@ class EthostralSettings(BaseModel):
         return self
 
 
+class EndpointSettings(BaseModel):
+    """Ethostral on a Hugging Face Inference Endpoint running ``deploy/hf-endpoint``'s
+    handler: ASR windows go there in batches, with the ``HF_TOKEN``; Whisper base stays
+    here for language identification, the emotion fallback and live drafts."""
+
+    url: str | None = Field(
+        None,
+        description="the endpoint's URL (https://<name>.<region>.<vendor>.endpoints."
+        "huggingface.cloud); required with speech_model 'endpoint'",
+    )
+    timeout_s: float = Field(
+        120.0, gt=0.0, description="longest wait for one request's answer (then it is retried)"
+    )
+    max_retries: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="retries of a request that got 408, 429 or 5xx, timed out or could not "
+        "connect (then: 503 'model unavailable')",
+    )
+    retry_backoff_s: float = Field(
+        1.0, gt=0.0, description="wait before the first retry; it doubles with each retry"
+    )
+    retry_max_backoff_s: float = Field(16.0, gt=0.0, description="longest wait between retries")
+    retry_after_max_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="an answer's Retry-After is waited up to this long; a longer one fails "
+        "the request at once (503)",
+    )
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="requests in flight to the endpoint at once from one process (each "
+        "replica of the model deployment has its own)",
+    )
+    batch_size: int = Field(4, ge=1, le=64, description="windows per request")
+    audio_encoding: Literal["s16le", "f32le"] = Field(
+        "s16le",
+        description="window audio on the wire: 16-bit PCM (32 kB per second before base64) "
+        "or float32 (exact, twice the size)",
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="longest transcript per window; None: the endpoint's "
+        "ETHOSTRAL_ETHOSTRAL__MAX_NEW_TOKENS",
+    )
+    languages: list[str] = Field(
+        ["en", "es", "fr", "pt", "hi", "de", "nl", "it"],
+        min_length=1,
+        description="language codes accepted (Voxtral's eight; others may work less well)",
+    )
+    adapters: list[str] = Field(
+        [],
+        description="names of the further adapters the endpoint serves (its "
+        "ETHOSTRAL_ETHOSTRAL__ADAPTERS), which a request may choose",
+    )
+    detect_language: bool = Field(
+        True,
+        description="identify the language of audio sent without one with the bundled "
+        "Whisper base here; False: Voxtral guesses it and the session language is 'und'",
+    )
+    emotion_fallback: bool = Field(
+        True,
+        description="segments no emotion tag covers get the embedded emotion model's "
+        "emotion, computed here (Whisper base encoder + classifier); False: none",
+    )
+    drafts: Literal["local", "endpoint"] = Field(
+        "local",
+        description="who writes live partials: 'local' (stream.draft_model when it knows the "
+        "stream's language, else Whisper base, here) or 'endpoint' (a short Voxtral "
+        "generation, one request per partial)",
+    )
+
+    @model_validator(mode="after")
+    def _check_url(self) -> EndpointSettings:
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"endpoint.url {self.url!r}: give an http(s):// URL")
+        return self
+
+
 class DiarizerSettings(BaseModel):
     """Speaker diarization.
 
@@ -230,6 +314,13 @@ class LimitSettings(BaseModel):
     )
     backend_timeout_s: float = Field(
         600.0, gt=0.0, description="longest wait for one call to a model deployment (then 503)"
+    )
+    max_stored_audio_s: float = Field(
+        3 * 3600.0,
+        gt=0.0,
+        description="longest audio a session may keep for playback (`store_audio`); a "
+        "longer upload that asks to keep it is refused (413), a longer stream closed "
+        "(1008). Ogg/Opus at 24 kbit/s: 8.6-10.6 MB in Redis per hour (measured)",
     )
 
 
@@ -384,14 +475,16 @@ class Settings(BaseSettings):
     )
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
-    speech_model: Literal["embedded", "ethostral"] = Field(
+    speech_model: Literal["embedded", "ethostral", "endpoint"] = Field(
         "embedded",
-        description="'embedded' (faster-whisper + bundled emotion model, CPU) or "
-        "'ethostral' (Voxtral + LoRA adapter from the ethostral section, production)",
+        description="'embedded' (faster-whisper + bundled emotion model, CPU), "
+        "'ethostral' (Voxtral + LoRA adapter from the ethostral section, production) or "
+        "'endpoint' (Ethostral on a Hugging Face Inference Endpoint: the endpoint section)",
     )
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
     ethostral: EthostralSettings = EthostralSettings()
+    endpoint: EndpointSettings = EndpointSettings()
     diarizer: DiarizerSettings = DiarizerSettings()
     emotion: EmotionSettings = EmotionSettings()
     segments: SegmentSettings = SegmentSettings()

@@ -1,9 +1,11 @@
-"""A client for ``WS /transcribe/stream``: sends audio at real-time pace, yields events.
+"""The benchmarks' client for ``WS /transcribe/stream``: sends numpy audio at real-time
+pace and yields raw events with timings.
 
-Used by ``ethostral stream`` and by ``benchmarks/stream_latency.py``. Each event comes
-with the seconds since the stream began when it arrived, and the client keeps when it
-sent each chunk, so latency can be measured from the chunk that carried an event's
-``end_ms``.
+Used by ``benchmarks/stream_latency.py`` and the other stream benchmarks. Each event
+comes with the seconds since the stream began when it arrived, and the client keeps when
+it sent each chunk, so latency can be measured from the chunk that carried an event's
+``end_ms``. Applications use :meth:`ethostral_serve.client.AsyncClient.stream` (typed
+events, close codes as exceptions) instead.
 """
 
 from __future__ import annotations

@@ -23,7 +23,15 @@ from ethostral_serve.sessions import SessionStore
 
 pytestmark = pytest.mark.slow
 
-SESSION_KEYS = {"id", "filename", "language", "duration_ms", "created_at", "segments"}
+SESSION_KEYS = {
+    "id",
+    "filename",
+    "language",
+    "duration_ms",
+    "created_at",
+    "segments",
+    "has_audio",
+}
 SEGMENT_KEYS = {"id", "speaker", "start_ms", "end_ms", "text", "emotion"}
 EMOTION_KEYS = {"label", "valence", "arousal", "dominance", "confidence"}
 

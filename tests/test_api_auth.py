@@ -60,10 +60,12 @@ class Service:
         self.url = redis_url
         self.prefix = prefix
         self.keys = KeyStore(redis_url, prefix=prefix)
-        runner = PipelineRunner.traced(self.settings, engine.vad, engine.diarizer, engine.model)
+        self.runner = PipelineRunner.traced(
+            self.settings, engine.vad, engine.diarizer, engine.model
+        )
         store = SessionStore(redis_url, key_prefix=f"{prefix}session:")
         app = create_app(
-            runner,
+            self.runner,
             store,
             self.settings,
             stream_backends=stream_backends,
@@ -316,21 +318,34 @@ def test_an_upload_without_a_key_is_refused_before_its_body_is_read(service: Ser
 def test_an_upload_whose_client_left_keeps_its_slot_then_is_stored_and_counted(
     service: Service,
 ) -> None:
-    from ethostral_serve.api.app import _finish_abandoned
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ethostral_serve.api.uploads import Uploads
+    from ethostral_serve.metrics import NoopMetrics
     from ethostral_serve.quotas import QuotaStore
     from ethostral_serve.schema import Session
+
+    class AudioRecorder(NoopMetrics):
+        def __init__(self) -> None:
+            self.recorded: list[tuple[str, float]] = []
+
+        def audio(self, kind: Any, seconds: float) -> None:
+            self.recorded.append((kind, seconds))
 
     key, headers = service.key("left", audio_hours_per_day=1.0)
     caller = Caller(key)
     store = SessionStore(service.url, key_prefix=f"{service.prefix}session:")
     quotas = QuotaStore(service.url, prefix=service.prefix)
     access = Access(service.keys, quotas)
+    metrics = AudioRecorder()
+    runs = ThreadPoolExecutor(max_workers=1)
+    uploads = Uploads(service.runner, store, access, runs, metrics)
     session = Session(filename="left.wav", language="en", duration_ms=42_000)
 
     async def go() -> float:
         try:
             run: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
-            finishing = asyncio.create_task(_finish_abandoned(run, store, access, caller))
+            finishing = asyncio.create_task(uploads.finish_abandoned(run, caller))
             await asyncio.sleep(0)
             assert not finishing.done()  # it waits for the run, holding the caller's slot
             run.set_result(session)
@@ -341,5 +356,7 @@ def test_an_upload_whose_client_left_keeps_its_slot_then_is_stored_and_counted(
                 await s.aclose()
 
     assert asyncio.run(go()) == 42.0
+    runs.shutdown()
+    assert metrics.recorded == [("upload", 42.0)]  # and recorded in the metrics
     listed = service.client.get("/sessions", headers=headers).json()["sessions"]
     assert [s["id"] for s in listed] == [session.id]

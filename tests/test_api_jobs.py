@@ -23,7 +23,7 @@ from speech import Conversation, two_speaker_conversation
 from ethostral_serve import callbacks
 from ethostral_serve.api.app import create_app
 from ethostral_serve.api.auth import Access
-from ethostral_serve.api.jobs import Jobs
+from ethostral_serve.api.jobs import Jobs, JobWorker
 from ethostral_serve.jobs import JobStore
 from ethostral_serve.keys import KeyLimits, KeyStore
 from ethostral_serve.runner import PipelineRunner
@@ -468,3 +468,41 @@ def test_python_client_follows_a_job_to_its_session(
         with pytest.raises(ApiError) as gone:
             client.get(session.id)
         assert gone.value.status_code == 404
+
+
+def test_the_job_worker_stops_even_when_its_cancellation_is_lost(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's asyncio.wait_for drops a cancellation that arrives as the awaitable
+    it waits for completes (redis-py sends every command through it): the worker's loop
+    still ends, so an app shutting down does not wait forever."""
+    settings = Settings(
+        auth=AuthSettings(key_prefix=f"t-{uuid.uuid4().hex[:8]}:"),
+        jobs=JobSettings(spool_dir=tmp_path, spool_host="test"),
+    )
+    jobs = Jobs.from_settings(redis_url, settings)
+    worker = JobWorker(jobs, None, None, None, None)  # type: ignore[arg-type]
+
+    async def scenario() -> bool:
+        inside = asyncio.Event()
+        lost: list[bool] = []
+
+        async def heartbeat(host: str, ttl_s: float) -> None:
+            inside.set()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append(True)  # the first cancellation is lost
+
+        monkeypatch.setattr(jobs.store, "heartbeat", heartbeat)
+        worker.start()
+        await asyncio.wait({asyncio.ensure_future(inside.wait())}, timeout=WAIT_S)
+        assert inside.is_set()
+        stopping = asyncio.ensure_future(worker.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=WAIT_S)
+        await jobs.store.aclose()
+        return lost == [True] and stopping in done
+
+    assert asyncio.run(scenario())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
 import pytest
 from conftest import require_data
+from prometheus_client.samples import Sample
 from redis_server import free_port, redis_server
 from speech import meeting_minute, two_speaker_conversation
 
@@ -27,7 +29,13 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def serve_url(redis_url: str, tmp_path_factory) -> Iterator[str]:
+def metrics_port() -> int:
+    """The local Ray's metrics export port, fixed as the configs fix it (README "Metrics")."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def serve_url(redis_url: str, tmp_path_factory, metrics_port: int) -> Iterator[str]:
     """The default graph (embedded models) on a local Ray, sessions in a real Redis."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -35,7 +43,12 @@ def serve_url(redis_url: str, tmp_path_factory) -> Iterator[str]:
 
     from ethostral_serve.serve.app import AppArgs, build_app
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -105,6 +118,102 @@ def test_upload_through_the_graph(serve_url: str) -> None:
     assert bad.status_code == 415 and bad.json()["detail"]
 
 
+def _scrape(url: str, ready: Callable[[dict[str, list[Sample]]], bool]) -> dict[str, list[Sample]]:
+    """Ray's Prometheus endpoint as {sample name: samples} of the ethostral_ metrics, once
+    ``ready`` holds: replicas send their records every few seconds (generous bound)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 180.0
+    while True:
+        samples: dict[str, list[Sample]] = {}
+        try:
+            text = httpx.get(url, timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("ray_ethostral_"):
+                    samples.setdefault(sample.name, []).append(sample)
+        if ready(samples):
+            return samples
+        assert time.monotonic() < deadline, f"metrics never complete at {url}: {sorted(samples)}"
+        time.sleep(2.0)
+
+
+def _total(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over replicas)."""
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+
+def _buckets(samples: dict[str, list[Sample]], name: str, **labels: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts {le: count}, summed over replicas."""
+    buckets: dict[float, float] = {}
+    for s in samples.get(f"{name}_bucket", []):
+        if labels.items() <= s.labels.items():
+            le = float(s.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + s.value
+    return dict(sorted(buckets.items()))
+
+
+STAGES = ("decode", "vad", "diarize", "asr", "emotion")
+
+
+def test_metrics_of_an_upload_are_scraped_from_the_fixed_port(
+    serve_url: str, metrics_port: int
+) -> None:
+    """An upload's outcome, audio, stage latencies and the batches it formed reach Ray's
+    Prometheus endpoint on the port the fixture fixed."""
+    talk = two_speaker_conversation(turns_each=1)
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    audio_s = r.json()["duration_ms"] / 1000
+    # every batch the model replica has formed so far, this upload's among them
+    stats = _model_handle().batch_stats.remote().result()
+    assert sum(stats["asr"].values()) >= 1 and sum(stats["emotion"].values()) >= 1
+
+    def ready(m: dict[str, list[Sample]]) -> bool:
+        return (
+            _total(m, "ray_ethostral_requests_total", kind="upload", outcome="ok") >= 1
+            and _total(m, "ray_ethostral_audio_seconds_total", kind="upload") >= audio_s
+            and all(_total(m, "ray_ethostral_stage_seconds_count", stage=s) >= 1 for s in STAGES)
+            and all(
+                _total(m, "ray_ethostral_batch_size_count", method=method) >= sum(sizes.values())
+                for method, sizes in stats.items()
+            )
+        )
+
+    m = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready)
+    uploads = [s for s in m["ray_ethostral_requests_total"] if s.labels["kind"] == "upload"]
+    assert {s.labels["status"] for s in uploads if s.labels["outcome"] == "ok"} >= {"200"}
+    assert {s.labels["deployment"] for s in uploads} == {"Ingress"}
+    for stage in STAGES:
+        # timed where the ingress calls the stage: its calls to the model deployments count
+        counts = [s for s in m["ray_ethostral_stage_seconds_count"] if s.labels["stage"] == stage]
+        assert {(s.labels["deployment"], s.labels["application"]) for s in counts} == {
+            ("Ingress", APP)
+        }
+        buckets = _buckets(m, "ray_ethostral_stage_seconds", stage=stage)
+        cumulative = list(buckets.values())
+        assert cumulative == sorted(cumulative), (stage, buckets)
+        total = _total(m, "ray_ethostral_stage_seconds_count", stage=stage)
+        assert buckets[float("inf")] == total and buckets[600.0] == total  # none took 10 min
+    # The histogram of batch sizes is the model replica's own tally, bucket by bucket.
+    for method, sizes in stats.items():
+        buckets = _buckets(m, "ray_ethostral_batch_size", method=method)
+        expected = {le: sum(n for size, n in sizes.items() if size <= le) for le in buckets}
+        assert buckets == expected, (method, sizes)
+        assert buckets[4.0 if method == "asr" else 32.0] == buckets[float("inf")]  # max sizes
+        assert {
+            s.labels["deployment"]
+            for s in m["ray_ethostral_batch_size_count"]
+            if s.labels["method"] == method
+        } == {"EthostralModel"}
+
+
 def test_async_upload_through_the_graph_with_progress_events(serve_url: str) -> None:
     talk = two_speaker_conversation(turns_each=2)
     r = httpx.post(
@@ -125,6 +234,39 @@ def test_async_upload_through_the_graph_with_progress_events(serve_url: str) -> 
     got = httpx.get(f"{serve_url}/sessions/{job_id}", timeout=10)
     assert got.status_code == 200 and got.json()["id"] == job_id
     assert len({s["speaker"] for s in got.json()["segments"]}) >= 2
+
+
+def test_openai_sdk_transcribes_through_the_graph(serve_url: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    jfk = ("jfk.flac", (require_data("asr", "jfk") / "jfk.flac").read_bytes(), "audio/flac")
+    said = "ask not what your country can do for you"
+
+    def plain(text: str) -> str:
+        return " ".join(text.lower().replace(",", "").split())
+
+    result = client.audio.transcriptions.create(file=jfk, model="whisper-1")
+    assert said in plain(result.text)
+    srt = client.audio.transcriptions.create(file=jfk, model="whisper-1", response_format="srt")
+    assert srt.startswith("1\n00:00:") and " --> " in srt and said in plain(srt)
+    vtt = client.audio.transcriptions.create(file=jfk, model="whisper-1", response_format="vtt")
+    assert vtt.startswith("WEBVTT") and said in plain(vtt)
+    talk = two_speaker_conversation(turns_each=2)
+    raw = client.audio.transcriptions.with_raw_response.create(
+        file=("talk.wav", talk.wav_bytes(), "audio/wav"),
+        model="whisper-1",
+        response_format="verbose_json",
+    )
+    verbose = json.loads(raw.text)
+    assert verbose["language"] == "english" and verbose["text"]
+    segments = verbose["segments"]
+    assert len({s["speaker"] for s in segments}) >= 2
+    assert all(s["emotion"]["label"] for s in segments)
+    # Stored as a session, under the id the header names.
+    session_id = raw.headers["x-ethostral-session-id"]
+    stored = httpx.get(f"{serve_url}/sessions/{session_id}", timeout=10).json()
+    assert " ".join(s["text"] for s in stored["segments"]) == verbose["text"]
 
 
 def test_ethostral_transcribe_url_sends_jobs_with_progress(
@@ -405,3 +547,82 @@ def test_ethostral_and_pyannote_selected_by_the_tiny_config_serve_uploads_and_st
             ws.recv()
     assert event == {"type": "error", "detail": "unknown adapter 'nope'; available: plain"}
     assert ws.close_code == 1008
+
+
+def test_ethostral_on_an_inference_endpoint_by_the_endpoint_config_serves_uploads_and_streams(
+    serve_url: str, redis_url: str, tagging_voxtral
+) -> None:
+    """Redeploy with ``configs/endpoint-tiny.yaml``'s settings, pointed at the endpoint
+    handler served here as Inference Endpoints serves it (``local_server.py``) on the tiny
+    tagging Voxtral; then take the handler away: uploads get 503 'model unavailable'."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from ray import serve
+
+    from ethostral_serve.serve.app import AppArgs, build_app
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "deploy" / "hf-endpoint"))
+    from local_server import load_handler, serving
+
+    base, _ = tagging_voxtral  # writes "[angry] stop that now [coughs] okay"
+    os.environ["ETHOSTRAL_ETHOSTRAL__MAX_NEW_TOKENS"] = "64"
+    try:
+        handler = load_handler(base.parent)  # holds voxtral/ and adapter/
+    finally:
+        del os.environ["ETHOSTRAL_ETHOSTRAL__MAX_NEW_TOKENS"]
+    talk = two_speaker_conversation(turns_each=1)
+    config = (repo / "configs" / "endpoint-tiny.yaml").read_text(encoding="utf-8")
+    with serving(handler) as endpoint:
+        text = config.replace("http://127.0.0.1:8081/", endpoint.url)
+        (app_config,) = yaml.safe_load(text)["applications"]
+        settings = {**app_config["args"]["settings"], "redis": {"url": redis_url}}
+        settings["endpoint"] = {**settings["endpoint"], "retry_backoff_s": 0.1}
+        assert settings["speech_model"] == "endpoint"
+        assert settings["endpoint"]["url"] == endpoint.url
+        app = build_app(AppArgs(settings=settings))
+        serve.run(app, name=APP, route_prefix="/", blocking=False)
+        _wait_healthy(serve_url)
+        assert _model_handle().backend.remote().result() == "EndpointSpeechModel"
+
+        r = httpx.post(
+            f"{serve_url}/transcribe",
+            files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+            timeout=300,
+        )
+        assert r.status_code == 200, r.text
+        session = r.json()
+        assert endpoint.calls >= 1  # the windows went to the endpoint
+        assert session["language"] == "en" and session["segments"]  # Whisper base, here
+        said = " ".join(s["text"] for s in session["segments"])
+        assert said.replace("stop that now okay", "").strip() == ""  # tags stripped
+        for segment in session["segments"]:
+            assert segment["speaker"].startswith("s") and segment["words"]
+            assert segment["emotion"]["label"] == "Angry"  # from the tag: [angry]
+            assert segment["emotion"]["confidence"] > 0.9
+
+        before = endpoint.calls
+        events = _stream(serve_url, "language=en&diarize=true", talk.samples)
+        assert events[-1]["type"] == "session", events[-1]
+        finals = [e for e in events if e["type"] == "final" and e["text"]]
+        assert finals and endpoint.calls > before  # finals are read on the endpoint
+        said = " ".join(f["text"] for f in finals)
+        assert said.replace("stop that now okay", "").strip() == ""
+        assert finals[0]["emotion"]["label"] == "Angry"
+        partials = [e for e in events if e["type"] == "partial" and e["text"]]
+        # drafts are written here by Whisper (endpoint.drafts: local): real words
+        assert partials and not any("stop that now" in p["text"] for p in partials)
+        stored = httpx.get(f"{serve_url}/sessions/{events[-1]['session_id']}", timeout=30)
+        assert [s["id"] for s in stored.json()["segments"]] == [f["segment_id"] for f in finals]
+
+    # the endpoint is gone: retried, then the service's 503 'model unavailable'
+    r = httpx.post(
+        f"{serve_url}/transcribe",
+        files={"file": ("talk.wav", talk.wav_bytes(), "audio/wav")},
+        timeout=300,
+    )
+    assert r.status_code == 503, r.text
+    assert r.json()["detail"].startswith("the speech model endpoint is unavailable (ConnectError")
+    assert "3 attempts" in r.json()["detail"] and r.headers["retry-after"]

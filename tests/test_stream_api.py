@@ -6,14 +6,14 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from redis_server import free_port, redis_server
+from live_server import serving
+from redis_server import redis_server
 from speech import meeting_minute, two_speaker_conversation
 from starlette.websockets import WebSocketDisconnect
 
@@ -135,8 +135,8 @@ def test_two_speaker_stream_partials_finals_and_session(
     events: list[dict] = []
     # drafts are never skipped for waiting, so every partial owed is sent
     client = _client(engine, stream_backends, redis_url, max_draft_wait_s=3600.0)
-    with _uvicorn(client.app) as host:
-        with connect(f"ws://{host}/transcribe/stream?language=en") as ws:
+    with serving(client.app) as url:
+        with connect(f"ws://{url.removeprefix('http://')}/transcribe/stream?language=en") as ws:
             for k, i in enumerate(range(0, len(talk.samples), CHUNK)):
                 ws.send(_pcm16(talk.samples[i : i + CHUNK]))
                 if k in owed:
@@ -152,7 +152,7 @@ def test_two_speaker_stream_partials_finals_and_session(
             with pytest.raises(ConnectionClosedOK):
                 ws.recv(timeout=30)
             assert ws.close_code == 1000
-        stored = httpx.get(f"http://{host}/sessions/{events[-1]['session_id']}", timeout=30).json()
+        stored = httpx.get(f"{url}/sessions/{events[-1]['session_id']}", timeout=30).json()
     partials = [e for e in events if e["type"] == "partial"]
     finals = [e for e in events if e["type"] == "final"]
     assert len(partials) >= len(owed)
@@ -316,27 +316,6 @@ def test_an_idle_stream_keeps_what_was_said_before_it_went_quiet(
     assert positions == sorted(positions)
 
 
-@contextmanager
-def _uvicorn(app) -> Iterator[str]:
-    """The app behind a real uvicorn server on a free port (a real socket to drop)."""
-    import threading
-
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_abrupt_disconnect_still_stores_finalised_segments(
     engine, stream_backends, redis_url: str
 ) -> None:
@@ -345,8 +324,8 @@ def test_abrupt_disconnect_still_stores_finalised_segments(
     talk = two_speaker_conversation(turns_each=1)
     before = _session_keys(redis_url)
     client = _client(engine, stream_backends, redis_url)
-    with _uvicorn(client.app) as host:
-        ws = connect(f"ws://{host}/transcribe/stream?language=en")
+    with serving(client.app) as url:
+        ws = connect(f"ws://{url.removeprefix('http://')}/transcribe/stream?language=en")
         for i in range(0, len(talk.samples), 1600):
             ws.send(_pcm16(talk.samples[i : i + 1600]))
         time.sleep(1.0)
@@ -583,3 +562,36 @@ def test_a_stream_opened_while_the_model_is_down_closes_1013(
         event = ws.receive_json()
         assert _close_code(ws) == 1013  # try again later, not "bad parameters" (1008)
     assert event["type"] == "error" and "EthostralModel" in event["detail"]
+
+
+@pytest.mark.parametrize("ending", ["invalid-audio", "stop"])
+def test_a_session_that_cannot_be_stored_closes_1011_with_a_logged_error_id(
+    engine, stream_backends, redis_url: str, monkeypatch, caplog, ending: str
+) -> None:
+    """Storing the stream fails unexpectedly (a session saying it has audio that is not
+    given: the store refuses it as a bug), on a stream ending in an error of its own or
+    normally: the stream closes 1011 with an error id the server log has."""
+    monkeypatch.setattr(
+        LiveStream,
+        "stored",
+        lambda self: (self.session().model_copy(update={"has_audio": True}), None),
+    )
+    with (
+        _client(engine, stream_backends, redis_url) as client,
+        client.websocket_connect(
+            "/transcribe/stream?encoding=pcm_f32le&language=en&emotion=false&diarize=false"
+        ) as ws,
+    ):
+        ws.send_bytes(np.zeros(8000, dtype="<f4").tobytes())
+        if ending == "stop":
+            ws.send_json({"type": "stop"})
+        else:
+            ws.send_bytes(np.array([np.nan], dtype="<f4").tobytes())
+        error = _until_session(ws)[-1]
+        assert _close_code(ws) == 1011
+    assert error["type"] == "error" and "session_id" not in error, error
+    error_id = re.fullmatch(r"internal error \(id ([0-9a-f]{12})\)", error["detail"])
+    assert error_id is not None, error
+    logged = [r for r in caplog.records if error_id.group(1) in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "has_audio" in str(logged[0].exc_info[1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import uuid
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePath
 from typing import Annotated, Protocol
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,12 +29,22 @@ from ethostral_serve.api.auth import (
     Access,
     AuthMiddleware,
     Caller,
-    http_credentials,
 )
 from ethostral_serve.api.body_limit import BodyLimitMiddleware
+from ethostral_serve.api.caller import CallerDep
 from ethostral_serve.api.jobs import Jobs, JobWorker
-from ethostral_serve.api.openapi import error_responses, install_openapi, subtitle_responses
+from ethostral_serve.api.openai_compat import UPLOAD_PATH, OpenAIErrorMiddleware, openai_router
+from ethostral_serve.api.openapi import (
+    audio_responses,
+    error_responses,
+    install_openapi,
+    subtitle_responses,
+)
+from ethostral_serve.api.playback import AUDIO_DESCRIPTION, audio_response
+from ethostral_serve.api.request_metrics import UploadMetricsMiddleware
 from ethostral_serve.api.stream import StreamCapacity, serve_stream
+from ethostral_serve.api.uploads import Uploads, upload_filename
+from ethostral_serve.api.web import install_web_app
 from ethostral_serve.errors import (
     AuthenticationError,
     EthostralError,
@@ -43,6 +52,7 @@ from ethostral_serve.errors import (
     SessionNotFoundError,
 )
 from ethostral_serve.jobs import JobRecord
+from ethostral_serve.metrics import NOOP, Metrics
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount
@@ -56,13 +66,14 @@ from ethostral_serve.schema import (
     SessionList,
     SessionSummary,
 )
-from ethostral_serve.sessions import Pipeline, SessionPage
+from ethostral_serve.sessions import Pipeline, SessionPage, StoredAudio
 from ethostral_serve.settings import Settings
 from ethostral_serve.subtitles import to_srt, to_vtt
 
 log = logging.getLogger("ethostral_serve.api")
 
 HealthCheck = Callable[[], Awaitable[None]]
+UPLOAD_PATHS = ("/transcribe", UPLOAD_PATH)  # the routes that take an upload's body
 
 API_DESCRIPTION = """\
 Diarized, emotion-annotated transcription. Upload audio or video to
@@ -71,10 +82,15 @@ deleted under `/sessions/{id}`. Every error is JSON `{"detail": "..."}`, saying 
 was wrong in words; a 422 from FastAPI's own validation lists the invalid values instead
 (`{"detail": [{"loc", "msg", "type", ...}]}`).
 
+**OpenAI-compatible: `POST /v1/audio/transcriptions`, `GET /v1/models`.** OpenAI's
+audio transcription API (its SDKs work with `base_url=<server>/v1`); errors under `/v1`
+take OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
+
 **Live streaming: `WS /transcribe/stream`.** Query parameters `sample_rate` (default
 16000), `encoding` (`pcm_s16le` default, or `pcm_f32le`), `language`, `diarize`,
-`emotion`, `adapter`, `filename`, `num_speakers` / `min_speakers` / `max_speakers` (or
-the same in a first text message `{"type": "start", ...}`).
+`emotion`, `adapter`, `filename`, `num_speakers` / `min_speakers` / `max_speakers`,
+`store_audio` (keep the audio for `GET /sessions/{id}/audio`) (or the same in a first
+text message `{"type": "start", ...}`).
 Send binary frames of mono PCM of any size, then `{"type": "stop"}`. The server sends
 JSON events `{"type": "partial" | "final", "segment_id", "speaker", "text",
 "start_ms", "end_ms", "emotion"}`: partials while an utterance is spoken (same
@@ -101,12 +117,24 @@ class SessionStorage(Protocol):
     seen; None (auth off) sees every session.
     """
 
-    async def save(self, session: Session, owner: str | None = None) -> None:
-        """Store a session under its id, owned by ``owner``."""
+    async def save(
+        self, session: Session, owner: str | None = None, audio: bytes | None = None
+    ) -> None:
+        """Store a session under its id, owned by ``owner``, with its kept ``audio``."""
         ...
 
-    def add_save(self, tx: Pipeline, session: Session, owner: str | None = None) -> None:
+    def add_save(
+        self, tx: Pipeline, session: Session, owner: str | None = None, audio: bytes | None = None
+    ) -> None:
         """Queue the writes of ``save`` on a Redis ``MULTI`` pipeline (jobs)."""
+        ...
+
+    async def audio(self, session_id: str, owner: str | None = None) -> StoredAudio:
+        """A session's kept audio; raises ``SessionNotFoundError`` / ``AudioNotKeptError``."""
+        ...
+
+    def read_audio(self, audio: StoredAudio, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive) of kept audio, a chunk at a time."""
         ...
 
     async def get(self, session_id: str, owner: str | None = None) -> Session:
@@ -145,11 +173,14 @@ def create_app(
     stream_backends: StreamBackends | None = None,
     access: Access | None = None,
     jobs: Jobs | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """The HTTP API over a pipeline runner and a session store (+ live streams); ``access``
     checks API keys and quotas (None: open, which ``auth.required`` forbids); ``jobs``
-    takes asynchronous uploads and runs them while the app is up (None: no ``async``)."""
+    takes asynchronous uploads and runs them while the app is up (None: no ``async``);
+    ``metrics`` counts uploads and streams (None: nothing is recorded)."""
     access = access or Access()
+    metrics = metrics or NOOP
     if settings.auth.required and not access.required:
         raise ValueError("auth.required is on but no key store was given (Access.from_settings)")
     # Each upload holds a thread while the pipeline runs (asyncio's default pool has
@@ -158,6 +189,7 @@ def create_app(
         max_workers=settings.limits.max_concurrent_runs, thread_name_prefix="transcribe"
     )
     worker = JobWorker(jobs, runner, store, access, runs) if jobs is not None else None
+    uploads = Uploads(runner, store, access, runs, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -179,13 +211,16 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=max_bytes,
-        paths=("/transcribe",),
+        paths=UPLOAD_PATHS,
         detail=lambda n: (
             f"upload is larger than the {n / 1e6:g} MB limit (ETHOSTRAL_LIMITS__MAX_UPLOAD_MB)"
         ),
     )
     if access.required:  # outermost: no body is read before the key is checked
         app.add_middleware(AuthMiddleware, access=access)
+    app.add_middleware(OpenAIErrorMiddleware)  # /v1 errors in OpenAI's shape, auth's too
+    # outermost of all: every upload's final status, 401 and 413 included
+    app.add_middleware(UploadMetricsMiddleware, metrics=metrics, paths=UPLOAD_PATHS)
     install_error_handlers(app)
     checks: dict[str, HealthCheck] = {"store": store.ping, **(health_checks or {})}
     app.state.access = access
@@ -254,13 +289,18 @@ def create_app(
         prefer: Annotated[
             str | None, Header(description="`respond-async`: run as a job (RFC 7240)")
         ] = None,
+        store_audio: Annotated[
+            bool,
+            Form(
+                description="keep the audio (16 kHz mono Ogg/Opus) for playback at "
+                "`GET /sessions/{id}/audio`, deleted and expiring with the session"
+            ),
+        ] = False,
     ) -> Session | JSONResponse:
         speakers = speaker_count(num_speakers, min_speakers, max_speakers)
         code = await asyncio.to_thread(runner.check_language, language)
         named = await asyncio.to_thread(runner.check_adapter, adapter)
-        await store.ping()  # fail fast, before the expensive part
-        await access.check_audio(caller)
-        filename = PurePath(file.filename or "upload").name or "upload"
+        await uploads.admit(caller)
         options = TranscribeOptions(
             language=code, diarize=diarize, emotion=emotion, adapter=named, speakers=speakers
         )
@@ -268,26 +308,19 @@ def create_app(
         if run_async or prefers_async or callback_url:
             if jobs is None:
                 raise InvalidRequestError("this server does not run asynchronous jobs")
-            job = await jobs.submit(file.file, filename, options, caller, callback_url or None)
+            job = await jobs.submit(
+                file.file,
+                upload_filename(file.filename),
+                options,
+                caller,
+                callback_url or None,
+                store_audio,
+            )
             headers = _job_headers(job)
             if prefers_async:
                 headers["Preference-Applied"] = "respond-async"
             return JSONResponse(job.model_dump(), status_code=202, headers=headers)
-        context = contextvars.copy_context()  # tracing context reaches the thread
-        async with access.slot(caller, "uploads"):
-            run = asyncio.get_running_loop().run_in_executor(
-                runs, context.run, runner.run, file.file, filename, options
-            )
-            try:
-                session = await asyncio.shield(run)
-            except asyncio.CancelledError:
-                # The client went away; the run goes on in its thread. It keeps its slot
-                # until it ends, then is stored (GET /sessions lists it) and counted.
-                await asyncio.shield(_finish_abandoned(run, store, access, caller))
-                raise
-        await store.save(session, owner=caller.owner)
-        await _count_audio(access, caller, session)
-        return session
+        return await uploads.run(caller, file.file, file.filename, options, store_audio)
 
     @app.get(
         "/sessions",
@@ -438,8 +471,43 @@ def create_app(
         session = await store.get(_session_id(session_id), owner=caller.owner)
         return _subtitle(to_vtt(session), session, "vtt", "text/vtt")
 
+    @app.get(
+        "/sessions/{session_id}/audio",
+        operation_id="session_audio",
+        response_class=Response,
+        summary="A stored session's audio, if it was kept (store_audio)",
+        description=AUDIO_DESCRIPTION,
+        responses=audio_responses(),
+    )
+    async def session_audio(
+        caller: CallerDep,
+        session_id: str,
+        range_header: Annotated[
+            str | None, Header(alias="Range", description="`bytes=FIRST-LAST` (RFC 9110)")
+        ] = None,
+        if_range: Annotated[
+            str | None,
+            Header(
+                alias="If-Range",
+                description="this server gives no validators, so none matches: the whole file",
+            ),
+        ] = None,
+    ) -> Response:
+        sid = _session_id(session_id)
+        return await audio_response(store, sid, caller.owner, range_header, if_range, False)
+
+    @app.head("/sessions/{session_id}/audio", include_in_schema=False)
+    async def session_audio_head(
+        caller: CallerDep,
+        session_id: str,
+        range_header: Annotated[str | None, Header(alias="Range")] = None,
+        if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    ) -> Response:
+        sid = _session_id(session_id)
+        return await audio_response(store, sid, caller.owner, range_header, if_range, True)
+
     if stream_backends is not None:
-        capacity = StreamCapacity(settings.stream.max_streams)
+        capacity = StreamCapacity(settings.stream.max_streams, metrics)
 
         @app.websocket("/transcribe/stream")
         async def transcribe_stream(websocket: WebSocket) -> None:
@@ -462,28 +530,9 @@ def create_app(
         body = Health(status="ok" if ok else "unavailable", checks=report)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
+    app.include_router(openai_router(uploads, settings))
+    install_web_app(app)  # the web page at / and its assets: after every API route
     return app
-
-
-async def _count_audio(access: Access, caller: Caller, session: Session) -> None:
-    """Count a stored session's audio against the caller's key; a Redis failure here
-    must not turn a stored result into an error the client would retry."""
-    try:
-        await access.add_audio(caller, session.duration_ms / 1000)
-    except EthostralError as exc:
-        log.warning("audio of session %s not counted: %s", session.id, exc.detail)
-
-
-async def _finish_abandoned(
-    run: asyncio.Future[Session], store: SessionStorage, access: Access, caller: Caller
-) -> None:
-    """Wait for a run whose client left; store and count its session."""
-    try:
-        session = await run
-        await store.save(session, owner=caller.owner)
-        await _count_audio(access, caller, session)
-    except Exception as exc:  # nobody is waiting for the answer
-        log.warning("an abandoned upload did not complete: %r", exc)
 
 
 _JOB_HEADERS = {
@@ -592,8 +641,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
             # Starlette names the methods of the first route on the path only; a path
-            # served by several routes (GET and DELETE /sessions/{id}) allows them all.
-            allowed = _allowed_methods(request)
+            # served by several routes (GET and DELETE /sessions/{id}) allows them all;
+            # routes of an included router (/v1) are seen through Starlette's own header.
+            named = (exc.headers or {}).get("Allow", "")
+            allowed = sorted({*_allowed_methods(request), *filter(None, named.split(", "))})
             exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
 
@@ -606,19 +657,6 @@ def _allowed_methods(request: Request) -> list[str]:
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
-
-
-async def current_caller(request: Request) -> Caller:
-    """The request's caller: authenticated by :class:`AuthMiddleware` when keys are on,
-    else by the app's :class:`Access` (anonymous)."""
-    caller = getattr(request.state, "caller", None)
-    if isinstance(caller, Caller):
-        return caller
-    access: Access = request.app.state.access
-    return await access.authenticate(http_credentials(request.headers))
-
-
-CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

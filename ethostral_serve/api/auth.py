@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ethostral_serve.api.web import is_open_path
 from ethostral_serve.errors import AuthenticationError, EthostralError
 from ethostral_serve.keys import ApiKey, KeyStore
 from ethostral_serve.quotas import QuotaStore, SlotKind
@@ -156,7 +157,9 @@ class AuthMiddleware:
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+        path = str(scope.get("path", ""))
+        # the web page and its assets are open too: the page asks for the key itself
+        if scope["type"] != "http" or path in OPEN_PATHS or is_open_path(path):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -33,14 +33,15 @@ from ethostral_serve.errors import (
     StoreUnavailableError,
 )
 from ethostral_serve.jobs import Claim, JobRecord, JobStore
+from ethostral_serve.metrics import CANCELLED_STATUS, NOOP, Metrics, http_outcome
 from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.compose import TranscribeOptions
 from ethostral_serve.pipeline.types import SpeakerCount
 from ethostral_serve.quotas import QuotaExceededError
-from ethostral_serve.runner import PipelineRunner
+from ethostral_serve.runner import KeptAudio, PipelineRunner, check_header_length
 from ethostral_serve.schema import Job, JobStatus, Session, now_iso
 from ethostral_serve.sessions import SessionStore
-from ethostral_serve.settings import JobSettings, Settings
+from ethostral_serve.settings import JobSettings, LimitSettings, Settings
 from ethostral_serve.spool import Spool
 
 log = logging.getLogger("ethostral_serve.jobs")
@@ -51,6 +52,7 @@ SWEEP_EVERY_S = 600.0
 HOST_TTL_S = 300.0  # a spool no replica read for this long: its queued jobs fail
 SLOT_RETRY_S = 2.0  # a job whose key has no upload slot free looks again this often
 RETRY_BACKOFF_S = 30.0  # a job whose model was unavailable waits this long, times its attempt
+STORE_AUDIO = "store_audio"  # a job's option beside its TranscribeOptions: keep its audio
 
 
 class UploadLostError(EthostralError):
@@ -96,13 +98,17 @@ class Jobs:
     settings: JobSettings
     host: str
     _master_secret: str | None = field(default=None, repr=False)
+    metrics: Metrics = field(default=NOOP, repr=False)  # jobs ended, their audio
+    limits: LimitSettings | None = field(default=None, repr=False)  # None: not checked here
     wake: asyncio.Event | None = field(default=None, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, redis_url: str, settings: Settings) -> Jobs:
+    def from_settings(
+        cls, redis_url: str, settings: Settings, metrics: Metrics | None = None
+    ) -> Jobs:
         """Jobs in this Redis, spooled under ``jobs.spool_dir`` (default
-        ``<cache_dir>/spool``)."""
+        ``<cache_dir>/spool``); ``metrics`` counts them as they end."""
         j = settings.jobs
         store = JobStore(
             redis_url,
@@ -113,7 +119,8 @@ class Jobs:
             timeout_s=settings.redis.timeout_s,
         )
         spool = Spool(j.spool_dir or settings.cache_dir / "spool", int(j.spool_max_gb * 1e9))
-        return cls(store, spool, j, j.spool_host or socket.gethostname())
+        host = j.spool_host or socket.gethostname()
+        return cls(store, spool, j, host, metrics=metrics or NOOP, limits=settings.limits)
 
     async def submit(
         self,
@@ -122,9 +129,12 @@ class Jobs:
         options: TranscribeOptions,
         caller: Caller,
         callback_url: str | None,
+        store_audio: bool = False,
     ) -> Job:
         """Spool an upload and queue its job; 429 past the job bounds, 503 when the
-        spool is full."""
+        spool is full, 413 when the file's header says its audio is longer than the run
+        would take (``limits``). ``store_audio``: its session keeps the audio for
+        playback."""
         if callback_url is not None:
             await callbacks.check_callback_url(callback_url, self.settings.callback_allow)
         s = self.settings
@@ -134,12 +144,14 @@ class Jobs:
         try:
             if path.stat().st_size == 0:
                 raise EmptyAudioError("the file is empty")  # as a synchronous upload says
+            if self.limits is not None:  # too long: refused now, not failed once it runs
+                await asyncio.to_thread(check_header_length, path, self.limits, store_audio)
             job = await self.store.create(
                 job_id,
                 filename=filename,
                 owner=caller.owner,
                 key=caller.key,
-                options=options_to_dict(options),
+                options={**options_to_dict(options), STORE_AUDIO: store_audio},
                 spool=str(path),
                 host=self.host,
                 callback_url=callback_url,
@@ -171,6 +183,8 @@ class Jobs:
         replica running it, when its run stops). Returns the job's status before: it may
         have ended meanwhile (``done``, ``failed``), and then nothing was cancelled."""
         before = await self.store.cancel(record.job.id)
+        if before in ("queued", "running"):
+            self.metrics.request("job", "cancelled", CANCELLED_STATUS)
         if before == "queued" and self.spool.holds(record.spool):
             self.spool.delete(record.job.id)
         return before
@@ -204,6 +218,10 @@ class JobWorker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._deliveries: set[asyncio.Task[bool]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        # Set by stop(): the loop ends on its own even when its cancellation is lost
+        # (Python 3.11's asyncio.wait_for drops one that arrives as the awaitable it
+        # waits for completes, and redis-py sends every command through it).
+        self._stopping = False
 
     @property
     def store(self) -> JobStore:
@@ -216,6 +234,7 @@ class JobWorker:
         if self._loop_task is not None and not self._loop_task.done():
             return
         self.jobs.attach_worker()
+        self._stopping = False
         self._loop_task = asyncio.create_task(self._loop(), name="job-worker")
 
     async def stop(self) -> None:
@@ -223,6 +242,9 @@ class JobWorker:
         lifespan that started the worker stops it."""
         if self._loop_task is None or self._loop_task.get_loop() is not asyncio.get_running_loop():
             return
+        self._stopping = True
+        if self.jobs.wake is not None:
+            self.jobs.wake.set()
         tasks = [t for t in (self._loop_task, *self._running.values()) if t is not None]
         for task in [*tasks, *self._deliveries]:
             task.cancel()
@@ -233,7 +255,7 @@ class JobWorker:
         wake = self.jobs.wake
         assert wake is not None
         next_reap = next_sweep = 0.0
-        while True:
+        while not self._stopping:
             try:
                 now = time.monotonic()
                 if now >= next_reap:
@@ -248,6 +270,8 @@ class JobWorker:
                 log.warning("job worker: %s", exc.detail)
             except Exception:  # the worker must outlive any one bad record
                 log.exception("job worker")
+            if self._stopping:
+                return
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_S)
@@ -258,7 +282,7 @@ class JobWorker:
         return max(10 * self.store.lease_s, HOST_TTL_S)
 
     async def _claim(self) -> None:
-        while len(self._running) < self.jobs.settings.max_running:
+        while not self._stopping and len(self._running) < self.jobs.settings.max_running:
             claim = await self.store.claim(self.jobs.host)
             if claim is None:
                 return
@@ -307,13 +331,13 @@ class JobWorker:
                 async with self.access.slot(caller, "uploads"):
                     with contextlib.suppress(EthostralError):  # the run matters, not its event
                         await self.store.publish_current(job_id)
-                    session = await self._transcribe(claim, stop)
+                    session, audio = await self._transcribe(claim, stop)
             except QuotaExceededError as exc:
                 # All the key's upload slots are busy: the job waits in the queue.
                 delay = min(exc.retry_after_s, SLOT_RETRY_S)
                 await self.store.requeue(claim, delay_s=delay, refund=True)
                 return
-            await self._complete(claim, caller, session)
+            await self._complete(claim, caller, session, audio)
         except JobCancelled:
             if await self._cancelled(job_id):
                 self.jobs.spool.delete(job_id)
@@ -342,10 +366,14 @@ class JobWorker:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
 
-    async def _transcribe(self, claim: Claim, stop: threading.Event) -> Session:
+    async def _transcribe(
+        self, claim: Claim, stop: threading.Event
+    ) -> tuple[Session, bytes | None]:
         """Run the pipeline over the spooled upload on a worker thread, reporting
-        progress to the job; raises :class:`JobCancelled` once ``stop`` is set."""
+        progress to the job; the session and its kept audio (``store_audio``, else None).
+        Raises :class:`JobCancelled` once ``stop`` is set."""
         record = claim.record
+        kept = KeptAudio() if record.options.get(STORE_AUDIO) else None
         loop = asyncio.get_running_loop()
         last = {"t": 0.0, "stage": "", "fraction": -1.0}
 
@@ -373,16 +401,17 @@ class JobWorker:
                 )
             with progress.listening(listener), path.open("rb") as source:
                 return self.runner.run(
-                    source, record.job.filename, options_from_dict(record.options)
+                    source, record.job.filename, options_from_dict(record.options), keep_audio=kept
                 )
 
         context = contextvars.copy_context()
         run = loop.run_in_executor(self.runs, context.run, work)
         try:
-            return await asyncio.shield(run)
+            session = await asyncio.shield(run)
         except asyncio.CancelledError:
             stop.set()
             raise
+        return session, kept.data if kept else None
 
     async def _keep_lease(self, claim: Claim, stop: threading.Event) -> None:
         """Renew the claim's lease while the job runs; set ``stop`` when the job was
@@ -399,19 +428,23 @@ class JobWorker:
                 stop.set()
                 return
 
-    async def _complete(self, claim: Claim, caller: Caller, session: Session) -> None:
+    async def _complete(
+        self, claim: Claim, caller: Caller, session: Session, audio: bytes | None
+    ) -> None:
         record = claim.record
         job_id = record.job.id
         session = session.model_copy(update={"id": job_id})
         owner = record.owner or None
         stored = await self.store.complete(
-            claim, lambda tx: self.sessions.add_save(tx, session, owner)
+            claim, lambda tx: self.sessions.add_save(tx, session, owner, audio)
         )
         if not stored:
             if await self._cancelled(job_id):
                 self.jobs.spool.delete(job_id)
             return
         self.jobs.spool.delete(job_id)
+        self.jobs.metrics.request("job", "ok", 200)
+        self.jobs.metrics.audio("job", session.duration_ms / 1000)
         done = replace(
             record,
             job=record.job.model_copy(
@@ -434,6 +467,8 @@ class JobWorker:
             self.jobs.spool.delete(job_id)
 
     def _finish_failed(self, record: JobRecord) -> None:
+        status = record.job.status_code or 500
+        self.jobs.metrics.request("job", http_outcome(status), status)
         if self.jobs.spool.holds(record.spool):
             self.jobs.spool.delete(record.job.id)
         self._callback(record, None)

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from ethostral_serve.api.auth import AUTH_CHALLENGE
 from ethostral_serve.languages import DETECT
+from ethostral_serve.playback import MEDIA_TYPE
 from ethostral_serve.schema import ErrorDetail, InvalidRequestDetail, JobStatus
 from ethostral_serve.sessions import CURSOR_PATTERN
 
@@ -82,6 +83,49 @@ def subtitle_responses(media_type: str, what: str) -> dict[int | str, dict[str, 
     return {200: ok, **error_responses(401, 404, 503)}
 
 
+def audio_responses() -> dict[int | str, dict[str, object]]:
+    """OpenAPI responses of ``GET /sessions/{id}/audio``: the audio whole (200) or in part
+    (206), a range it cannot serve (416), or an error."""
+
+    def header(description: str, schema: dict[str, object]) -> dict[str, object]:
+        return {"description": description, "required": True, "schema": schema}
+
+    headers = {
+        "Accept-Ranges": header("`bytes`", {"type": "string", "enum": ["bytes"]}),
+        "Cache-Control": header("`private, max-age=3600`", {"type": "string"}),
+        "Content-Length": header("bytes in this response", {"type": "integer", "minimum": 1}),
+        "Content-Disposition": header('`inline; filename="<id>.ogg"`', {"type": "string"}),
+    }
+    audio = {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+    content_range = header(
+        "`bytes FIRST-LAST/SIZE`", {"type": "string", "pattern": r"^bytes [0-9]+-[0-9]+/[0-9]+$"}
+    )
+    unsatisfied = header("`bytes */SIZE`", {"type": "string", "pattern": r"^bytes \*/[0-9]+$"})
+    errors = error_responses(401, 404, 503)
+    errors[404] = {
+        **errors[404],
+        "description": "no session has this id (or it belongs to another API key), or its "
+        "audio was not kept (uploaded without `store_audio`)",
+    }
+    return {
+        200: {"description": "the whole audio", "content": audio, "headers": headers},
+        206: {
+            "description": "the one byte range asked for",
+            "content": audio,
+            "headers": {**headers, "Content-Range": content_range},
+        },
+        416: {
+            "model": ErrorDetail,
+            "description": "the Range lies outside the audio, or is not a byte range",
+            "headers": {
+                "Accept-Ranges": headers["Accept-Ranges"],
+                "Content-Range": unsatisfied,
+            },
+        },
+        **errors,
+    }
+
+
 def install_openapi(
     app: FastAPI, languages: Sequence[str], adapters: Sequence[str], auth: bool, jobs: bool
 ) -> None:
@@ -127,6 +171,8 @@ def _document_request_values(
         parameter["schema"] = _not_null(parameter["schema"])
         if parameter["name"] == "cursor":
             parameter["schema"]["pattern"] = CURSOR_PATTERN
+    for parameter in paths["/sessions/{session_id}/audio"]["get"]["parameters"]:
+        parameter["schema"] = _not_null(parameter["schema"])
 
 
 def _document_jobs(schema: dict[str, Any], jobs: bool) -> None:

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketState
@@ -55,6 +55,7 @@ from ethostral_serve.errors import (
     StoreUnavailableError,
 )
 from ethostral_serve.languages import requested_language
+from ethostral_serve.metrics import NOOP, STREAM_GONE, Metrics, stream_outcome
 from ethostral_serve.pipeline.live_stream import (
     LiveStream,
     StreamParams,
@@ -90,11 +91,13 @@ class StreamCapacity:
     Model calls block a thread each (in-process models, or waits on deployments); a
     stream holds at most three at once (a VAD step, a draft, a final), so the pool is
     sized for ``max_streams`` of them and never makes one stream wait for another's
-    thread. Asyncio's default pool (cores + 4 threads) would.
+    thread. Asyncio's default pool (cores + 4 threads) would. ``metrics`` hears the
+    number of active streams and each stream's outcome and latencies.
     """
 
-    def __init__(self, max_streams: int) -> None:
+    def __init__(self, max_streams: int, metrics: Metrics | None = None) -> None:
         self.max_streams = max_streams
+        self.metrics = metrics or NOOP
         self.active = 0
         self.pool = ThreadPoolExecutor(max_workers=3 * max_streams, thread_name_prefix="stream")
 
@@ -108,10 +111,12 @@ class StreamCapacity:
             yield False
             return
         self.active += 1
+        self.metrics.active_streams(self.active)
         try:
             yield True
         finally:
             self.active -= 1
+            self.metrics.active_streams(self.active)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a stream thread."""
@@ -154,6 +159,8 @@ class StreamLanes:
         self._closing = False
         self._draft: Due | None = None
         self._draft_submitted = 0.0
+        self._draft_arrived = 0.0  # when the audio that made the draft due arrived
+        self._final_arrived: dict[int, float] = {}  # the same per queued final's utterance
         self._draft_due = asyncio.Event()
         self._closed_utterance = -1  # the newest utterance whose final is queued
         self._send_lock = asyncio.Lock()
@@ -162,16 +169,21 @@ class StreamLanes:
         self._final_task = asyncio.create_task(self._run_finals())
         self._draft_task = asyncio.create_task(self._run_drafts())
 
-    def submit(self, due: Sequence[Due]) -> None:
-        """Queue finals; make the newest partial the next draft."""
+    def submit(self, due: Sequence[Due], arrived: float | None = None) -> None:
+        """Queue finals; make the newest partial the next draft. ``arrived``: when the
+        audio that made them due arrived (loop time; default now), for their latency."""
+        now = asyncio.get_running_loop().time()
+        arrived = now if arrived is None else arrived
         for d in due:
             if d.kind == "final":
                 self._closed_utterance = max(self._closed_utterance, d.utterance)
                 self._finals.append(d)
+                self._final_arrived.setdefault(d.utterance, arrived)
                 self._finals_due.set()
             elif not self._stale(d):
                 self._draft = d
-                self._draft_submitted = asyncio.get_running_loop().time()
+                self._draft_submitted = now
+                self._draft_arrived = arrived
                 self._draft_due.set()
 
     async def drain(self, send: bool) -> None:
@@ -208,6 +220,7 @@ class StreamLanes:
                 batch = take_window(self._finals, MAX_WINDOW_SAMPLES)
                 for event in await self._capacity.call(self._live.final_events, batch):
                     await self._send(event)
+                self._observe_finals(batch)
         except Exception as exc:
             self._fail(exc)
 
@@ -222,11 +235,24 @@ class StreamLanes:
                 waited = asyncio.get_running_loop().time() - self._draft_submitted
                 if waited > self._live.settings.stream.max_draft_wait_s:
                     continue  # it waited for the last draft: draft the next, fresher audio
+                arrived = self._draft_arrived
                 event = await self._capacity.call(self._live.partial_event, due)
                 if not self._stale(due):
                     await self._send(event)
+                    self._observe("partial", arrived)
         except Exception as exc:
             self._fail(exc)
+
+    def _observe_finals(self, batch: Sequence[Due]) -> None:
+        for d in batch:
+            arrived = self._final_arrived.pop(d.utterance, None)
+            if arrived is not None:
+                self._observe("final", arrived)
+
+    def _observe(self, event: Literal["partial", "final"], arrived: float) -> None:
+        if self.send:  # events sent to a client; not those of a stream it left
+            latency = asyncio.get_running_loop().time() - arrived
+            self._capacity.metrics.stream_latency(event, latency)
 
     async def _send(self, event: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -304,6 +330,10 @@ async def serve_stream(
         )
     except EthostralError as exc:  # the key store is down
         await _refuse(ws, subprotocol, CLOSE_TRY_AGAIN, exc.detail)
+    finally:
+        # the code the server closed with; none: the client left without "stop"
+        code = getattr(ws.state, "close_code", STREAM_GONE)
+        capacity.metrics.request("stream", stream_outcome(code), code)
 
 
 async def _refuse(ws: WebSocket, subprotocol: str | None, code: int, detail: str) -> None:
@@ -344,31 +374,35 @@ async def _serve_admitted(
                 ws, inbox, params, backends, settings, capacity, opened, usage
             )
             if stopped:
-                session_id = await _store(live, store, owner)
+                session_id = await _store(live, store, owner, capacity.metrics)
+                ws.state.close_code = CLOSE_NORMAL
                 with contextlib.suppress(Exception):  # a client gone after stop: stored
                     await ws.send_json({"type": "session", "session_id": session_id})
                     await ws.close(CLOSE_NORMAL)
             else:  # the client went away: keep what was finalised
-                await _store(live, store, owner)
+                await _store(live, store, owner, capacity.metrics)
         except StreamClosed as exc:
-            stored = None
+            stored, code, detail = None, exc.code, exc.detail
             if opened and exc.code != CLOSE_TRY_AGAIN:
-                with contextlib.suppress(StreamClosed):
-                    stored = await _store(opened[0].live, store, owner)
-            await _close(ws, exc.code, exc.detail, stored)
+                try:
+                    stored = await _store(opened[0].live, store, owner, capacity.metrics)
+                except StreamClosed:
+                    pass  # the store is down: the close says why the stream ended
+                except Exception as bug:  # storing failed unexpectedly: a bug, say so
+                    code, detail = CLOSE_INTERNAL, _internal_error(bug)
+            await _close(ws, code, detail, stored)
         except asyncio.CancelledError:
             # The server dropped the connection's task: finish and store regardless.
             if opened:
-                await asyncio.shield(_finish_and_store(opened[0], store, owner))
+                await asyncio.shield(_finish_and_store(opened[0], store, owner, capacity.metrics))
             raise
         except BackendUnavailableError as exc:  # a model replica died or is overloaded
-            stored = await _store_what_was_finalised(opened, store, owner)
+            stored = await _store_what_was_finalised(opened, store, owner, capacity.metrics)
             await _close(ws, CLOSE_TRY_AGAIN, exc.detail, stored)
         except Exception as exc:  # a bug: say so, keep what we have
-            error_id = uuid.uuid4().hex[:12]
-            log.error("stream error %s", error_id, exc_info=exc)
-            stored = await _store_what_was_finalised(opened, store, owner)
-            await _close(ws, CLOSE_INTERNAL, f"internal error (id {error_id})", stored)
+            detail = _internal_error(exc)
+            stored = await _store_what_was_finalised(opened, store, owner, capacity.metrics)
+            await _close(ws, CLOSE_INTERNAL, detail, stored)
         finally:
             reader.cancel()
             if opened:
@@ -377,23 +411,32 @@ async def _serve_admitted(
                     await asyncio.shield(usage.update(opened[0].live.duration_s, final=True))
 
 
+def _internal_error(exc: BaseException) -> str:
+    """Log an unexpected error under a new id; the close reason naming that id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("stream error %s", error_id, exc_info=exc)
+    return f"internal error (id {error_id})"
+
+
 async def _store_what_was_finalised(
-    opened: list[Connection], store: Any, owner: str | None
+    opened: list[Connection], store: Any, owner: str | None, metrics: Metrics
 ) -> str | None:
     """After a failure: drop pending work, store the finalised segments; the session id."""
     if not opened:
         return None
     opened[0].lanes.cancel()
     with contextlib.suppress(Exception):
-        return await _store(opened[0].live, store, owner)
+        return await _store(opened[0].live, store, owner, metrics)
     return None
 
 
-async def _finish_and_store(conn: Connection, store: Any, owner: str | None) -> None:
+async def _finish_and_store(
+    conn: Connection, store: Any, owner: str | None, metrics: Metrics
+) -> None:
     with contextlib.suppress(Exception):
         if not conn.live.finished:
             await _finish(conn, send=False)
-        await _store(conn.live, store, owner)
+        await _store(conn.live, store, owner, metrics)
 
 
 async def _run(
@@ -468,8 +511,9 @@ async def _run(
             continue
         conn = opened[0]
         if audio:
+            data, too_long = _within_limit(conn.live, settings, b"".join(audio))
             try:
-                await _process(conn, b"".join(audio))
+                await _process(conn, data)
             except StreamClosed:  # invalid audio: what came before it is still finalised
                 await _finish(conn, send=True)
                 raise
@@ -478,17 +522,43 @@ async def _run(
             except QuotaExceededError as exc:
                 await _finish(conn, send=True)
                 raise StreamClosed(CLOSE_QUOTA, exc.detail) from None
+            if too_long is not None:  # whatever else came with it (a stop too)
+                await _finish(conn, send=True)
+                raise StreamClosed(CLOSE_POLICY, too_long)
         if error is not None:
             await _finish(conn, send=True)
             raise error
         if stop or disconnected:
             await _finish(conn, send=not disconnected)
             return conn.live, stop
-        if conn.live.duration_s > min(limits.max_stream_s, settings.limits.max_duration_s):
+        longest_s, why = _longest_stream(settings, conn.live.params)
+        if conn.live.duration_s > longest_s:
             await _finish(conn, send=True)
-            raise StreamClosed(
-                CLOSE_POLICY, f"stream too long: over {limits.max_stream_s:g} s of audio"
-            )
+            raise StreamClosed(CLOSE_POLICY, f"stream too long: over {longest_s:g} s of audio{why}")
+
+
+def _within_limit(live: LiveStream, settings: Settings, data: bytes) -> tuple[bytes, str | None]:
+    """The part of new audio ``data`` within the stream's length limit, and why the rest
+    was cut (None: nothing was), however the frames were batched."""
+    longest_s, why = _longest_stream(settings, live.params)
+    width = 2 if live.params.encoding == "pcm_s16le" else 4
+    room = max(0, int((longest_s - live.duration_s) * live.params.sample_rate)) * width
+    if len(data) <= room:
+        return data, None
+    return data[:room], f"stream too long: over {longest_s:g} s of audio{why}"
+
+
+def _longest_stream(settings: Settings, params: StreamParams) -> tuple[float, str]:
+    """How long a stream may run (audio seconds), and what says so when it is the most
+    audio a session keeps (``store_audio``)."""
+    longest_s = min(settings.stream.max_stream_s, settings.limits.max_duration_s)
+    kept_s = settings.limits.max_stored_audio_s
+    if params.store_audio and kept_s < longest_s:
+        return kept_s, (
+            ", the most a session keeps for playback (store_audio, "
+            "ETHOSTRAL_LIMITS__MAX_STORED_AUDIO_S); what came before it is stored"
+        )
+    return longest_s, ""
 
 
 async def _open(
@@ -515,9 +585,10 @@ async def _open(
 async def _process(conn: Connection, data: bytes) -> None:
     """Decode and endpoint new audio; invalid samples end the stream (1007) after the
     valid audio before them is processed."""
+    arrived = asyncio.get_running_loop().time()
     samples = conn.live.decode(data)
     if samples.size:
-        conn.lanes.submit(await conn.capacity.call(conn.live.step, samples))
+        conn.lanes.submit(await conn.capacity.call(conn.live.step, samples), arrived)
     if conn.live.bad_audio is not None:
         raise StreamClosed(CLOSE_INVALID_DATA, conn.live.bad_audio)
 
@@ -536,12 +607,14 @@ async def _finish(conn: Connection, send: bool) -> None:
     await conn.capacity.call(live.refine_speakers)
 
 
-async def _store(live: LiveStream, store: Any, owner: str | None) -> str:
-    session = live.session()
+async def _store(live: LiveStream, store: Any, owner: str | None, metrics: Metrics) -> str:
+    """Save the stream's session; once it is saved, record its audio in ``metrics``."""
+    session, audio = live.stored()  # together: has_audio says whether audio comes with it
     try:
-        await store.save(session, owner=owner)
+        await store.save(session, owner=owner, audio=audio)
     except EthostralError as exc:
         raise StreamClosed(CLOSE_TRY_AGAIN, exc.detail) from None
+    metrics.audio("stream", live.duration_s)
     return session.id
 
 
@@ -582,6 +655,7 @@ async def _close(ws: WebSocket, code: int, detail: str, session_id: str | None =
     """Send the error event (with the id of the session stored first, if any), close."""
     if ws.application_state != WebSocketState.CONNECTED:
         return
+    ws.state.close_code = code  # the stream's outcome (metrics)
     event = {"type": "error", "detail": detail}
     if session_id is not None:
         event["session_id"] = session_id

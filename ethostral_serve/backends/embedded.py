@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ethostral_serve.backends.whisper import WhisperAsr, default_cpu_threads
+from ethostral_serve.backends.whisper import WhisperAsr, load_drafter
 from ethostral_serve.backends.windows import check_adapter, span_emotions
 from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.types import (
@@ -104,19 +104,7 @@ class EmbeddedSpeechModel:
             return self.asr
         with self._drafter_lock:
             if self._drafter is None:
-                threads = self.settings.stream.draft_cpu_threads or default_cpu_threads()
-                self._drafter = WhisperAsr(
-                    self.settings.asr.model_copy(
-                        update={
-                            "model": name,
-                            "cpu_threads": threads,
-                            # as many drafts at once as the cores hold
-                            "num_workers": max(1, default_cpu_threads() // threads),
-                            "cpu_priority": "normal",  # drafts must not wait
-                        }
-                    ),
-                    self.settings.cache_dir,
-                )
+                self._drafter = load_drafter(self.settings, name)
             return self._drafter
 
     def transcribe_windows(

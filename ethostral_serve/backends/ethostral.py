@@ -252,19 +252,8 @@ class EthostralAsr:
         stop = {tok.eos_token_id, tok.pad_token_id}
         ids = ids[: next((i for i, t in enumerate(ids) if t in stop), len(ids))]
         raw = tok.decode(ids, skip_special_tokens=True)
-        tagged = parse_tags(raw)
         spans = self._token_spans(ids)
-        probs = [float(p) for p in probabilities[: len(spans)]]
-        tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
-        return EthostralResult(
-            tagged.text,
-            raw,
-            tagged,
-            tag_probs,
-            tag_emotion(tagged, tag_probs),
-            tuple(spans),
-            tuple(probs),
-        )
+        return tagged_result(raw, spans, [float(p) for p in probabilities[: len(spans)]])
 
     def _token_spans(self, ids: list[int]) -> list[tuple[int, int]]:
         """Each token's character span in the decoded text.
@@ -293,6 +282,33 @@ class EthostralAsr:
             spans.append((done, length))
             done = length
         return spans
+
+
+def tagged_result(
+    raw: str, token_spans: Sequence[tuple[int, int]], token_probabilities: Sequence[float]
+) -> EthostralResult:
+    """A transcript as the model wrote it, read: its tags stripped into emotions whose
+    confidence is the joint probability of the tokens that wrote each tag.
+
+    ``token_spans[k]`` is the character span in ``raw`` of the k-th token written and
+    ``token_probabilities[k]`` its probability (one per span). Shared by the local model
+    and the clients of a remote one, so both read a transcript the same way.
+    """
+    if len(token_spans) != len(token_probabilities):
+        raise ValueError("one probability per token span")
+    spans = [(int(lo), int(hi)) for lo, hi in token_spans]
+    probs = [float(p) for p in token_probabilities]
+    tagged = parse_tags(raw)
+    tag_probs = tuple(_span_probability(spans, probs, t.start, t.end) for t in tagged.tags)
+    return EthostralResult(
+        tagged.text,
+        raw,
+        tagged,
+        tag_probs,
+        tag_emotion(tagged, tag_probs),
+        tuple(spans),
+        tuple(probs),
+    )
 
 
 def _is_peft(model: object) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -91,26 +91,69 @@ def draft_text(raw: str) -> str:
     return parse_tags(raw).text
 
 
+def whisper_base(settings: Settings) -> WhisperAsr:
+    """The bundled Whisper base on ``asr``'s device: it identifies languages and encodes
+    audio for the fallback emotion model."""
+    from ethostral_serve.backends.whisper import WhisperAsr
+
+    return WhisperAsr(settings.asr.model_copy(update={"model": "base"}), settings.cache_dir)
+
+
+class TaggedRecognizer(Protocol):
+    """What the speech model needs of Ethostral: :class:`EthostralAsr` in this process,
+    or a client of a remote one (``ethostral_serve.backends.endpoint``)."""
+
+    @property
+    def adapters(self) -> tuple[str, ...]: ...
+
+    def load_adapter(self, name: str) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def transcribe_segments(
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        max_new_tokens: int | None = None,
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[EthostralResult]: ...
+
+
+class LocalSwitches(Protocol):
+    """The settings section's knobs of what runs here beside Ethostral (the ``ethostral``
+    or the ``endpoint`` section)."""
+
+    languages: list[str]
+    batch_size: int
+    detect_language: bool
+    emotion_fallback: bool
+
+
 class EthostralSpeechModel:
-    """``WindowedSpeechModel`` over Ethostral (settings' ``ethostral`` section)."""
+    """``WindowedSpeechModel`` over Ethostral (settings' ``ethostral`` section), or over
+    the recognizer ``asr`` with the knobs of ``switches``."""
 
     multilingual = True
     reads_encoder_states = False  # the fallback emotion model reads segment audio
 
-    def __init__(self, settings: Settings, with_emotion: bool = True) -> None:
-        s = settings.ethostral
+    def __init__(
+        self,
+        settings: Settings,
+        with_emotion: bool = True,
+        asr: TaggedRecognizer | None = None,
+        switches: LocalSwitches | None = None,
+    ) -> None:
+        s = switches if switches is not None else settings.ethostral
         self.settings = settings
-        self.asr = EthostralAsr(s)
+        self.asr: TaggedRecognizer = asr if asr is not None else EthostralAsr(settings.ethostral)
+        self.batch_size = s.batch_size  # windows per transcribe_windows call in transcribe
         self.languages: tuple[str, ...] = tuple(dict.fromkeys(x.lower() for x in s.languages))
         self.classifier: EmotionClassifier | None = None
         self.whisper: WhisperAsr | None = None
         self.detects_language = s.detect_language
         fallback = with_emotion and s.emotion_fallback
         if fallback or s.detect_language:
-            from ethostral_serve.backends.whisper import WhisperAsr
-
-            base = settings.asr.model_copy(update={"model": "base"})
-            self.whisper = WhisperAsr(base, settings.cache_dir)
+            self.whisper = whisper_base(settings)
         if fallback:
             from ethostral_serve.backends.emotion import EmotionClassifier
 
@@ -160,8 +203,8 @@ class EthostralSpeechModel:
         language: str | None,
         adapter: str | None = None,
     ) -> Transcript:
-        """Every window in batches of ``ethostral.batch_size``; when no language is
-        given, the first window's detected language is used for all."""
+        """Every window in batches of ``batch_size``; when no language is given, the first
+        window's detected language is used for all."""
         language = self.check_language(language)
         adapter = self.check_adapter(adapter)
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
@@ -170,7 +213,7 @@ class EthostralSpeechModel:
             first = next((w for w in windows if len(w) >= MIN_WINDOW_SAMPLES), None)
             if first is not None:
                 language, probability = self.detect_language(first)
-        step = self.settings.ethostral.batch_size
+        step = self.batch_size
         results: list[WindowResult] = []
         for lo in range(0, len(windows), step):
             batch = windows[lo : lo + step]

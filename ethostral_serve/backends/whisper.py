@@ -23,7 +23,7 @@ from ethostral_serve.backends.windows import (
 )
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
-from ethostral_serve.settings import AsrSettings
+from ethostral_serve.settings import AsrSettings, Settings
 
 T = TypeVar("T")
 
@@ -304,3 +304,17 @@ class WhisperAsr:
             hallucination_silence_threshold=None,
             hotwords=None,
         )
+
+
+def load_drafter(settings: Settings, model: str) -> WhisperAsr:
+    """The Whisper ``model`` that drafts live partials, on ``asr``'s device: with
+    ``stream.draft_cpu_threads`` threads (0: one per core), as many drafts at once as the
+    cores hold, at normal CPU priority (drafts must not wait behind uploads)."""
+    threads = settings.stream.draft_cpu_threads or default_cpu_threads()
+    update = {
+        "model": model,
+        "cpu_threads": threads,
+        "num_workers": max(1, default_cpu_threads() // threads),
+        "cpu_priority": "normal",
+    }
+    return WhisperAsr(settings.asr.model_copy(update=update), settings.cache_dir)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ethostral_serve.audio import Audio
-from ethostral_serve.pipeline import progress
+from ethostral_serve.pipeline import progress, timing
 from ethostral_serve.pipeline.chunks import build_chunks
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.segments import (
@@ -47,13 +47,15 @@ class StageTimes:
 
     @contextmanager
     def stage(self, name: str, hook: StageHook | None = None) -> Iterator[None]:
-        """Time a stage; report it to ``hook`` when it ends."""
+        """Time a stage; report it to ``hook`` and to the context's stage observer
+        (:mod:`~ethostral_serve.pipeline.timing`) when it ends."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
             elapsed = time.perf_counter() - t0
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            timing.observe(name, elapsed)
             if hook is not None:
                 hook(name, elapsed)
 

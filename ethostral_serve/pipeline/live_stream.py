@@ -29,6 +29,7 @@ from ethostral_serve.pipeline.streaming import (
     StreamTracker,
 )
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
+from ethostral_serve.playback import PlaybackEncoder
 from ethostral_serve.schema import Emotion, Segment, Session, now_iso
 from ethostral_serve.settings import Settings, stream_speaker_threshold
 
@@ -54,6 +55,7 @@ class StreamParams(BaseModel):
     num_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     min_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
     max_speakers: int | None = Field(None, ge=1, le=MAX_SPEAKERS)
+    store_audio: bool = False  # the session keeps the stream's audio for playback
 
     @model_validator(mode="after")
     def _check_speakers(self) -> StreamParams:
@@ -83,6 +85,7 @@ class LiveStream:
     _finals: list[FinalWords] = field(default_factory=list)  # what refine_speakers rebuilds
     _spans: list[Span] = field(default_factory=list)  # every final's utterance, seconds
     _kept: list[np.ndarray] | None = None  # the stream's audio (int16) while it may refine
+    _playback: PlaybackEncoder | None = None  # the audio encoded as it comes (store_audio)
     _vad_state: Any = None
     _rest: bytes = b""
     _resampler: Any = None
@@ -112,6 +115,8 @@ class LiveStream:
         self._vad_state = self.backends.new_vad_state()
         if self.params.diarize and self.settings.stream.refine_speakers_max_s > 0:
             self._kept = []
+        if self.params.store_audio:
+            self._playback = PlaybackEncoder()
         if self.params.sample_rate != SAMPLE_RATE:
             import soxr
 
@@ -159,6 +164,8 @@ class LiveStream:
             else:
                 pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
                 self._kept.append(pcm)
+        if self._playback is not None:
+            self._playback.offer(samples)  # dropped once the stream was stored
         return due
 
     def segment_id(self, utterance: int) -> str:
@@ -225,7 +232,8 @@ class LiveStream:
         self.segments = refine_segments(self._finals, turns)
 
     def session(self) -> Session:
-        """Everything finalised so far, as a Session."""
+        """Everything finalised so far, as a Session (``has_audio`` false: :meth:`stored`
+        gives the session with its kept audio)."""
         return Session(
             id=self.session_id,
             created_at=self.created_at,
@@ -234,6 +242,18 @@ class LiveStream:
             duration_ms=to_ms(self.duration_s),
             segments=list(self.segments),
         )
+
+    def stored(self) -> tuple[Session, bytes | None]:
+        """What storing the stream writes: its session and its audio as Ogg/Opus
+        (``store_audio``; None when not kept, or none came), taken together, so
+        ``has_audio`` says whether audio came with it even while a step still runs on
+        another thread. Ends the audio's encoding when there is some: audio after this
+        is not kept, and storing again gives the same audio."""
+        audio = None
+        if self._playback is not None and self._playback.duration_s > 0:
+            audio = self._playback.finish()
+        session = self.session()
+        return session.model_copy(update={"has_audio": audio is not None}), audio
 
     def _event(
         self, kind: str, due: Due, text: str, speaker: str, emotion: Emotion | None

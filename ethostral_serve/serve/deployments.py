@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ethostral_serve import metrics
 from ethostral_serve.pipeline.types import (
     EmotionInput,
     EmotionResult,
@@ -27,6 +28,7 @@ from ethostral_serve.pipeline.types import (
     SpeakerCount,
     SpeakerTurn,
 )
+from ethostral_serve.serve.metrics import RayMetrics
 from ethostral_serve.serve.remote import ModelInfo, WindowJob
 from ethostral_serve.settings import Settings
 
@@ -74,6 +76,7 @@ class VAD:
 
         self.vad = load_vad(settings_from(settings))
         self.stream_vad = SileroStreamingVad()
+        self.metrics = RayMetrics()
 
     async def speech_regions(self, samples: np.ndarray) -> list[Span]:
         """Speech regions of 16 kHz mono samples, in seconds."""
@@ -82,6 +85,7 @@ class VAD:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def stream_step(self, items: list[tuple[np.ndarray, Any]]) -> list[Any]:
         """Live streams' VAD steps, batched across streams: (probabilities, next state)."""
+        self.metrics.batch("vad_stream", len(items))
         return await asyncio.to_thread(self.stream_vad.step, items)
 
     async def ping(self) -> str:
@@ -142,6 +146,7 @@ class EthostralModel:
         if load_drafter is not None:
             load_drafter()  # load it now, not on the first live partial
         self.batch_sizes: dict[str, Counter[int]] = {"asr": Counter(), "emotion": Counter()}
+        self.metrics = RayMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batching knobs from ``user_config`` (live, no restart)."""
@@ -183,6 +188,7 @@ class EthostralModel:
         window's adapter anyway, so a batch is right whatever it holds.
         """
         self.batch_sizes["asr"][len(jobs)] += 1
+        self.metrics.batch("asr", len(jobs))
         for adapter in {j.adapter for j in jobs} - {None}:
             await self.get_adapter(adapter)  # loaded here, and most recently used
         return await offload(
@@ -196,6 +202,7 @@ class EthostralModel:
     async def classify_segment(self, inputs: list[EmotionInput]) -> list[EmotionResult]:
         """Emotion of a batch of segments (from any requests), one result per segment."""
         self.batch_sizes["emotion"][len(inputs)] += 1
+        self.metrics.batch("emotion", len(inputs))
         return await offload(self.model.classify, inputs)
 
     async def partial_text(
@@ -266,6 +273,9 @@ class Ingress:
 
         self.settings = settings_from(settings)
         self._handles = {"VAD": vad, "Diarizer": diarizer, "EthostralModel": model}
+        # Prometheus metrics of this replica; the Redis stores record into the installed one
+        self.metrics = RayMetrics()
+        metrics.install(self.metrics)
         url, self._embedded_redis = resolve_redis_url(self.settings)
         # An embedded Redis that dies (killed, out of memory) is started again with its
         # data; meanwhile requests get 503.
@@ -277,7 +287,7 @@ class Ingress:
             url, key_prefix=r.key_prefix, ttl_s=r.ttl_s, timeout_s=r.timeout_s
         )
         self.access = Access.from_settings(url, self.settings)
-        self.jobs = Jobs.from_settings(url, self.settings)
+        self.jobs = Jobs.from_settings(url, self.settings, self.metrics)
         timeout = self.settings.limits.backend_timeout_s
         self.speech = RemoteSpeechModel(model, timeout)
         self.runner = PipelineRunner.traced(
@@ -286,6 +296,7 @@ class Ingress:
             RemoteDiarizer(diarizer, timeout),
             self.speech,
             make_tracer(self.settings.tracing),
+            stage_observer=self.metrics.stage,
         )
         self.stream_backends = RemoteStreamBackends(vad, diarizer, self.speech, timeout)
 
@@ -315,6 +326,7 @@ class Ingress:
             stream_backends=self.stream_backends,
             access=self.access,
             jobs=self.jobs,
+            metrics=self.metrics,
         )
 
 
