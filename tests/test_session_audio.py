@@ -20,6 +20,7 @@ import pytest
 import redis
 from conftest import require_data
 from fastapi.testclient import TestClient
+from live_server import serving
 from media import encode
 from starlette.websockets import WebSocketDisconnect
 
@@ -704,8 +705,6 @@ def test_chromium_plays_and_seeks_the_kept_audio(
     """A browser's <audio> element over a real HTTP server: it reads the duration, seeks
     with Range requests and plays from where it seeked to."""
     import httpx
-    import uvicorn
-    from redis_server import free_port
 
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
     if not CHROMIUM.exists():
@@ -722,16 +721,7 @@ def test_chromium_plays_and_seeks_the_kept_audio(
             statuses.append((request.headers.get("range"), response.status_code))
         return response
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+    with serving(app) as base:
         r = httpx.post(
             f"{base}/transcribe",
             files={"file": ("jfk.wav", _wav(jfk))},
@@ -770,7 +760,4 @@ def test_chromium_plays_and_seeks_the_kept_audio(
                 assert page.evaluate("document.getElementById('a').error") is None
             finally:
                 browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     assert any(status == 206 and value for value, status in statuses), statuses
