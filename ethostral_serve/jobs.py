@@ -83,12 +83,13 @@ end
 return status
 """
 
-# KEYS: job hash. ARGV: lease id, then field, value pairs. Writes only for the lease holder
-# of a running job.
-_UPDATE = """
+# KEYS: job hash. ARGV: lease id, stage, progress, now iso. Records a running job's
+# progress; a report that arrives late (lower than what is stored) leaves it as it is.
+_PROGRESS = """
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if tonumber(ARGV[3]) < (tonumber(redis.call('HGET', KEYS[1], 'progress')) or 0) then return 0 end
+redis.call('HSET', KEYS[1], 'stage', ARGV[2], 'progress', ARGV[3], 'updated_at', ARGV[4])
 return 1
 """
 
@@ -367,20 +368,12 @@ class JobStore(RedisStore):
         return status.decode() if status else "lost"
 
     async def progress(self, claim: Claim, stage: str, fraction: float) -> None:
-        """Record how far a running job has got."""
+        """Record how far a running job has got; progress never goes backwards (a lower
+        fraction than the stored one is dropped, and not published)."""
         job_id = claim.record.job.id
         updated = await self._call(
             self._client().eval(
-                _UPDATE,
-                1,
-                self.job_key(job_id),
-                claim.lease,
-                "stage",
-                stage,
-                "progress",
-                f"{fraction:.4f}",
-                "updated_at",
-                now_iso(),
+                _PROGRESS, 1, self.job_key(job_id), claim.lease, stage, f"{fraction:.4f}", now_iso()
             )
         )
         if updated:

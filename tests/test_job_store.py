@@ -242,6 +242,29 @@ def test_events_replay_every_state_in_order(redis_url: str) -> None:
     assert resumed == ["running", "failed"]
 
 
+def test_a_late_lower_progress_report_is_dropped_and_not_published(redis_url: str) -> None:
+    store = _store(redis_url)
+
+    async def go():
+        job = await _create(store)
+        claim = await store.claim(HOST)
+        assert claim is not None
+        await store.progress(claim, "asr", 0.9)
+        await store.progress(claim, "diarize", 0.87)  # reached earlier, written later
+        after_late = await store.get(job.id)
+        await store.progress(claim, "emotion", 0.95)
+        seen = []
+        async for item in store.events(job.id, block_s=0.2):
+            if item is None:
+                break
+            seen.append(item[1])
+        return after_late, seen
+
+    after_late, seen = run(go(), store)
+    assert (after_late.job.stage, after_late.job.progress) == ("asr", 0.9)
+    assert [(j.stage, j.progress) for j in seen] == [(None, 0.0), ("asr", 0.9), ("emotion", 0.95)]
+
+
 def test_master_secret_is_made_once(redis_url: str) -> None:
     store = _store(redis_url)
 

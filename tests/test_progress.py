@@ -181,3 +181,41 @@ def test_unknown_stage_raises_value_error() -> None:
     assert heard.calls == []
     with pytest.raises(ValueError, match="unknown stage"):
         progress.stage_start("transcode")
+
+
+def test_reports_from_two_threads_reach_the_listener_one_at_a_time_in_order() -> None:
+    """Stages on different threads report at once (diarization beside ASR): while the
+    listener hears one report, another thread's report waits, so fractions never arrive
+    out of order."""
+    inside = threading.Event()
+    release = threading.Event()
+    heard: list[float] = []
+    entered: list[str] = []
+
+    def listener(stage: str, fraction: float) -> None:
+        entered.append(stage)
+        if len(entered) == 1:
+            inside.set()
+            assert release.wait(10)
+        heard.append(fraction)
+
+    with listening(listener):
+        first = threading.Thread(target=contextvars.copy_context().run, args=(report, "asr", 1, 1))
+        first.start()
+        assert inside.wait(10)
+        second_done = threading.Event()
+
+        def second_report() -> None:
+            report("decode", 1, 1)
+            second_done.set()
+
+        second = threading.Thread(target=contextvars.copy_context().run, args=(second_report,))
+        second.start()
+        # the first report is still being heard: the second cannot get through
+        assert not second_done.wait(0.3)
+        release.set()
+        first.join(10)
+        second.join(10)
+    assert second_done.is_set()
+    asr_done = progress.stage_start("asr") + STAGE_WEIGHTS["asr"]
+    assert heard == [pytest.approx(asr_done), pytest.approx(asr_done)]

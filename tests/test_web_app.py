@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import time
 import uuid
 import wave
 from collections.abc import Coroutine, Iterator
@@ -362,6 +363,16 @@ def _raw_status(base: str, target: str) -> int:
     return int(head.split(b" ", 2)[1])
 
 
+def _wait_until(page: Any, predicate: str, arg: Any = None, timeout_ms: int = WAIT_MS) -> None:
+    """Poll a JS function of ``arg`` until it is truthy. Playwright's wait_for_function
+    polls with eval once its first check fails, which the app's CSP (rightly) refuses;
+    ``page.evaluate`` is not subject to it."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(predicate, arg):
+        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
+        page.wait_for_timeout(50)
+
+
 def _seen(page: Any) -> dict[str, list[Any]]:
     return page.evaluate("window.__seen")
 
@@ -443,7 +454,7 @@ def test_upload_shows_the_stored_session_and_syncs_the_player(
     # the player plays the local file; a segment's time seeks there and highlights it
     audio = page.locator(".player audio")
     expect(audio).to_have_attribute("src", re.compile(r"^blob:"))
-    page.wait_for_function("document.querySelector('.player audio').readyState >= 1")
+    _wait_until(page, "() => document.querySelector('.player audio').readyState >= 1")
     items = page.locator(".transcript-view li.segment")
     second = stored["segments"][1]
     items.nth(1).locator("button.seek").click()
@@ -463,7 +474,8 @@ def test_upload_shows_the_stored_session_and_syncs_the_player(
     box = over.bounding_box()
     assert box is not None
     over.click(position={"x": box["width"] * 0.75, "y": box["height"] / 2})
-    page.wait_for_function(
+    _wait_until(
+        page,
         "ms => Math.abs(document.querySelector('.player audio').currentTime * 1000 - ms) < 1500",
         arg=0.75 * stored["duration_ms"],
     )
@@ -485,7 +497,7 @@ def test_upload_shows_the_stored_session_and_syncs_the_player(
     page.reload()
     _open_transcript(page)
     expect(audio).to_have_attribute("src", re.compile(r"^blob:"))
-    page.wait_for_function("document.querySelector('.player audio').readyState >= 1")
+    _wait_until(page, "() => document.querySelector('.player audio').readyState >= 1")
     duration = page.evaluate("document.querySelector('.player audio').duration")
     assert abs(duration * 1000 - stored["duration_ms"]) < 500
     assert _rendered(page) == expected
@@ -670,10 +682,10 @@ def test_microphone_partials_then_finals_then_a_stored_session(
         page.get_by_role("button", name="Start recording").click()
         status = page.locator(".live-status")
         # every second of the recording has been sent (the page counts what it sent)
-        page.wait_for_function(
+        _wait_until(
+            page,
             "ms => Number(document.querySelector('.live-status').dataset.sentMs || 0) > ms",
-            arg=mic.duration_ms - 500,  # all the speech; the WAV ends with 1 s of silence
-            timeout=WAIT_MS,
+            mic.duration_ms - 500,  # all the speech; the WAV ends with 1 s of silence
         )
         finals = page.locator(".live-segments li.segment.final")
         expect(finals.first).to_be_visible()
@@ -697,7 +709,7 @@ def test_microphone_partials_then_finals_then_a_stored_session(
         assert got.value.status == 200
         assert got.value.headers["content-type"].startswith("audio/ogg")
         expect(page.locator(".player audio")).to_have_attribute("src", re.compile(r"^blob:"))
-        page.wait_for_function("document.querySelector('.player audio').readyState >= 1")
+        _wait_until(page, "() => document.querySelector('.player audio').readyState >= 1")
         played_s = page.evaluate("document.querySelector('.player audio').duration")
         expect(page.locator(".no-audio")).to_have_count(0)
     finally:

@@ -376,6 +376,13 @@ class JobWorker:
         kept = KeptAudio() if record.options.get(STORE_AUDIO) else None
         loop = asyncio.get_running_loop()
         last = {"t": 0.0, "stage": "", "fraction": -1.0}
+        # One write (and its event) at a time, in the order reported: the lock is fair,
+        # and the loop starts the writes in the order they were handed to it.
+        in_order = asyncio.Lock()
+
+        async def write(stage: str, fraction: float) -> None:
+            async with in_order:
+                await self.store.progress(claim, stage, fraction)
 
         def listener(stage: str, fraction: float) -> None:
             if stop.is_set():
@@ -387,9 +394,7 @@ class JobWorker:
             ):
                 return
             last.update(t=now, stage=stage, fraction=fraction)
-            future = asyncio.run_coroutine_threadsafe(
-                self.store.progress(claim, stage, fraction), loop
-            )
+            future = asyncio.run_coroutine_threadsafe(write(stage, fraction), loop)
             future.add_done_callback(_log_failure)
 
         def work() -> Session:

@@ -10,9 +10,10 @@ A listener may raise (a cancelled job does) to stop the run at its next report.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Share of a typical run's time spent in each stage, in the order they start (measured
 # on the embedded default: ASR dominates; diarization runs beside it).
@@ -34,6 +35,7 @@ ProgressListener = Callable[[str, float], None]
 class _Run:
     listener: ProgressListener
     last: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _current: ContextVar[_Run | None] = ContextVar("ethostral_progress", default=None)
@@ -52,7 +54,9 @@ def stage_start(stage: str) -> float:
 def report(stage: str, done: float = 0.0, total: float = 1.0) -> None:
     """Tell the run's listener that ``done`` of ``total`` units of ``stage`` are done.
 
-    The fraction heard never goes backwards (diarization ends after ASR began).
+    The fraction heard never goes backwards (diarization ends after ASR began), also
+    when stages on different threads report at once: the listener hears one report at a
+    time, in the order the fractions were reached.
     """
     start = stage_start(stage)  # an unknown stage is an error, listened to or not
     run = _current.get()
@@ -60,8 +64,9 @@ def report(stage: str, done: float = 0.0, total: float = 1.0) -> None:
         return
     within = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
     fraction = min(start + STAGE_WEIGHTS[stage] * within, 1.0)
-    run.last = max(run.last, fraction)
-    run.listener(stage, run.last)
+    with run.lock:
+        run.last = max(run.last, fraction)
+        run.listener(stage, run.last)
 
 
 @contextlib.contextmanager
