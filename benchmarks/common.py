@@ -82,3 +82,36 @@ def speaker_agreement(segments: Sequence[Any], truth: list[tuple[float, float, s
         return 0.0
     total = sum(sum(v.values()) for v in votes.values())
     return sum(v[top[w]] for w, v in votes.items()) / total if total else 0.0
+
+
+# Bare faster-whisper as the speed reference: a fresh process, loading included,
+# Whisper base int8 on CPU with one thread per core, English, beam 5, no VAD, every
+# segment consumed. Prints one line: load=… transcribe=… words=…
+_BARE_WHISPER = """
+import sys, time
+t0 = time.perf_counter()
+from faster_whisper import WhisperModel
+model = WhisperModel(sys.argv[2], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[3]))
+t1 = time.perf_counter()
+segments, info = model.transcribe(sys.argv[1], language="en", beam_size=5)
+text = " ".join(seg.text for seg in segments)
+print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={len(text.split())}")
+"""
+
+
+def bare_whisper_s(path: Path) -> tuple[float, str]:
+    """Wall seconds of bare faster-whisper on ``path`` (see ``_BARE_WHISPER``) in a fresh
+    process, and the line it printed."""
+    import subprocess
+    import sys
+    import time
+
+    from ethostral_serve.backends.whisper import default_cpu_threads
+    from ethostral_serve.backends.whisper_models import resolve_whisper_model
+    from ethostral_serve.settings import Settings
+
+    model = resolve_whisper_model("base", Settings().cache_dir)
+    cmd = [sys.executable, "-c", _BARE_WHISPER, str(path), str(model), str(default_cpu_threads())]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1]

@@ -1,17 +1,24 @@
 """Speed of the whole CLI next to bare faster-whisper on the same file.
 
     .venv/bin/python -m benchmarks.speed [--file F.wav] [--repeat 2] [--seed 0]
+        [--whisperx-python /path/to/venv/bin/python]
 
 Without ``--file`` it builds a ~130 s four-speaker conversation from the shared
 LibriSpeech utterances. Each side runs as a fresh process, so imports and model loading
-are included: bare = faster-whisper Whisper base int8, beam 5, language detected;
-CLI = ``ethostral transcribe FILE`` with diarization and emotion on. A warm in-process
-run then gives the time of each pipeline stage and the emotion cost per segment.
+are included: bare = faster-whisper Whisper base int8, beam 5, English, no VAD;
+CLI = ``ethostral transcribe FILE --language en`` with diarization and emotion on. A
+warm in-process run then gives the time of each pipeline stage and the emotion cost per
+segment.
+
+With ``--whisperx-python`` (the interpreter of a separate venv holding ``whisperx==3.8.6``,
+which pins torch 2.8), WhisperX runs in the same rounds: the same Whisper base dir, int8,
+beam 5, English, batch 8, its bundled pyannote VAD, no alignment or diarization.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -19,29 +26,45 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, machine, print_table
-
-BARE = """
-import sys, time
-t0 = time.perf_counter()
-from faster_whisper import WhisperModel
-from ethostral_serve.backends.whisper import default_cpu_threads
-from ethostral_serve.backends.whisper_models import resolve_whisper_model
-from ethostral_serve.settings import Settings
-s = Settings()
-model = WhisperModel(str(resolve_whisper_model("base", s.cache_dir)), device="cpu",
-                     compute_type="int8", cpu_threads=default_cpu_threads())
-t1 = time.perf_counter()
-segments, info = model.transcribe(sys.argv[1], beam_size=5)
-text = " ".join(seg.text for seg in segments)
-print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={len(text.split())}")
-"""
+from benchmarks.common import REPO, bare_whisper_s, machine, print_table
 
 
 def _timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
     return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1] if out.stdout else ""
+
+
+# WhisperX's batched pipeline, loading included. Audio is read from the 16-bit WAV here
+# (whisperx.load_audio needs an ffmpeg binary), which costs milliseconds.
+_WHISPERX = """
+import sys, time, wave
+t0 = time.perf_counter()
+import numpy as np
+import whisperx
+model = whisperx.load_model(sys.argv[2], "cpu", compute_type="int8", language="en",
+                            vad_method="pyannote", threads=int(sys.argv[3]))
+t1 = time.perf_counter()
+with wave.open(sys.argv[1]) as w:
+    assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+    x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+result = model.transcribe(x, batch_size=8, language="en")
+text = " ".join(s["text"] for s in result["segments"])
+print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={len(text.split())}")
+"""
+
+
+def _whisperx_s(python: str, path: Path) -> tuple[float, str]:
+    from ethostral_serve.backends.whisper import default_cpu_threads
+    from ethostral_serve.backends.whisper_models import resolve_whisper_model
+    from ethostral_serve.settings import Settings
+
+    model = resolve_whisper_model("base", Settings().cache_dir)
+    env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [python, "-c", _WHISPERX, str(path), str(model), str(default_cpu_threads())]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, env=env)
+    return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1]
 
 
 def _conversation(seed: int, folder: Path) -> Path:
@@ -58,6 +81,7 @@ def main() -> None:
     parser.add_argument("--file", type=Path)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whisperx-python", help="python of a venv with whisperx==3.8.6")
     args = parser.parse_args()
 
     python = sys.executable
@@ -68,16 +92,24 @@ def main() -> None:
 
         duration = decode_audio(path).duration_s
         subprocess.run([cli, "models", "check"], check=True, capture_output=True)
-        bare_runs, cli_runs = [], []
+        bare_runs: list[float] = []
+        cli_runs: list[float] = []
+        whisperx_runs: list[float] = []
         for _ in range(args.repeat):
-            seconds, detail = _timed([python, "-c", BARE, str(path)])
+            seconds, detail = bare_whisper_s(path)
             bare_runs.append(seconds)
             print(f"bare: {seconds:.1f} s ({detail})", file=sys.stderr)
             out = Path(tmp) / "session.json"
-            seconds, _ = _timed([cli, "transcribe", str(path), "-q", "-o", str(out)])
+            seconds, _ = _timed(
+                [cli, "transcribe", str(path), "--language", "en", "-q", "-o", str(out)]
+            )
             cli_runs.append(seconds)
             print(f"cli:  {seconds:.1f} s", file=sys.stderr)
-        bare, full = statistics.median(bare_runs), statistics.median(cli_runs)
+            if args.whisperx_python:
+                seconds, detail = _whisperx_s(args.whisperx_python, path)
+                whisperx_runs.append(seconds)
+                print(f"whisperx: {seconds:.1f} s ({detail})", file=sys.stderr)
+        bare = statistics.median(bare_runs)
 
         from ethostral_serve.engine import Engine
         from ethostral_serve.pipeline.compose import StageTimes, TranscribeOptions
@@ -85,34 +117,29 @@ def main() -> None:
 
         engine = Engine.load(Settings())
         times = StageTimes()
-        session = engine.run(path, path.name, TranscribeOptions(), times=times)
+        session = engine.run(path, path.name, TranscribeOptions(language="en"), times=times)
 
     print(f"Speed on {duration:.1f} s of audio ({path.name}); {machine()}")
-    print_table(
-        [
-            "run (fresh process, loading included)",
-            "wall s (median)",
-            "× real time",
-            "RTF",
-            "÷ bare ASR",
-        ],
-        [
+    runs = [
+        ("bare faster-whisper base int8 beam 5, en", bare_runs),
+        ("ethostral transcribe --language en (diarize + emotion)", cli_runs),
+    ]
+    if whisperx_runs:
+        runs.append(("WhisperX 3.8.6 batched (batch 8, pyannote VAD)", whisperx_runs))
+    rows = []
+    for name, times_s in runs:
+        wall = statistics.median(times_s)
+        rows.append(
             [
-                "bare faster-whisper base int8 beam 5",
-                f"{bare:.1f}",
-                f"{duration / bare:.1f}",
-                f"{bare / duration:.3f}",
-                "1.00",
-            ],
-            [
-                "ethostral transcribe (diarize + emotion)",
-                f"{full:.1f}",
-                f"{duration / full:.1f}",
-                f"{full / duration:.3f}",
-                f"{full / bare:.2f}",
-            ],
-        ],
-    )
+                name,
+                f"{wall:.1f} ({min(times_s):.1f}–{max(times_s):.1f})",
+                f"{duration / wall:.1f}",
+                f"{wall / duration:.3f}",
+                f"{wall / bare:.2f}",
+            ]
+        )
+    headers = ["run (fresh process, loading included)", "wall s (median; min–max)"]
+    print_table([*headers, "× real time", "RTF", "÷ bare"], rows)
     n = max(1, len(session.segments))
     rows = [[k, f"{v:.2f}", f"{1000 * v / duration:.1f}"] for k, v in times.seconds.items()]
     rows.append(

@@ -31,7 +31,7 @@ def load_diarizer(settings: Settings) -> DiarizerBackend:
     if settings.diarizer.backend == "resemblyzer":
         from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer
 
-        return ResemblyzerDiarizer(settings.diarizer)
+        return ResemblyzerDiarizer(settings.diarizer, settings.cache_dir)
     from ethostral_serve.backends.diarization.embedded import OverlapAwareDiarizer
 
     return OverlapAwareDiarizer(settings.diarizer, settings.cache_dir)

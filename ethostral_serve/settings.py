@@ -254,7 +254,11 @@ class DiarizerSettings(BaseModel):
         "pyannote/speaker-diarization-community-1",
         description="pyannote backend: local pipeline directory (config.yaml) or hub id",
     )
-    device: str = Field("cpu", description="torch device of the diarizer ('cuda' on GPUs)")
+    device: str = Field(
+        "cpu",
+        description="pyannote backend: torch device ('cuda' on GPUs); the bundled "
+        "diarizers run on CPU with onnxruntime",
+    )
     window_s: float = Field(1.0, gt=0.3, le=10.0, description="embedding window length")
     step_s: float = Field(0.25, gt=0.05, description="hop between embedding windows")
     min_window_s: float = Field(

@@ -61,11 +61,11 @@ def test_english_streams_are_drafted_by_the_draft_model_others_by_the_asr_model(
     assert not drafter.multilingual and drafter.languages == ("en",)  # tiny.en by default
     calls: list[str] = []
     for name, asr in (("draft", drafter), ("asr", model.asr)):
-        real = asr.partial_text
+        real = asr.partial_texts
         monkeypatch.setattr(
             asr,
-            "partial_text",
-            lambda a, lang, real=real, name=name: calls.append(name) or real(a, lang),
+            "partial_texts",
+            lambda a, langs, real=real, name=name: calls.append(name) or real(a, langs),
         )
     talk = two_speaker_conversation(turns_each=1)
     a_start, a_end, _ = talk.truth[0]

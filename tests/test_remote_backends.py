@@ -75,6 +75,9 @@ class _FakeModelHandle:
             )
         )
         self.detected = detected
+        self.partial_text = _Method(
+            lambda audio, language, adapter: (f"d{int(audio[0])}", language or "und")
+        )
 
     def _window(self, job: WindowJob) -> WindowResult:
         if job.audio.size == 0:
@@ -194,6 +197,23 @@ def test_one_request_keeps_a_bounded_number_of_calls_in_flight() -> None:
     spans = [Span(0.2 * i, 0.2 * i + 0.1) for i in range(10)]
     assert len(model.emotions(samples, transcript, spans)) == 10
     assert handle.classify_segment.most_outstanding == 4
+
+
+def test_drafts_go_out_as_separate_calls_all_in_flight_at_once() -> None:
+    """So the deployment's batched draft method can write them in one batch."""
+    handle = _FakeModelHandle()
+    model = RemoteSpeechModel(handle)
+    clips = [np.full(1600, i, np.float32) for i in range(3)]
+    drafts = model.partial_texts(clips, ["en", None, "fr"])
+    assert drafts == [("d0", "en"), ("d1", "und"), ("d2", "fr")]
+    assert handle.partial_text.most_outstanding == 3
+    assert [args[1:] for args in handle.partial_text.calls] == [
+        ("en", None),
+        (None, None),
+        ("fr", None),
+    ]
+    with pytest.raises(ValueError):
+        model.partial_texts(clips, ["en"])
 
 
 def test_a_deployment_that_does_not_answer_is_a_503() -> None:

@@ -202,11 +202,16 @@ def test_metrics_of_an_upload_are_scraped_from_the_fixed_port(
         total = _total(m, "ray_ethostral_stage_seconds_count", stage=stage)
         assert buckets[float("inf")] == total and buckets[600.0] == total  # none took 10 min
     # The histogram of batch sizes is the model replica's own tally, bucket by bucket.
+    largest = {"asr": 4.0, "emotion": 32.0, "draft": 8.0}  # the config's max batch sizes
+    assert set(stats) == set(largest)
     for method, sizes in stats.items():
         buckets = _buckets(m, "ray_ethostral_batch_size", method=method)
+        if not sizes:  # e.g. no draft batch before any live stream: no series either
+            assert buckets == {}, method
+            continue
         expected = {le: sum(n for size, n in sizes.items() if size <= le) for le in buckets}
         assert buckets == expected, (method, sizes)
-        assert buckets[4.0 if method == "asr" else 32.0] == buckets[float("inf")]  # max sizes
+        assert buckets[largest[method]] == buckets[float("inf")]  # none above the max
         assert {
             s.labels["deployment"]
             for s in m["ray_ethostral_batch_size_count"]
@@ -353,6 +358,53 @@ def test_concurrent_uploads_share_batches(serve_url: str) -> None:
     grown = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
     assert sum(size * n for size, n in grown.items()) == 4, grown  # one window per upload
     assert max(grown) > 1, f"four concurrent uploads never shared an ASR batch: {after}"
+
+
+def test_drafts_of_concurrent_streams_share_a_batch(serve_url: str) -> None:
+    """Four streams' drafts, due at once, are written in one batch.
+
+    Each stream's thread asks for its draft as the ingress does (``RemoteStreamBackends``),
+    all released by one barrier. A draft batch waits up to 5 s to fill here and leaves
+    as soon as it holds four (user_config applied in place by ``reconfigure``; the
+    default after the test).
+    """
+    import threading
+
+    from ray import serve
+
+    from benchmarks.common import wer_counts
+    from ethostral_serve.serve.deployments import BatchConfig
+    from ethostral_serve.serve.remote import RemoteSpeechModel, RemoteStreamBackends
+
+    talk = two_speaker_conversation(turns_each=2)
+    clips = [talk.samples[round(a * 16000) : round(b * 16000)] for a, b, _ in talk.truth]
+    handle = _model_handle()
+    backends = RemoteStreamBackends(
+        serve.get_deployment_handle("VAD", app_name=APP),
+        serve.get_deployment_handle("Diarizer", app_name=APP),
+        RemoteSpeechModel(handle, timeout_s=120.0),
+    )
+    config = BatchConfig(draft_max_batch_size=4, draft_batch_wait_timeout_s=5.0)
+    handle.reconfigure.remote(config.model_dump()).result()
+    barrier = threading.Barrier(len(clips))
+    try:
+        before = handle.batch_stats.remote().result()["draft"]
+
+        def stream(clip: np.ndarray) -> tuple[str, str]:
+            barrier.wait(timeout=60)
+            return backends.partial(clip, "en")
+
+        with cf.ThreadPoolExecutor(len(clips)) as pool:
+            drafts = list(pool.map(stream, clips))
+        after = handle.batch_stats.remote().result()["draft"]
+    finally:
+        handle.reconfigure.remote(BatchConfig().model_dump()).result()
+    grown = {size: n - before.get(size, 0) for size, n in after.items() if n > before.get(size, 0)}
+    assert sum(size * n for size, n in grown.items()) == 4, grown  # one draft per stream
+    assert max(grown) > 1, f"four concurrent streams never shared a draft batch: {after}"
+    assert [language for _, language in drafts] == ["en"] * 4
+    wer, _ = wer_counts([talk.reference], [" ".join(text for text, _ in drafts)])
+    assert wer < 0.3, drafts  # each draft says its own utterance, in order
 
 
 def _stream(serve_url: str, query: str, samples: np.ndarray) -> list[dict]:

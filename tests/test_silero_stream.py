@@ -21,8 +21,7 @@ def vad():
 def _reference(samples: np.ndarray) -> np.ndarray:
     """Frame probabilities from silero-vad's own stateful wrapper, frame by frame."""
     import torch
-
-    from ethostral_serve.backends.silero import import_silero_vad
+    from silero_reference import import_silero_vad
 
     model = import_silero_vad().load_silero_vad(onnx=True)
     n = len(samples) // 512

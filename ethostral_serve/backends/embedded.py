@@ -85,17 +85,39 @@ class EmbeddedSpeechModel:
     def partial_text(
         self, audio: np.ndarray, language: str | None, adapter: str | None = None
     ) -> tuple[str, str]:
-        """A quick draft of a live utterance: text and language.
+        """A quick draft of a live utterance: text and language (see :meth:`partial_texts`)."""
+        return self.partial_texts([audio], [language], [adapter])[0]
 
-        The draft model (``stream.draft_model``) writes it when it knows the language
-        (an English-only model drafts only streams known to be English); otherwise the
-        ASR model does.
+    def partial_texts(
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Quick drafts of several live utterances at once: text and language of each.
+
+        The draft model (``stream.draft_model``) writes a draft when it knows the
+        language (an English-only model drafts only streams known to be English);
+        otherwise the ASR model does. Each model drafts its share in one batch.
         """
-        self.check_adapter(adapter)
+        if len(audios) != len(languages):
+            raise ValueError("one language (or None) per utterance")
+        for adapter in adapters or ():
+            self.check_adapter(adapter)
         drafter = self.load_drafter()
-        if drafter.multilingual or language in drafter.languages:
-            return drafter.partial_text(audio, language)
-        return self.asr.partial_text(audio, language)
+        known = [
+            drafter is self.asr or drafter.multilingual or language in drafter.languages
+            for language in languages
+        ]
+        out: list[tuple[str, str]] = [("", "")] * len(audios)
+        for model, share in ((drafter, True), (self.asr, False)):
+            items = [i for i, k in enumerate(known) if k is share]
+            if items:
+                clips = [audios[i] for i in items]
+                drafts = model.partial_texts(clips, [languages[i] for i in items])
+                for i, draft in zip(items, drafts, strict=True):
+                    out[i] = draft
+        return out
 
     def load_drafter(self) -> WhisperAsr:
         """The model that drafts partials, loaded on first use (the ASR model if none)."""

@@ -296,3 +296,16 @@ class EthostralSpeechModel:
             [audio], [self._voxtral_language(language)], max_new_tokens=cap, adapters=[adapter]
         )
         return draft_text(out.raw), language or "und"
+
+    def partial_texts(
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Drafts of several live utterances: :meth:`partial_text` of each in turn."""
+        named = adapters or [None] * len(audios)
+        return [
+            self.partial_text(audio, language, adapter)
+            for audio, language, adapter in zip(audios, languages, named, strict=True)
+        ]

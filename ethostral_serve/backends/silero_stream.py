@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ethostral_serve.backends.silero import import_silero_vad
-from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.backends.silero import onnx_session, silero_model_path
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 
 _CONTEXT = 64  # samples of the previous frame Silero prepends at 16 kHz
+STREAMING_MODEL = "silero_vad.onnx"  # one frame per call, state passed in and out
 
 
 @dataclass
@@ -33,12 +33,7 @@ class SileroStreamingVad:
     """Speech probability of every 512-sample frame, for many streams at once."""
 
     def __init__(self) -> None:
-        silero_vad = import_silero_vad()
-        try:
-            wrapper = silero_vad.load_silero_vad(onnx=True)  # type: ignore[attr-defined]
-        except Exception as exc:  # pragma: no cover - the model ships in the wheel
-            raise ModelLoadError(f"could not load Silero VAD: {exc}") from exc
-        self._session = wrapper.session
+        self._session = onnx_session(silero_model_path(STREAMING_MODEL))
         self._lock = threading.Lock()
 
     def step(

@@ -211,32 +211,68 @@ class WhisperAsr:
         instead of padded to 30 s, and decoding is greedy without timestamps, so a
         few seconds take about a tenth of a full pass. Finals use :meth:`transcribe_windows`.
         """
-        fe = self.model.feature_extractor
-        features = fe(np.asarray(audio, dtype=np.float32))[:, : fe.nb_max_frames]
-        n = features.shape[1]
-        whole = min(fe.nb_max_frames, max(100, int(np.ceil(n / 100)) * 100))
-        features = np.pad(features, ((0, 0), (0, whole - n)))
-        encoded = self.model.encode(features)
-        if language is None:
-            language, _ = self._detect(encoded)
+        return self.partial_texts([audio], [language])[0]
+
+    def partial_texts(
+        self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+    ) -> list[tuple[str, str]]:
+        """Quick drafts of several clips (at most 30 s each) at once: text and language
+        of each; a ``None`` language is detected.
+
+        One encoder pass reads every clip, each padded to the longest rounded up to whole
+        seconds, and one greedy decoding without timestamps writes every draft, so a
+        batch of drafts costs less than as many single ones on a CPU. Each draft is
+        capped at a length speech rarely passes, and a clip under 0.1 s is not read.
+        """
         from faster_whisper.tokenizer import Tokenizer
 
-        tok = Tokenizer(
-            self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
-        )
-        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if len(audios) != len(languages):
+            raise ValueError("one language (or None) per clip")
+        fe = self.model.feature_extractor
+        unread = "en" if not self.multilingual else "und"
+        out = [("", language or unread) for language in languages]
+        todo = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10]
+        if not todo:
+            return out
+        features = [
+            fe(np.asarray(audios[i], dtype=np.float32))[:, : fe.nb_max_frames] for i in todo
+        ]
+        longest = max(f.shape[1] for f in features)
+        whole = min(fe.nb_max_frames, max(100, int(np.ceil(longest / 100)) * 100))
+        batch = np.stack([np.pad(f, ((0, 0), (0, whole - f.shape[1]))) for f in features])
+        encoded = self.model.encode(batch)
+        chosen = [languages[i] for i in todo]
+        if any(language is None for language in chosen):
+            detected = self._detect_batch(encoded)
+            chosen = [lang or found for lang, found in zip(chosen, detected, strict=True)]
+        tokenizers = {
+            lang: Tokenizer(
+                self.model.hf_tokenizer, self.multilingual, task="transcribe", language=lang
+            )
+            for lang in set(chosen)
+        }
+        prompts = [
+            [*tokenizers[lang].sot_sequence, tokenizers[lang].no_timestamps] for lang in chosen
+        ]
         # Speech rarely passes ~4 tokens a second; the cap stops a draft from looping.
-        max_length = min(224, len(prompt) + 8 + int(6 * len(audio) / SAMPLE_RATE))
-        result = self.model.model.generate(
+        caps = [
+            min(224, len(prompt) + 8 + int(6 * len(audios[i]) / SAMPLE_RATE))
+            for i, prompt in zip(todo, prompts, strict=True)
+        ]
+        results = self.model.model.generate(
             encoded,
-            [prompt],
+            prompts,
             beam_size=1,
-            max_length=max_length,
+            max_length=max(caps),
             suppress_blank=True,
             no_repeat_ngram_size=4,
         )
-        text = tok.decode([t for t in result[0].sequences_ids[0] if t < tok.eot])
-        return text.strip(), language
+        for i, lang, prompt, cap, result in zip(todo, chosen, prompts, caps, results, strict=True):
+            tok = tokenizers[lang]
+            # each draft's own cap, as if it had been decoded alone
+            ids = result.sequences_ids[0][: cap - len(prompt)]
+            out[i] = (tok.decode([t for t in ids if t < tok.eot]).strip(), lang)
+        return out
 
     def encode_clip(self, audio: np.ndarray) -> np.ndarray:
         """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32."""
@@ -262,6 +298,12 @@ class WhisperAsr:
         encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
         ranked = [(t[2:-2], float(p)) for t, p in self.model.model.detect_language(encoded)[0]]
         return next((x for x in ranked if allowed is None or x[0] in allowed), ranked[0])
+
+    def _detect_batch(self, encoded: object) -> list[str]:
+        """The most probable language of each item of a batch of encoder outputs."""
+        if not self.multilingual:
+            return ["en"] * int(encoded.shape[0])  # type: ignore[attr-defined]
+        return [ranked[0][0][2:-2] for ranked in self.model.model.detect_language(encoded)]
 
     def _detect(self, encoded: object) -> tuple[str, float]:
         if not self.multilingual:

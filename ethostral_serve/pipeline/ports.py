@@ -128,6 +128,17 @@ class WindowedSpeechModel(SpeechModel, Protocol):
         """A quick draft of a live utterance (at most 30 s): text and language."""
         ...
 
+    def partial_texts(
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Drafts of several live utterances (of any streams) at once, as
+        :meth:`partial_text` writes each: text and language, in order. The serving layer
+        batches drafts across streams through it; a model may draft them in one pass."""
+        ...
+
 
 @runtime_checkable
 class StreamBackends(Protocol):

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -64,6 +65,24 @@ class BatchConfig(BaseModel):
     )
     emotion_max_batch_size: int = Field(32, ge=1, le=1024, description="segments per batch")
     emotion_batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0)
+    draft_max_batch_size: int = Field(
+        8, ge=1, le=64, description="live drafts (partials of any streams) per batch"
+    )
+    draft_batch_wait_timeout_s: float = Field(
+        0.005,
+        ge=0.0,
+        le=5.0,
+        description="how long a draft batch waits to fill (it adds to every partial's latency)",
+    )
+
+
+@dataclass(frozen=True)
+class DraftJob:
+    """One live draft for the batched ``draft_batch`` method."""
+
+    audio: np.ndarray
+    language: str | None
+    adapter: str | None = None
 
 
 @serve.deployment(name="VAD", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -145,7 +164,11 @@ class EthostralModel:
         load_drafter = getattr(model, "load_drafter", None)
         if load_drafter is not None:
             load_drafter()  # load it now, not on the first live partial
-        self.batch_sizes: dict[str, Counter[int]] = {"asr": Counter(), "emotion": Counter()}
+        self.batch_sizes: dict[str, Counter[int]] = {
+            "asr": Counter(),
+            "emotion": Counter(),
+            "draft": Counter(),
+        }
         self.metrics = RayMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -155,6 +178,8 @@ class EthostralModel:
         self.transcribe_window.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.classify_segment.set_max_batch_size(cfg.emotion_max_batch_size)
         self.classify_segment.set_batch_wait_timeout_s(cfg.emotion_batch_wait_timeout_s)
+        self.draft_batch.set_max_batch_size(cfg.draft_max_batch_size)
+        self.draft_batch.set_batch_wait_timeout_s(cfg.draft_batch_wait_timeout_s)
         log.info("batching: %s", cfg.model_dump())
 
     async def info(self) -> ModelInfo:
@@ -208,10 +233,28 @@ class EthostralModel:
     async def partial_text(
         self, audio: np.ndarray, language: str | None, adapter: str | None = None
     ) -> tuple[str, str]:
-        """A quick draft of a live utterance (not batched: drafts are latency-bound)."""
-        if adapter is not None:
-            await self.get_adapter(adapter)
-        return await offload(self.model.partial_text, audio, language, adapter)
+        """A quick draft of a live utterance, batched with other streams' drafts."""
+        return await self.draft_batch(DraftJob(audio, language, adapter))
+
+    # Two batches may run at once: the draft model runs calls in parallel (one per
+    # stream.draft_cpu_threads cores), so a draft due while a batch runs need not wait.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
+    async def draft_batch(self, jobs: list[DraftJob]) -> list[tuple[str, str]]:
+        """Drafts of a batch of live utterances (from any streams), one per utterance.
+
+        On a CPU one batched pass costs less than as many single drafts. Serve batches
+        calls of one multiplexed adapter together, as for :meth:`transcribe_window`.
+        """
+        self.batch_sizes["draft"][len(jobs)] += 1
+        self.metrics.batch("draft", len(jobs))
+        for adapter in {j.adapter for j in jobs} - {None}:
+            await self.get_adapter(adapter)  # loaded here, and most recently used
+        return await offload(
+            self.model.partial_texts,
+            [j.audio for j in jobs],
+            [j.language for j in jobs],
+            [j.adapter for j in jobs],
+        )
 
     async def backend(self) -> str:
         """The speech model this replica runs (its class name)."""

@@ -72,7 +72,7 @@ class RayMetrics:
         self._batch = serve_metrics.Histogram(
             PREFIX + "batch_size",
             description="Items per batch formed by a batched model method (asr: windows, "
-            "emotion: segments, vad_stream: live VAD steps)",
+            "emotion: segments, draft: live drafts, vad_stream: live VAD steps)",
             boundaries=[float(b) for b in BATCH_SIZE_BUCKETS],
             tag_keys=("method",),
         )

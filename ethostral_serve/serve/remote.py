@@ -248,6 +248,19 @@ class RemoteSpeechModel:
         text, detected = self._wait(response)
         return text, detected
 
+    def partial_texts(
+        self,
+        audios: Sequence[np.ndarray],
+        languages: Sequence[str | None],
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Each draft its own call to the deployment's batched draft method, all in
+        flight at once."""
+        named = adapters or [None] * len(audios)
+        calls = zip(audios, languages, named, strict=True)
+        responses = [self._model(a).partial_text.remote(x, lang, a) for x, lang, a in calls]
+        return [self._wait(r) for r in responses]
+
     def transcribe(
         self,
         samples: np.ndarray,

@@ -2,7 +2,8 @@
 
 pyannote's segmentation model (ONNX, from the WhisperX wheel; see
 :mod:`.segmentation`) finds up to three local speakers, overlap included, in 5 s windows;
-resemblyzer's GE2E encoder embeds 1 s sub-windows of the speech it finds; the pure
+resemblyzer's GE2E encoder (ONNX too; see :mod:`.speaker_encoder`) embeds 1 s
+sub-windows of the speech it finds; the pure
 :func:`~ethostral_serve.pipeline.overlap_diarization.diarize_segmentation` clusters the
 (window, local speaker) units into global speakers and rebuilds turns in which
 overlapped speech belongs to both speakers.
@@ -38,7 +39,7 @@ class OverlapAwareDiarizer:
         self.settings = settings
         folder = ensure_segmentation_model(cache_dir)
         self.segmentation = SegmentationModel(folder, threads=settings.segmentation_threads)
-        self.encoder = ResemblyzerDiarizer(settings)
+        self.encoder = ResemblyzerDiarizer(settings, cache_dir)
 
     def options(self) -> OverlapDiarizationOptions:
         """The clustering options these settings stand for."""

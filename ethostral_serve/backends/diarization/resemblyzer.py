@@ -1,49 +1,43 @@
 """Embedded speaker diarization: resemblyzer's packaged GE2E encoder + k-means clustering.
 
-Sliding windows over the speech regions are embedded in a few batched forward passes
-(mel frames from resemblyzer's own ``audio.wav_to_mel_spectrogram``), then clustered by
-:mod:`ethostral_serve.pipeline.clustering`. Runs on CPU; the encoder weights ship inside
-the ``resemblyzer`` wheel, so nothing is downloaded.
+Sliding windows over the speech regions are embedded in a few batched forward passes of
+the encoder's ONNX export (mel frames computed as resemblyzer's own
+``audio.wav_to_mel_spectrogram`` does; see :mod:`.speaker_encoder`), then clustered by
+:mod:`ethostral_serve.pipeline.clustering`. Runs on CPU with onnxruntime and numpy: torch,
+resemblyzer and librosa are imported only to make the export, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.backends.diarization.speaker_encoder import (
+    EMBEDDING_SIZE,
+    HOP,
+    SpeakerEncoder,
+    ensure_speaker_encoder,
+)
 from ethostral_serve.pipeline.clustering import ClusteringOptions, diarize_windows
 from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings
 
-_HOP = 160  # resemblyzer's mel hop: 10 ms at 16 kHz
-_FRAMES_PER_S = SAMPLE_RATE // _HOP
-_MEL_BLOCK_FRAMES = 6000  # mel computed in blocks of 60 s to bound memory
-_MEL_CONTEXT = 3  # frames each side of a block whose STFT window would touch its edge
-_BATCH = 256
+_FRAMES_PER_S = SAMPLE_RATE // HOP
 
 
 class ResemblyzerDiarizer:
-    """Who spoke when, from resemblyzer d-vectors of sliding windows."""
+    """Who spoke when, from resemblyzer d-vectors of sliding windows.
 
-    def __init__(self, settings: DiarizerSettings) -> None:
-        try:
-            import torch
-            from resemblyzer import VoiceEncoder, audio
-        except ImportError as exc:
-            raise ModelLoadError(
-                f"speaker diarization needs resemblyzer ({exc}): "
-                "pip install resemblyzer 'setuptools<81'"
-            ) from exc
+    The encoder runs on CPU through onnxruntime (``settings.device`` is for the
+    pyannote backend's torch); its export is made in ``cache_dir`` on first use.
+    """
+
+    def __init__(self, settings: DiarizerSettings, cache_dir: Path) -> None:
         self.settings = settings
-        self._torch: Any = torch
-        self._mel_fn: Callable[[np.ndarray], np.ndarray] = audio.wav_to_mel_spectrogram
-        self._device = settings.device
-        self._encoder: Any = VoiceEncoder(device=settings.device, verbose=False).eval()
-        self._mel_fn(np.zeros(SAMPLE_RATE // 10, dtype=np.float32))  # warm librosa up
+        self._encoder = SpeakerEncoder(ensure_speaker_encoder(cache_dir))
 
     def options(self, speakers: SpeakerCount | None = None) -> ClusteringOptions:
         """The clustering options these settings (and a request's count) stand for."""
@@ -110,10 +104,10 @@ class ResemblyzerDiarizer:
         short_times: list[tuple[float, float]] = []
         for r in spans:
             a, b = round(r.start * SAMPLE_RATE), round(r.end * SAMPLE_RATE)
-            n_frames = (b - a) // _HOP
+            n_frames = (b - a) // HOP
             if n_frames < min_frames:
                 continue
-            mel = self._mel(x[a:b] * gain)[:n_frames]
+            mel = self._encoder.mel(x[a:b] * gain)[:n_frames]
             t0 = a / SAMPLE_RATE
             if n_frames < win_frames:
                 short.append(mel)
@@ -128,53 +122,15 @@ class ResemblyzerDiarizer:
 
         parts = []
         if full:
-            parts.append(self._embed_equal(np.stack(full)))
+            parts.append(self._encoder.embed(np.stack(full)))
         if short:
-            parts.append(self._embed_ragged(short))
+            parts.append(self._encoder.embed_ragged(short))
         if not parts:
-            return np.zeros((0, 256), dtype=np.float32), np.zeros((0, 2))
+            return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32), np.zeros((0, 2))
         emb = np.concatenate(parts)
         times = np.array(full_times + short_times, dtype=np.float64)
         order = np.argsort(times[:, 0], kind="stable")
         return emb[order], times[order]
-
-    def _mel(self, wav: np.ndarray) -> np.ndarray:
-        """Mel frames of ``wav`` (frame i centred on sample 160·i), in bounded blocks."""
-        n = len(wav) // _HOP + 1
-        if n <= _MEL_BLOCK_FRAMES + 2 * _MEL_CONTEXT:
-            return self._mel_fn(wav)
-        out = []
-        for f0 in range(0, n, _MEL_BLOCK_FRAMES):
-            f1 = min(n, f0 + _MEL_BLOCK_FRAMES)
-            lo = max(0, f0 - _MEL_CONTEXT)
-            block = self._mel_fn(wav[lo * _HOP : (f1 + _MEL_CONTEXT) * _HOP])
-            out.append(block[f0 - lo : f0 - lo + (f1 - f0)])
-        return np.concatenate(out)
-
-    def _embed_equal(self, mels: np.ndarray) -> np.ndarray:
-        """Embed equal-length windows ``(n, frames, 40)`` in batches."""
-        torch = self._torch
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(mels), _BATCH):
-                batch = torch.from_numpy(np.ascontiguousarray(mels[i : i + _BATCH]))
-                out.append(self._encoder(batch.to(self._device)).cpu().numpy())
-        return np.concatenate(out)
-
-    def _embed_ragged(self, mels: list[np.ndarray]) -> np.ndarray:
-        """Embed windows of different lengths in one packed LSTM pass."""
-        torch = self._torch
-        from torch.nn.utils.rnn import pack_sequence
-
-        enc = self._encoder
-        with torch.inference_mode():
-            packed = pack_sequence(
-                [torch.from_numpy(m).to(self._device) for m in mels], enforce_sorted=False
-            )
-            _, (hidden, _) = enc.lstm(packed)
-            raw = enc.relu(enc.linear(hidden[-1]))
-            emb = raw / torch.clamp(torch.norm(raw, dim=1, keepdim=True), min=1e-12)
-        return emb.cpu().numpy()
 
 
 def clip_regions(regions: Sequence[Span], duration: float) -> list[Span]:
