@@ -1,7 +1,7 @@
 """Live-stream latency against a running service (``serve run serve_config.yaml``).
 
     .venv/bin/python -m benchmarks.stream_latency [--url http://127.0.0.1:8000]
-        [--streams 1 2 4] [--seconds 87] [--speakers 3080 533]
+        [--streams 1 2 4] [--seconds 87] [--speakers 3080 533] [--upload FILE]
 
 Builds the same two-speaker conversation as ``benchmarks.serve_upload`` and sends it
 at real-time pace in 100 ms PCM16 chunks, from N clients at once. Latency of an event
@@ -10,7 +10,10 @@ Prints, per number of concurrent streams: partials and finals received, partial 
 final latency p50/p95 (a final's latency is its lag behind the speech it closes), the
 stored sessions' WER (mean and worst), and for the first stream the speakers and speaker
 agreement. Bare faster-whisper's speed on the same audio is measured in the same run,
-before and after the streams, so a slower or busier machine shows as such.
+before and after the streams, so a slower or busier machine shows as such. With
+``--upload FILE`` the streams run under mixed load: the file is uploaded to
+``POST /transcribe`` again and again, one upload at a time, until the streams end, and
+the uploads' times are reported too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import tempfile
+import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -55,6 +60,24 @@ def one_stream(url: str, samples: np.ndarray) -> dict[str, Any]:
     return {"partial": partial, "final": final, "session": session, "last": last}
 
 
+def upload_until(url: str, path: Path, stop: threading.Event) -> list[tuple[float, int]]:
+    """Upload ``path`` back to back until ``stop`` is set: (seconds, status) of each."""
+    import httpx
+
+    data = path.read_bytes()
+    done: list[tuple[float, int]] = []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        r = httpx.post(
+            f"{url}/transcribe",
+            files={"file": (path.name, data)},
+            data={"language": "en"},
+            timeout=600,
+        )
+        done.append((time.perf_counter() - t0, r.status_code))
+    return done
+
+
 def bare_speed(samples: np.ndarray) -> str:
     """Bare faster-whisper on ``samples`` in a fresh process: seconds and real-time factor."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +98,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=87.0)
     parser.add_argument("--speakers", nargs="+", default=["3080", "533"])
+    parser.add_argument("--upload", type=Path, help="upload this file again and again meanwhile")
     args = parser.parse_args()
     samples, reference, turns = conversation(args.speakers, args.seconds)
     print(f"machine: {machine()}; service: {args.url}")
@@ -82,9 +106,22 @@ def main() -> None:
     print(f"bare faster-whisper base int8 beam 5 on it, before: {bare_speed(samples)}\n")
     rows = []
     quality = []
+    uploads: list[list[object]] = []
     for n in args.streams:
-        with cf.ThreadPoolExecutor(n) as pool:
+        stop = threading.Event()
+        with cf.ThreadPoolExecutor(n + 1) as pool:
+            uploading = (
+                pool.submit(upload_until, args.url, args.upload, stop) if args.upload else None
+            )
             results = list(pool.map(lambda _: one_stream(args.url, samples), range(n)))
+            stop.set()
+            if uploading is not None:
+                done = uploading.result()
+                seconds = [t for t, _ in done]
+                statuses = sorted({status for _, status in done})
+                uploads.append(
+                    [n, len(done), f"{np.median(seconds):.1f}", f"{max(seconds):.1f}", statuses]
+                )
         partial = np.concatenate([r["partial"] for r in results]) * 1000
         final = np.concatenate([r["final"] for r in results]) * 1000
         ended = sum(1 for r in results if r["last"].get("type") == "session")
@@ -121,6 +158,14 @@ def main() -> None:
     print()
     quality_headers = ["streams", "speakers (stream 1)", "speaker agreement % (stream 1)"]
     print_table([*quality_headers, "WER % (mean)", "WER % (worst)"], quality)
+    if uploads:
+        print(
+            f"\nuploads of {args.upload.name} meanwhile, one at a time "
+            "(the last one ends after the streams)"
+        )
+        print_table(
+            ["streams", "uploads", "upload s (median)", "upload s (max)", "status"], uploads
+        )
     print(f"\nbare faster-whisper on the same audio, after: {bare_speed(samples)}")
 
 
