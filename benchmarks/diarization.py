@@ -278,7 +278,7 @@ def score(case: Case, hypothesis: Sequence[tuple[float, float, str]]) -> Score:
 
 def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) -> None:
     """Diarize every case, print the per-file and per-group tables, then a timing table."""
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.engine import load_diarizer
     from ethostral_serve.settings import DiarizerSettings, VadSettings
 
@@ -466,8 +466,8 @@ def stream_segments(
 def run_streams(cases: Sequence[Case], overrides: dict[str, str | None]) -> None:
     """Score live streams' stored sessions: live speakers only, and after the pass over
     the whole stream (``ETHOSTRAL_STREAM__REFINE_SPEAKERS_MAX_S``)."""
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
     from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
     from ethostral_serve.engine import Engine
     from ethostral_serve.settings import DiarizerSettings
 

@@ -17,7 +17,7 @@ from ethostral_serve.settings import Settings
 
 def load_vad(settings: Settings) -> VadBackend:
     """The VAD backend named in settings."""
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
 
     return SileroVad(settings.vad)
 

@@ -50,7 +50,7 @@ from ethostral_serve.schema import EMOTION_LABELS  # noqa: E402
 from ethostral_serve.settings import Settings  # noqa: E402
 
 if TYPE_CHECKING:
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.backends.whisper import WhisperAsr
     from ethostral_serve.pipeline.types import Chunk
 
@@ -579,7 +579,7 @@ def extract(clips: Sequence[Clip], settings: Settings, cache: Path) -> list[Clip
     targets = [cache / c.corpus / f"{c.key}.npz" for c in clips]
     missing = [i for i, t in enumerate(targets) if not t.is_file()]
     if missing:
-        from ethostral_serve.backends.silero import SileroVad
+        from ethostral_serve.backends.vad.silero import SileroVad
         from ethostral_serve.backends.whisper import WhisperAsr
 
         asr = WhisperAsr(settings.asr, settings.cache_dir)

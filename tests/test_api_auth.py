@@ -43,8 +43,8 @@ def talk() -> Conversation:
 
 @pytest.fixture(scope="module")
 def stream_backends(engine: Any) -> Any:
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
     from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
     return LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
 

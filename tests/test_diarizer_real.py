@@ -28,7 +28,7 @@ def diarizer():
 @pytest.fixture(scope="module")
 def vad():
     """The project's Silero VAD with default settings."""
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
 
     return SileroVad(VadSettings())
 

@@ -259,7 +259,7 @@ def test_arousal_separates_angry_from_sad_and_calm(settings) -> None:
     """
     from ethostral_serve.audio import decode_audio
     from ethostral_serve.backends.embedded import EmbeddedSpeechModel
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 
     clips = _ravdess_clips({"angry", "sad", "calm"}, {4, 11, 15, 18})
@@ -590,7 +590,7 @@ def test_reencoding_reproduces_served_frames(settings) -> None:
     """Augmented copies are encoded on the clean clip's windows: that must give exactly
     the frames the served path keeps (checked on clean audio of two real clips)."""
     from ethostral_serve.audio import decode_audio
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.backends.whisper import WhisperAsr
     from scripts.train_emotion import _analyse, read_emodb, reencode
 

@@ -159,7 +159,7 @@ def test_windows_through_the_endpoint_equal_the_local_model(remote, local, endpo
 
 @pytest.mark.slow
 def test_an_upload_through_the_endpoint_equals_the_local_model(remote, local) -> None:
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 
     talk = two_speaker_conversation(turns_each=1)

@@ -163,7 +163,7 @@ def test_windows_are_transcribed_in_one_batch_with_times_inside_each(model) -> N
 
 @pytest.mark.slow
 def test_the_pipeline_runs_on_ethostral_with_fallback_emotions(model, tiny) -> None:
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 
     settings = _settings(tiny)
@@ -255,7 +255,7 @@ def test_languages_partials_and_the_fallback_classifier(model) -> None:
 
 @pytest.mark.slow
 def test_an_adapter_that_writes_tags_gives_the_segments_their_emotion(tagging_voxtral) -> None:
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
 
     base, adapter = tagging_voxtral

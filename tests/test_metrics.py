@@ -470,8 +470,8 @@ def test_an_upload_while_redis_is_down_is_a_server_error_and_a_redis_error(
 
 @pytest.fixture(scope="module")
 def stream_backends(engine: Any) -> Any:
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
     from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
     return LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
 

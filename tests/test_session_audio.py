@@ -54,8 +54,8 @@ def jfk() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stream_backends(engine: Any) -> Any:
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
     from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
     return LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
 

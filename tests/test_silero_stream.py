@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def vad():
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
     return SileroStreamingVad()
 
@@ -31,7 +31,7 @@ def _reference(samples: np.ndarray) -> np.ndarray:
 
 
 def test_odd_sized_chunks_of_two_streams_match_the_stateful_model(vad) -> None:
-    from ethostral_serve.backends.silero_stream import VadStreamState
+    from ethostral_serve.backends.vad.silero_stream import VadStreamState
 
     a = decode_audio(require_data("asr", "jfk") / "jfk.flac").samples[: 16000 * 4]
     b = np.ascontiguousarray(a[::-1])  # a second, different stream

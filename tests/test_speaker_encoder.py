@@ -235,7 +235,7 @@ print(json.dumps({"speakers": speakers, "banned": banned}))
 
 def test_diarizing_imports_neither_torch_nor_resemblyzer_nor_librosa(folder, tmp_path) -> None:
     from ethostral_serve.backends.diarization.segmentation import ensure_segmentation_model
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.settings import Settings, VadSettings
 
     cache = Settings().cache_dir

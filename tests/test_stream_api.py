@@ -36,8 +36,8 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stream_backends(engine):
-    from ethostral_serve.backends.silero_stream import SileroStreamingVad
     from ethostral_serve.backends.stream import LocalStreamBackends
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
     return LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
 

@@ -211,7 +211,7 @@ def reference_model():
 
 @pytest.fixture(scope="module")
 def vad():
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
 
     return SileroVad(VadSettings())
 
@@ -251,7 +251,7 @@ def test_probabilities_match_silero(vad, reference_model, recordings) -> None:
     ids=["defaults", "eager", "short-chunks"],
 )
 def test_regions_match_silero_on_real_speech(reference_model, recordings, settings) -> None:
-    from ethostral_serve.backends.silero import SileroVad
+    from ethostral_serve.backends.vad.silero import SileroVad
 
     vad = SileroVad(settings)
     for name, samples in recordings.items():
@@ -318,7 +318,7 @@ def test_empty_samples_have_no_regions(vad) -> None:
 
 
 def test_a_missing_model_file_is_a_load_error(monkeypatch) -> None:
-    from ethostral_serve.backends import silero
+    from ethostral_serve.backends.vad import silero
 
     with pytest.raises(ModelLoadError, match=r"no-such-model\.onnx not found"):
         silero.silero_model_path("no-such-model.onnx")
@@ -330,7 +330,7 @@ def test_a_missing_model_file_is_a_load_error(monkeypatch) -> None:
 def test_a_missing_package_is_a_load_error(monkeypatch) -> None:
     import importlib.util
 
-    from ethostral_serve.backends import silero
+    from ethostral_serve.backends.vad import silero
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install silero-vad"):
@@ -338,7 +338,7 @@ def test_a_missing_package_is_a_load_error(monkeypatch) -> None:
 
 
 def test_a_broken_model_file_is_a_load_error(tmp_path) -> None:
-    from ethostral_serve.backends.silero import onnx_session
+    from ethostral_serve.backends.vad.silero import onnx_session
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
@@ -353,8 +353,8 @@ def test_the_vads_never_import_torch_or_silero_vad() -> None:
 import json, sys
 import numpy as np
 from ethostral_serve.audio import decode_audio
-from ethostral_serve.backends.silero import SileroVad
-from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
+from ethostral_serve.backends.vad.silero import SileroVad
+from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad, VadStreamState
 from ethostral_serve.settings import VadSettings
 
 samples = decode_audio({str(jfk)!r}).samples

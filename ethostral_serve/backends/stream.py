@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.silero_stream import SileroStreamingVad, VadStreamState
+from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad, VadStreamState
 from ethostral_serve.backends.windows import FRAME_S, MAX_WINDOW_S, Classify, inline_emotion
 from ethostral_serve.pipeline.ports import DiarizerBackend, WindowedSpeechModel
 from ethostral_serve.pipeline.types import (

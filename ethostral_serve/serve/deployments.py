@@ -90,7 +90,7 @@ class VAD:
     """Silero speech detection."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        from ethostral_serve.backends.silero_stream import SileroStreamingVad
+        from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
         from ethostral_serve.engine import load_vad
 
         self.vad = load_vad(settings_from(settings))

@@ -326,7 +326,7 @@ class RemoteStreamBackends(ModelStreamBackends):
 
     def new_vad_state(self) -> Any:
         """A fresh per-stream VAD state (it travels with every step)."""
-        from ethostral_serve.backends.silero_stream import VadStreamState
+        from ethostral_serve.backends.vad.silero_stream import VadStreamState
 
         return VadStreamState()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ethostral_serve.backends.silero import onnx_session, silero_model_path
+from ethostral_serve.backends.vad.silero import onnx_session, silero_model_path
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 
 _CONTEXT = 64  # samples of the previous frame Silero prepends at 16 kHz

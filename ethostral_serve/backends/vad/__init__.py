@@ -1,0 +1,1 @@
+"""Voice activity detection: Silero VAD, offline over a recording and streaming."""
