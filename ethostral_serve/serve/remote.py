@@ -258,7 +258,10 @@ class RemoteSpeechModel:
         flight at once."""
         named = adapters or [None] * len(audios)
         calls = zip(audios, languages, named, strict=True)
-        responses = [self._model(a).partial_text.remote(x, lang, a) for x, lang, a in calls]
+        responses = [
+            self._model(adapter).partial_text.remote(audio, language, adapter)
+            for audio, language, adapter in calls
+        ]
         return [self._wait(r) for r in responses]
 
     def transcribe(
