@@ -338,12 +338,13 @@ def test_a_missing_package_is_a_load_error(monkeypatch) -> None:
 
 
 def test_a_broken_model_file_is_a_load_error(tmp_path) -> None:
-    from ethostral_serve.backends.vad.silero import onnx_session
+    from ethostral_serve.backends.onnx_session import cpu_onnx_session
+    from ethostral_serve.backends.vad.silero import SILERO
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="could not load Silero VAD"):
-        onnx_session(broken)
+        cpu_onnx_session(broken, SILERO)
 
 
 @pytest.mark.slow

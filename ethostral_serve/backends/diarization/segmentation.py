@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.backends.whisper_models import sha256_file
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.overlap_diarization import FrameGrid
@@ -169,21 +170,14 @@ class SegmentationModel:
 
     def __init__(self, folder: Path, threads: int = 1) -> None:
         try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise ModelLoadError(f"the segmentation model needs onnxruntime: {exc}") from exc
-        try:
             info = json.loads((folder / "spec.json").read_text())
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = max(0, threads)
-            options.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                str(folder / "segmentation.onnx"), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types too
+        except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"could not load the segmentation model in {folder}: {exc}"
             ) from exc
+        self._session = cpu_onnx_session(
+            folder / "segmentation.onnx", "the segmentation model", threads
+        )
         self.grid = FrameGrid(
             step_s=float(info["frame_step_s"]),
             duration_s=float(info["frame_duration_s"]),

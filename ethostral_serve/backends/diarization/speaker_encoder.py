@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.backends.whisper_models import sha256_file
 from ethostral_serve.errors import ModelLoadError
 
@@ -226,21 +227,12 @@ class SpeakerEncoder:
 
     def __init__(self, folder: Path, threads: int = 1) -> None:
         try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise ModelLoadError(f"the speaker encoder needs onnxruntime: {exc}") from exc
-        try:
             with np.load(folder / _MEL) as mel:
                 self._filters = np.asarray(mel["filters"], dtype=np.float32)
                 self._window = np.asarray(mel["window"], dtype=np.float64)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = max(0, threads)
-            options.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                str(folder / _ONNX), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types too
+        except Exception as exc:  # a missing or corrupt npz (zipfile, pickle, key errors)
             raise ModelLoadError(f"could not load the speaker encoder in {folder}: {exc}") from exc
+        self._session = cpu_onnx_session(folder / _ONNX, "the speaker encoder", threads)
 
     def mel(self, wav: np.ndarray) -> np.ndarray:
         """Mel frames ``(len(wav) // 160 + 1, 40)`` of 16 kHz ``wav``, equal to

@@ -10,24 +10,22 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 from ethostral_serve.pipeline.types import Span
 from ethostral_serve.pipeline.vad_regions import speech_regions_from_probs
 from ethostral_serve.settings import VadSettings
 
-if TYPE_CHECKING:
-    import onnxruntime
-
 CONTEXT = 64  # samples of the previous frame Silero prepends to each frame at 16 kHz
 STATE_SIZE = 128  # LSTM width of the sequence model
 BLOCK_FRAMES = 512  # frames scored per call of the sequence model (~16 s)
 SEQUENCE_MODEL = "silero_vad_16k_sequence.onnx"
+SILERO = "Silero VAD"  # the model's name in load errors
 
 
 def silero_model_path(name: str) -> Path:
@@ -40,23 +38,6 @@ def silero_model_path(name: str) -> Path:
     if not path.is_file():
         raise ModelLoadError(f"Silero VAD model {name} not found at {path}: reinstall silero-vad")
     return path
-
-
-def onnx_session(path: Path) -> onnxruntime.InferenceSession:
-    """A single-threaded CPU onnxruntime session for ``path``."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
-        raise ModelLoadError("onnxruntime is required: pip install onnxruntime") from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"could not load Silero VAD from {path}: {exc}") from exc
 
 
 def frame_blocks(samples: np.ndarray) -> Iterator[np.ndarray]:
@@ -87,7 +68,7 @@ class SileroVad:
         # probabilities as the streaming model, instead of one call per 32 ms.
         # The recurrent state lives in each call, and onnxruntime sessions may run from
         # several threads at once: recordings can be scored concurrently.
-        self._session = onnx_session(silero_model_path(SEQUENCE_MODEL))
+        self._session = cpu_onnx_session(silero_model_path(SEQUENCE_MODEL), SILERO)
 
     def speech_probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Speech probability of every 512-sample frame (the last one zero-padded)."""

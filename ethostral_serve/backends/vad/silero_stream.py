@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ethostral_serve.backends.vad.silero import onnx_session, silero_model_path
+from ethostral_serve.backends.onnx_session import cpu_onnx_session
+from ethostral_serve.backends.vad.silero import SILERO, silero_model_path
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 
 _CONTEXT = 64  # samples of the previous frame Silero prepends at 16 kHz
@@ -33,7 +34,7 @@ class SileroStreamingVad:
     """Speech probability of every 512-sample frame, for many streams at once."""
 
     def __init__(self) -> None:
-        self._session = onnx_session(silero_model_path(STREAMING_MODEL))
+        self._session = cpu_onnx_session(silero_model_path(STREAMING_MODEL), SILERO)
         self._lock = threading.Lock()
 
     def step(
