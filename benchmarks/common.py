@@ -86,32 +86,51 @@ def speaker_agreement(segments: Sequence[Any], truth: list[tuple[float, float, s
 
 # Bare faster-whisper as the speed reference: a fresh process, loading included,
 # Whisper base int8 on CPU with one thread per core, English, beam 5, no VAD, every
-# segment consumed. Prints one line: load=… transcribe=… words=…
+# segment consumed. Arguments: model dir, threads, then the files. Prints each file's
+# text on a line of its own, then one line: load=… transcribe=… words=…
 _BARE_WHISPER = """
 import sys, time
 t0 = time.perf_counter()
 from faster_whisper import WhisperModel
-model = WhisperModel(sys.argv[2], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[3]))
+model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[2]))
 t1 = time.perf_counter()
-segments, info = model.transcribe(sys.argv[1], language="en", beam_size=5)
-text = " ".join(seg.text for seg in segments)
-print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={len(text.split())}")
+texts = []
+for path in sys.argv[3:]:
+    segments, info = model.transcribe(path, language="en", beam_size=5)
+    texts.append(" ".join(seg.text.strip() for seg in segments).replace("\\n", " "))
+print("\\n".join(texts))
+words = sum(len(t.split()) for t in texts)
+print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={words}")
 """
 
 
-def bare_whisper_s(path: Path) -> tuple[float, str]:
-    """Wall seconds of bare faster-whisper on ``path`` (see ``_BARE_WHISPER``) in a fresh
-    process, and the line it printed."""
-    import subprocess
-    import sys
-    import time
-
+def whisper_base_args() -> list[str]:
+    """The bundled Whisper base directory and one thread per core, as arguments for the
+    reference scripts run in fresh processes."""
     from ethostral_serve.backends.whisper import default_cpu_threads
     from ethostral_serve.backends.whisper_models import resolve_whisper_model
     from ethostral_serve.settings import Settings
 
-    model = resolve_whisper_model("base", Settings().cache_dir)
-    cmd = [sys.executable, "-c", _BARE_WHISPER, str(path), str(model), str(default_cpu_threads())]
+    return [str(resolve_whisper_model("base", Settings().cache_dir)), str(default_cpu_threads())]
+
+
+def bare_whisper(paths: Sequence[Path]) -> tuple[float, str, list[str]]:
+    """Bare faster-whisper over ``paths`` in one fresh process (see ``_BARE_WHISPER``):
+    wall seconds, the summary line it printed, and each file's text."""
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-c", _BARE_WHISPER, *whisper_base_args(), *map(str, paths)]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
-    return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1]
+    seconds = time.perf_counter() - t0
+    lines = out.stdout.rstrip("\n").split("\n")
+    return seconds, lines[-1], lines[:-1]
+
+
+def bare_whisper_s(path: Path) -> tuple[float, str]:
+    """Wall seconds of bare faster-whisper on ``path`` in a fresh process, and the
+    summary line it printed."""
+    seconds, summary, _ = bare_whisper([path])
+    return seconds, summary

@@ -26,22 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA, machine, print_table, wer_counts
+from benchmarks.common import DATA, bare_whisper, machine, print_table, wer_counts
 from scripts.train_emotion import Clip, corpus_f1, read_ravdess
 
 STATEMENTS = {"1": "Kids are talking by the door", "2": "Dogs are sitting by the door"}
-# Whisper base int8, one thread per core, English, beam 5, no VAD, over every clip given
-# in one process. Prints the transcripts, one per line, after a line with the seconds.
-_BARE = """
-import sys, time
-from faster_whisper import WhisperModel
-model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[2]))
-texts = []
-for path in sys.argv[3:]:
-    segments, _ = model.transcribe(path, language="en", beam_size=5)
-    texts.append(" ".join(seg.text.strip() for seg in segments))
-print("\\n".join(texts))
-"""
 
 
 def pick(clips: list[Clip], n: int) -> list[Clip]:
@@ -63,19 +51,6 @@ def run_cli(files: list[Path], out: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0
-
-
-def run_bare(files: list[Path]) -> tuple[float, list[str]]:
-    """Seconds of bare faster-whisper over ``files`` in one fresh process, and its texts."""
-    from ethostral_serve.backends.whisper import default_cpu_threads
-    from ethostral_serve.backends.whisper_models import resolve_whisper_model
-    from ethostral_serve.settings import Settings
-
-    model = resolve_whisper_model("base", Settings().cache_dir)
-    cmd = [sys.executable, "-c", _BARE, str(model), str(default_cpu_threads()), *map(str, files)]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return time.perf_counter() - t0, out.stdout.rstrip("\n").split("\n")
 
 
 def stage_seconds(clips: list[Clip]) -> dict[str, float]:
@@ -139,7 +114,7 @@ def main() -> None:
     cli_walls, bare_walls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for attempt in range(args.repeat):
-            seconds, texts = run_bare([c.path for c in clips])
+            seconds, _, texts = bare_whisper([c.path for c in clips])
             bare_walls.append(seconds)
             print(f"bare: {seconds:.1f} s", file=sys.stderr)
             out = Path(tmp) / str(attempt)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, bare_whisper_s, machine, print_table
+from benchmarks.common import REPO, bare_whisper_s, machine, print_table, whisper_base_args
 
 
 def _timed(cmd: list[str]) -> tuple[float, str]:
@@ -55,13 +55,8 @@ print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={len(
 
 
 def _whisperx_s(python: str, path: Path) -> tuple[float, str]:
-    from ethostral_serve.backends.whisper import default_cpu_threads
-    from ethostral_serve.backends.whisper_models import resolve_whisper_model
-    from ethostral_serve.settings import Settings
-
-    model = resolve_whisper_model("base", Settings().cache_dir)
     env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "false", "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [python, "-c", _WHISPERX, str(path), str(model), str(default_cpu_threads())]
+    cmd = [python, "-c", _WHISPERX, str(path), *whisper_base_args()]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, env=env)
     return time.perf_counter() - t0, out.stdout.strip().splitlines()[-1]
