@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.stream_latency [--url http://127.0.0.1:8000]
         [--streams 1 2 4] [--seconds 87] [--speakers 3080 533] [--upload FILE]
+        [--sessions-out DIR]
 
 Builds the same two-speaker conversation as ``benchmarks.serve_upload`` and sends it
 at real-time pace in 100 ms PCM16 chunks, from N clients at once. Latency of an event
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import tempfile
 import threading
 import time
@@ -99,6 +101,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=87.0)
     parser.add_argument("--speakers", nargs="+", default=["3080", "533"])
     parser.add_argument("--upload", type=Path, help="upload this file again and again meanwhile")
+    parser.add_argument(
+        "--sessions-out", type=Path, help="write each stored session here as JSON, with its WER"
+    )
     args = parser.parse_args()
     samples, reference, turns = conversation(args.speakers, args.seconds)
     print(f"machine: {machine()}; service: {args.url}")
@@ -142,6 +147,11 @@ def main() -> None:
             wer_counts([reference], [" ".join(seg["text"] for seg in x["segments"])])[0]
             for x in sessions
         ]
+        if args.sessions_out is not None:
+            args.sessions_out.mkdir(parents=True, exist_ok=True)
+            for i, (x, w) in enumerate(zip(sessions, wers, strict=True)):
+                path = args.sessions_out / f"streams{n}-{i}-wer{100 * w:.1f}.json"
+                path.write_text(json.dumps(x, indent=1), encoding="utf-8")
         first = results[0]["session"]
         quality.append(
             [

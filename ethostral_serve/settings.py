@@ -58,6 +58,15 @@ class AsrSettings(BaseModel):
         1, ge=1, le=16, description="calls the model runs in parallel (each with cpu_threads)"
     )
     beam_size: int = Field(5, ge=1)
+    window_pad_s: float = Field(
+        20.0,
+        ge=1.0,
+        le=30.0,
+        description="the encoder reads a window shorter than this padded to this length "
+        "instead of Whisper's 30 s (longer windows: 30 s). 20 s makes a short clip's "
+        "encoder pass about 3x cheaper at the same WER (measured); the bundled emotion "
+        "classifier is trained on states of this padding; 30: Whisper's own padding",
+    )
     cpu_priority: Literal["normal", "low", "idle"] = Field(
         "normal",
         description="CPU priority of the model's compute threads (Linux): 'low' is nice "

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 SR = 16_000
 SEED = 20240611
-CACHE_LAYOUT = 3  # bump when what is cached per clip changes
+CACHE_LAYOUT = 4  # bump when what is cached per clip changes
 AUG_VERSION = 1  # bump when an augmentation recipe changes
 FRAME_S = 0.02  # one Whisper encoder frame
 
@@ -408,6 +408,7 @@ def cache_tag(settings: Settings) -> str:
             "asr": settings.asr.model,
             "compute": settings.asr.compute_type,
             "beam": settings.asr.beam_size,
+            "window_pad_s": settings.asr.window_pad_s,
             "vad": settings.vad.model_dump(),
             "segments": settings.segments.model_dump(),
             "layout": CACHE_LAYOUT,
@@ -512,24 +513,28 @@ def encode_windows(
     asr: WhisperAsr, windows: Sequence[np.ndarray], batch: int = 8
 ) -> list[np.ndarray]:
     """Encoder frames of each window (float16), as ``transcribe_windows`` keeps them: the
-    log-mel features padded to 30 s, encoded, cut to the frames covering the audio.
+    log-mel features padded as served (``WhisperAsr.encoder_input``), encoded, cut to the
+    frames covering the audio.
 
-    Windows are encoded in batches (CTranslate2's batched encoder gives the same frames
-    bit for bit; :func:`check_encoder` verifies it against the served path).
+    Windows of one padded length are encoded in batches (CTranslate2's batched encoder
+    gives the same frames bit for bit; :func:`check_encoder` verifies it against the
+    served path).
     """
-    from faster_whisper.audio import pad_or_trim
-
     from ethostral_serve.backends.whisper import host_array
 
     fe = asr.model.feature_extractor
-    out: list[np.ndarray] = []
-    for i in range(0, len(windows), batch):
-        group = [np.asarray(w, np.float32) for w in windows[i : i + batch]]
-        padded = [pad_or_trim(fe(w)[:, : fe.nb_max_frames]) for w in group]
-        encoded = host_array(asr.model.encode(np.stack(padded)))
-        for w, e in zip(group, encoded, strict=True):
-            n = min(int(np.ceil(len(w) / SR / FRAME_S)), fe.nb_max_frames // 2)
-            out.append(e[:n].astype(np.float16))
+    inputs = [asr.encoder_input(w) for w in windows]
+    out: list[np.ndarray] = [np.zeros((0, 512), np.float16)] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for i, x in enumerate(inputs):
+        by_length.setdefault(x.shape[1], []).append(i)
+    for group in by_length.values():
+        for k in range(0, len(group), batch):
+            part = group[k : k + batch]
+            encoded = host_array(asr.model.encode(np.stack([inputs[i] for i in part])))
+            for i, e in zip(part, encoded, strict=True):
+                n = min(int(np.ceil(len(windows[i]) / SR / FRAME_S)), fe.nb_max_frames // 2)
+                out[i] = e[:n].astype(np.float16)
     return out
 
 
@@ -1310,8 +1315,9 @@ def _add_sources(*sources: str, name: str = "") -> Change:
 
 def stages(augment: Sequence[str]) -> list[tuple[str, list[Change]]]:
     """Forward selection: each stage tries changes to the best variant so far (which is
-    kept as its first row); a change stays only if it raises the CV score (mean of the
-    two corpora's macro-F1 at its best parameter) by ``MIN_GAIN`` or more."""
+    kept as its first row); the stage's best change (by the CV score: the mean of the
+    two corpora's macro-F1 at its best parameter) stays only if it beats that variant
+    by ``MIN_GAIN`` or more, so the order of a stage's changes does not matter."""
     corpora = [
         _with("RAVDESS only (baseline)", corpora=("ravdess",)),
         _with("+ EmoDB, boredom left out"),
@@ -1405,6 +1411,10 @@ def select_variant(
         before = current
         print(f"| *{title}* |" + " |" * (4 + len(augment)))
         tried = ([] if title == "corpora" else [current]) + [c(current) for c in changes]
+        # (score, variant, key) of the variant kept so far, scored again, and of the
+        # stage's best change
+        incumbent: tuple[float, Variant, str] | None = None
+        challenger: tuple[float, Variant, str] | None = None
         for i, v in enumerate(tried):
             keep = title != "corpora" and i == 0  # the best so far, scored again
             # Robustness (held-out augmented copies) is scored in the augmentation stage.
@@ -1426,8 +1436,17 @@ def select_variant(
             print(f"<!-- {v.name}: {time.perf_counter() - t0:.0f} s -->", flush=True)
             res = results[key]
             p_best = max(res, key=lambda p: res[p]["score"])
-            if v.servable and (keep or res[p_best]["score"] >= best_score + MIN_GAIN):
-                best_score, current, best_key = res[p_best]["score"], v, key
+            scored = (res[p_best]["score"], v, key)
+            if keep:
+                incumbent = scored
+            elif v.servable and (challenger is None or scored[0] > challenger[0]):
+                challenger = scored
+        if incumbent is not None:
+            best_score, current, best_key = incumbent
+        if challenger is not None and (
+            incumbent is None or challenger[0] >= incumbent[0] + MIN_GAIN
+        ):
+            best_score, current, best_key = challenger
         print(f"<!-- kept after {title}: {current.name} ({best_score:.3f}) -->", flush=True)
         rest = [f for f in augment if f not in current.sources]
         if title.startswith("augmentation") and current != before and rest:

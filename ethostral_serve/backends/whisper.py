@@ -37,6 +37,23 @@ def host_array(storage: object) -> np.ndarray:
     return np.asarray(storage)
 
 
+def encoder_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.ndarray:
+    """Log-mel ``features`` (mels, n) as the encoder reads them: cut to ``max_frames``
+    (Whisper's 30 s), then padded to ``pad_frames`` if they fit in it, else to
+    ``max_frames``.
+
+    The padding is silence: Whisper's log-mel floor, 8 log10 units below the loudest
+    bin, which its ``(x + 4) / 4`` scaling puts at ``max - 2``; it is what features of
+    audio padded with zeros hold. (faster-whisper pads the features with zeros, a level
+    of sound: with a 20 s input Whisper then repeated or invented words after short
+    clips, RAVDESS WER 13.3 % against 3.5 % with silence, measured.)
+    """
+    x = features[:, :max_frames]
+    target = pad_frames if x.shape[1] <= pad_frames else max_frames
+    silence = float(x.max()) - 2.0 if x.size else 0.0
+    return np.pad(x, ((0, 0), (0, target - x.shape[1])), constant_values=silence)
+
+
 def default_cpu_threads() -> int:
     """Cores this process may run on."""
     try:
@@ -109,6 +126,17 @@ class WhisperAsr:
             raise ModelLoadError(f"could not load Whisper from {self.model_dir}: {exc}") from exc
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages: tuple[str, ...] = tuple(self.model.supported_languages)
+        fe = self.model.feature_extractor
+        # whole pairs of feature frames: the encoder halves the frame rate
+        pad = 2 * int(np.ceil(settings.window_pad_s / fe.time_per_frame / 2))
+        self.pad_frames = min(fe.nb_max_frames, pad)
+
+    def encoder_input(self, audio: np.ndarray) -> np.ndarray:
+        """The padded log-mel features the encoder reads for ``audio`` (at most 30 s
+        are read): padded to ``asr.window_pad_s`` when shorter, else to 30 s."""
+        fe = self.model.feature_extractor
+        features = fe(np.asarray(audio, dtype=np.float32))
+        return encoder_input(features, fe.nb_max_frames, self.pad_frames)
 
     def check_language(self, language: str | None) -> str | None:
         """Validate a requested language code (``None`` means detect)."""
@@ -142,12 +170,11 @@ class WhisperAsr:
     ) -> list[WindowResult]:
         """Recognise independent windows of at most 30 s; ``None`` language: detect it.
 
-        On CPU the windows are encoded in one batched encoder pass; each is then decoded
-        (beam search, word timestamps) from its own encoder output. Times in the results
-        are seconds inside each window.
+        A window shorter than ``asr.window_pad_s`` is encoded padded to that length
+        instead of 30 s. Windows of one padded length share one batched encoder pass;
+        each is then decoded (beam search, word timestamps) from its own encoder output.
+        Times in the results are seconds inside each window.
         """
-        from faster_whisper.audio import pad_or_trim
-
         if len(windows) != len(languages):
             raise ValueError("one language (or None) per window")
         fe = self.model.feature_extractor
@@ -156,13 +183,26 @@ class WhisperAsr:
         if not todo:
             return results
         features = [fe(np.asarray(windows[i], dtype=np.float32)) for i in todo]
-        padded = [pad_or_trim(f[:, : fe.nb_max_frames]) for f in features]
+        padded = [encoder_input(f, fe.nb_max_frames, self.pad_frames) for f in features]
         for i, f, encoded in zip(todo, features, self._encode(padded), strict=True):
             results[i] = self._decode_window(windows[i], f, encoded, languages[i])
         return results
 
     def _encode(self, padded: list[np.ndarray]) -> list[object]:
-        """Encoder outputs, one per padded feature matrix, from one batched encoder pass.
+        """Encoder outputs, one per padded feature matrix: one batched encoder pass per
+        padded length."""
+        out: list[object] = [None] * len(padded)
+        by_length: dict[int, list[int]] = {}
+        for i, x in enumerate(padded):
+            by_length.setdefault(x.shape[1], []).append(i)
+        for group in by_length.values():
+            encoded = self._encode_batch([padded[i] for i in group])
+            for i, e in zip(group, encoded, strict=True):
+                out[i] = e
+        return out
+
+    def _encode_batch(self, padded: list[np.ndarray]) -> list[object]:
+        """Encoder outputs of feature matrices of one shape, from one batched pass.
 
         Each item is split out on the host; on a GPU it is copied back to the device for
         its own decoding.
@@ -190,12 +230,16 @@ class WhisperAsr:
             self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
         )
         words: list[WordTiming] = []
+        duration = len(audio) / SAMPLE_RATE
         for segment in self.model.generate_segments(
             features, tokenizer, self._options(), False, encoded
         ):
             for w in segment.words or []:
                 start = float(w.start)
-                words.append(WordTiming(w.word, start, max(start, float(w.end)), w.probability))
+                if start >= duration:  # timed in the padding: no audio there
+                    continue
+                end = min(duration, max(start, float(w.end)))
+                words.append(WordTiming(w.word, start, end, w.probability))
         frames = host_array(encoded)[0, : self._frame_count(len(audio))].astype(np.float16)
         return WindowResult(words, language, probability, frames)
 
@@ -275,12 +319,9 @@ class WhisperAsr:
         return out
 
     def encode_clip(self, audio: np.ndarray) -> np.ndarray:
-        """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32."""
-        from faster_whisper.audio import pad_or_trim
-
-        fe = self.model.feature_extractor
-        features = fe(audio)
-        encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
+        """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32, padded
+        as :meth:`transcribe_windows` pads a window."""
+        encoded = self.model.encode(self.encoder_input(audio))
         n = max(1, self._frame_count(len(audio)))
         return host_array(encoded)[0, :n].astype(np.float32)
 
@@ -289,13 +330,9 @@ class WhisperAsr:
     ) -> tuple[str, float]:
         """The language spoken in ``audio`` (at most 30 s) and its probability; with
         ``allowed``, the most probable of those languages."""
-        from faster_whisper.audio import pad_or_trim
-
         if not self.multilingual:
             return "en", 1.0
-        fe = self.model.feature_extractor
-        features = fe(np.asarray(audio, dtype=np.float32))
-        encoded = self.model.encode(pad_or_trim(features[:, : fe.nb_max_frames]))
+        encoded = self.model.encode(self.encoder_input(audio))
         ranked = [(t[2:-2], float(p)) for t, p in self.model.model.detect_language(encoded)[0]]
         return next((x for x in ranked if allowed is None or x[0] in allowed), ranked[0])
 
