@@ -7,7 +7,7 @@ import pytest
 from speech import two_speaker_conversation
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import WhisperAsr, encoder_input
+from ethostral_serve.backends.whisper import WhisperAsr, encoder_input, pad_frames
 from ethostral_serve.settings import AsrSettings
 
 # ---------------------------------------------------------------- the padding rule
@@ -41,6 +41,13 @@ def test_padding_is_the_log_mel_of_silence(settings) -> None:
     theirs = fe(padded_audio)[:, :2000]
     # frames well inside the padding hold exactly the floor
     np.testing.assert_allclose(ours[:, 400:], theirs[:, 400:], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "frames"), [(20.0, 2000), (7.0, 700), (15.01, 1502), (1.0, 100), (30.0, 3000)]
+)
+def test_pad_length_is_whole_pairs_of_frames(seconds: float, frames: int) -> None:
+    assert pad_frames(seconds, 0.01, 3000) == frames
 
 
 def test_window_pad_is_bounded_by_whispers_window() -> None:

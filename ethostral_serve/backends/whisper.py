@@ -54,6 +54,13 @@ def encoder_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.
     return np.pad(x, ((0, 0), (0, target - x.shape[1])), constant_values=silence)
 
 
+def pad_frames(seconds: float, frame_s: float, max_frames: int) -> int:
+    """Feature frames of ``seconds`` of padded input: whole pairs (the encoder halves
+    the frame rate), rounded up, at most ``max_frames``."""
+    frames = round(seconds / frame_s, 6)  # 7 / 0.01 is 700.0000000000001
+    return min(max_frames, 2 * int(np.ceil(frames / 2)))
+
+
 def default_cpu_threads() -> int:
     """Cores this process may run on."""
     try:
@@ -127,9 +134,7 @@ class WhisperAsr:
         self.multilingual = bool(self.model.model.is_multilingual)
         self.languages: tuple[str, ...] = tuple(self.model.supported_languages)
         fe = self.model.feature_extractor
-        # whole pairs of feature frames: the encoder halves the frame rate
-        pad = 2 * int(np.ceil(settings.window_pad_s / fe.time_per_frame / 2))
-        self.pad_frames = min(fe.nb_max_frames, pad)
+        self.pad_frames = pad_frames(settings.window_pad_s, fe.time_per_frame, fe.nb_max_frames)
 
     def encoder_input(self, audio: np.ndarray) -> np.ndarray:
         """The padded log-mel features the encoder reads for ``audio`` (at most 30 s
