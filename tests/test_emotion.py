@@ -607,3 +607,55 @@ def test_reencoding_reproduces_served_frames(settings) -> None:
         assert len(a.segments) >= 1
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_array_equal(a.segments, b.segments)
+
+
+# ---------------------------------------------------------------- training: selection
+
+
+def _selection_memo(tmp_path: Path, scored: list[tuple[object, list[str], float]]):
+    """Fold sets and a selection memo holding a CV score for each (variant, robustness
+    families, score), at every C, so :func:`select_variant` computes nothing."""
+    import hashlib
+
+    folds = [[np.array(["01"])]]
+    folds_key = hashlib.sha1(
+        json.dumps([[f.tolist() for f in fs] for fs in folds]).encode()
+    ).hexdigest()[:10]
+    store = {}
+    for v, evals, score in scored:
+        figures = {"ravdess": score, "ravdess_std": 0.0, "emodb": score, "emodb_std": 0.0}
+        for p in v.params:  # type: ignore[attr-defined]
+            key = f"{folds_key} {v.key} {sorted(evals)} {p!r}"  # type: ignore[attr-defined]
+            store[key] = {**figures, "score": score}
+    memo = tmp_path / "memo.json"
+    memo.write_text(json.dumps(store))
+    return folds, memo
+
+
+def test_a_stage_keeps_its_best_change_not_the_first_that_passes(tmp_path: Path) -> None:
+    """Forward selection: in the corpora stage a later, better change beats an earlier
+    one that also cleared the bar; then a change that gains less than ``MIN_GAIN`` over
+    the variant kept so far is not kept, and one that gains more is."""
+    from scripts.train_emotion import MIN_GAIN, Variant, _add_sources, select_variant, stages
+
+    start = Variant("+ EmoDB, boredom left out")
+    corpora = {c(start).name: c(start) for c in dict(stages(["noise"]))["corpora"]}
+    scores = {name: 0.60 for name in corpora}
+    scores["+ EmoDB weighted x3, boredom left out"] = 0.655  # the first past the bar
+    scores["+ EmoDB x5, its classes balanced"] = 0.659  # the stage's best
+    kept = corpora["+ EmoDB x5, its classes balanced"]
+    noisy = _add_sources("noise")(kept)
+    for gain, expected in ((MIN_GAIN / 2, kept.name), (2 * MIN_GAIN, noisy.name)):
+        scored = [(v, [], scores[name]) for name, v in corpora.items()]
+        scored += [(kept, ["noise"], 0.659), (noisy, ["noise"], 0.659 + gain)]
+        folds, memo = _selection_memo(tmp_path, scored)
+        best, _, _ = select_variant(
+            None,  # type: ignore[arg-type]  # nothing is computed: every figure is in the memo
+            lambda v: pytest.fail(f"{v.name} was computed"),  # type: ignore[arg-type,return-value]
+            folds,
+            ["noise"],
+            ["corpora", "augmentation"],
+            memo,
+        )
+        assert best.name == expected
+        assert (best.emodb_weight, best.emodb_balanced) == (5.0, True)
