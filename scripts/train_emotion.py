@@ -516,25 +516,18 @@ def encode_windows(
     log-mel features padded as served (``WhisperAsr.encoder_input``), encoded, cut to the
     frames covering the audio.
 
-    Windows of one padded length are encoded in batches (CTranslate2's batched encoder
-    gives the same frames bit for bit; :func:`check_encoder` verifies it against the
-    served path).
+    ``batch`` windows at a time go to ``WhisperAsr.encode_padded``, which batches those of
+    one padded length (CTranslate2's batched encoder gives the same frames bit for bit;
+    :func:`check_encoder` verifies it against the served path).
     """
     from ethostral_serve.backends.whisper import host_array
 
-    fe = asr.model.feature_extractor
-    inputs = [asr.encoder_input(w) for w in windows]
-    out: list[np.ndarray] = [np.zeros((0, 512), np.float16)] * len(windows)
-    by_length: dict[int, list[int]] = {}
-    for i, x in enumerate(inputs):
-        by_length.setdefault(x.shape[1], []).append(i)
-    for group in by_length.values():
-        for k in range(0, len(group), batch):
-            part = group[k : k + batch]
-            encoded = host_array(asr.model.encode(np.stack([inputs[i] for i in part])))
-            for i, e in zip(part, encoded, strict=True):
-                n = min(int(np.ceil(len(windows[i]) / SR / FRAME_S)), fe.nb_max_frames // 2)
-                out[i] = e[:n].astype(np.float16)
+    out: list[np.ndarray] = []
+    for k in range(0, len(windows), batch):
+        part = windows[k : k + batch]
+        encoded = asr.encode_padded([asr.encoder_input(w) for w in part])
+        for w, e in zip(part, encoded, strict=True):
+            out.append(host_array(e)[0, : asr.frame_count(len(w))].astype(np.float16))
     return out
 
 

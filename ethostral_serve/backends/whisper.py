@@ -189,11 +189,11 @@ class WhisperAsr:
             return results
         features = [fe(np.asarray(windows[i], dtype=np.float32)) for i in todo]
         padded = [encoder_input(f, fe.nb_max_frames, self.pad_frames) for f in features]
-        for i, f, encoded in zip(todo, features, self._encode(padded), strict=True):
+        for i, f, encoded in zip(todo, features, self.encode_padded(padded), strict=True):
             results[i] = self._decode_window(windows[i], f, encoded, languages[i])
         return results
 
-    def _encode(self, padded: list[np.ndarray]) -> list[object]:
+    def encode_padded(self, padded: list[np.ndarray]) -> list[object]:
         """Encoder outputs, one per padded feature matrix: one batched encoder pass per
         padded length."""
         out: list[object] = [None] * len(padded)
@@ -245,10 +245,10 @@ class WhisperAsr:
                     continue
                 end = min(duration, max(start, float(w.end)))
                 words.append(WordTiming(w.word, start, end, w.probability))
-        frames = host_array(encoded)[0, : self._frame_count(len(audio))].astype(np.float16)
+        frames = host_array(encoded)[0, : self.frame_count(len(audio))].astype(np.float16)
         return WindowResult(words, language, probability, frames)
 
-    def _frame_count(self, n_samples: int) -> int:
+    def frame_count(self, n_samples: int) -> int:
         """Encoder frames that cover ``n_samples`` of audio (the rest is padding)."""
         frames = int(np.ceil(n_samples / SAMPLE_RATE / FRAME_S))
         return min(frames, self.model.feature_extractor.nb_max_frames // 2)
@@ -327,7 +327,7 @@ class WhisperAsr:
         """Encoder frames (n, d) covering ``audio`` (at most 30 s), as float32, padded
         as :meth:`transcribe_windows` pads a window."""
         encoded = self.model.encode(self.encoder_input(audio))
-        n = max(1, self._frame_count(len(audio)))
+        n = max(1, self.frame_count(len(audio)))
         return host_array(encoded)[0, :n].astype(np.float32)
 
     def detect_language(

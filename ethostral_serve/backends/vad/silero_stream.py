@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
-from ethostral_serve.backends.vad.silero import SILERO, silero_model_path
+from ethostral_serve.backends.vad.silero import (
+    CONTEXT,
+    SILERO,
+    STATE_SIZE,
+    silero_model_path,
+)
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 
-_CONTEXT = 64  # samples of the previous frame Silero prepends at 16 kHz
 STREAMING_MODEL = "silero_vad.onnx"  # one frame per call, state passed in and out
 
 
@@ -25,8 +30,8 @@ STREAMING_MODEL = "silero_vad.onnx"  # one frame per call, state passed in and o
 class VadStreamState:
     """One stream's Silero state plus the samples that do not fill a frame yet."""
 
-    rnn: np.ndarray = field(default_factory=lambda: np.zeros((2, 128), np.float32))
-    context: np.ndarray = field(default_factory=lambda: np.zeros(_CONTEXT, np.float32))
+    rnn: np.ndarray = field(default_factory=lambda: np.zeros((2, STATE_SIZE), np.float32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT, np.float32))
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -47,9 +52,9 @@ class SileroStreamingVad:
             buffers.append(x)
         n_frames = [len(x) // VAD_FRAME for x in buffers]
         probs = [np.zeros(n, np.float32) for n in n_frames]
-        rnn = np.stack([s.rnn for _, s in items]) if items else np.zeros((0, 2, 128))
-        context = np.stack([s.context for _, s in items]) if items else np.zeros((0, _CONTEXT))
-        sr = np.array(16000, dtype=np.int64)
+        rnn = np.stack([s.rnn for _, s in items]) if items else np.zeros((0, 2, STATE_SIZE))
+        context = np.stack([s.context for _, s in items]) if items else np.zeros((0, CONTEXT))
+        sr = np.array(SAMPLE_RATE, dtype=np.int64)
         for t in range(max(n_frames, default=0)):
             active = [i for i, n in enumerate(n_frames) if n > t]
             frames = np.stack([buffers[i][t * VAD_FRAME : (t + 1) * VAD_FRAME] for i in active])
@@ -61,7 +66,7 @@ class SileroStreamingVad:
             for j, i in enumerate(active):
                 probs[i][t] = float(speech[j])
                 rnn[i] = new_state[:, j, :]
-                context[i] = frames[j, -_CONTEXT:]
+                context[i] = frames[j, -CONTEXT:]
         results = []
         for i, x in enumerate(buffers):
             rest = x[n_frames[i] * VAD_FRAME :].copy()
