@@ -492,7 +492,12 @@ class _DyingModel(_Spy):
 def test_a_stream_whose_model_replica_dies_closes_1013_and_keeps_its_finals(
     engine, stream_backends, redis_url: str
 ) -> None:
-    talk = two_speaker_conversation(turns_each=2)
+    from ethostral_serve.backends.windows import MAX_WINDOW_S
+
+    # More speech than one ASR window holds: however the finals queue up (they are
+    # joined up to one window per call), a second call comes, and the replica dies there.
+    talk = two_speaker_conversation(turns_each=4)
+    assert sum(end - start for start, end, _ in talk.truth) > MAX_WINDOW_S
     dying = _DyingModel(stream_backends)
     with (
         _client(engine, dying, redis_url) as client,
