@@ -35,6 +35,13 @@ class VadSettings(BaseModel):
     """Silero VAD: which frames are speech, and how regions are padded and merged."""
 
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="speech probability threshold")
+    fallback_threshold: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="a recording with no speech region at threshold gets its regions at this "
+        "lower one, since Silero scores some shouted speech low (not below threshold: off)",
+    )
     min_speech_ms: int = Field(250, ge=0, description="drop speech regions shorter than this")
     min_silence_ms: int = Field(300, ge=0, description="silence needed to end a speech region")
     speech_pad_ms: int = Field(200, ge=0, description="padding added on each side of a region")

@@ -94,6 +94,15 @@ def test_silent_file_gives_no_segments(engine) -> None:
     assert session.duration_ms > 0
 
 
+def test_shouted_speech_the_vad_scores_low_is_still_transcribed(engine) -> None:
+    """Angry RAVDESS speech (actor 18) in which Silero's speech probability stays under
+    0.5: the VAD's fallback threshold passes it on, and its words come back."""
+    clip = require_data("emotion", "ravdess", "audio", "Actor_18", "03-01-05-02-02-01-18.flac")
+    session = engine.run(clip, clip.name, TranscribeOptions(language="en"))
+    text = " ".join(s.text for s in session.segments)
+    assert _wer("Dogs are sitting by the door", text) < 0.2, text
+
+
 def test_tiny_en_with_emotion_uses_a_separate_base_encoder(settings) -> None:
     from ethostral_serve.engine import Engine
 

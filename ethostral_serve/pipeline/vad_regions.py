@@ -35,12 +35,38 @@ def speech_regions_from_probs(
     min_silence_ms: int = 300,
     speech_pad_ms: int = 200,
     max_speech_s: float = float("inf"),
+    fallback_threshold: float | None = None,
 ) -> list[tuple[int, int]]:
     """Padded, non-overlapping ``(start, end)`` sample ranges of speech.
 
     ``probs`` holds one speech probability per 512-sample frame of a recording that is
-    ``n_samples`` long (its last frame may be partial).
+    ``n_samples`` long (its last frame may be partial). When no region reaches
+    ``threshold`` anywhere in the recording, the regions at ``fallback_threshold`` (if
+    given and lower) are returned instead.
     """
+    rules = {
+        "min_speech_ms": min_speech_ms,
+        "min_silence_ms": min_silence_ms,
+        "speech_pad_ms": speech_pad_ms,
+        "max_speech_s": max_speech_s,
+    }
+    regions = _regions_at(probs, n_samples, threshold, **rules)
+    if not regions and fallback_threshold is not None and fallback_threshold < threshold:
+        regions = _regions_at(probs, n_samples, fallback_threshold, **rules)
+    return regions
+
+
+def _regions_at(
+    probs: Sequence[float] | np.ndarray,
+    n_samples: int,
+    threshold: float,
+    *,
+    min_speech_ms: int,
+    min_silence_ms: int,
+    speech_pad_ms: int,
+    max_speech_s: float,
+) -> list[tuple[int, int]]:
+    """:func:`speech_regions_from_probs` at one threshold."""
     pad = SAMPLE_RATE * speech_pad_ms / 1000
     # A region may grow to ``max_speech_s`` once padded and rounded up to a whole frame.
     max_length = SAMPLE_RATE * max_speech_s - VAD_FRAME - 2 * pad

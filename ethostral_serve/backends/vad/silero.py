@@ -96,5 +96,6 @@ class SileroVad:
             min_silence_ms=s.min_silence_ms,
             speech_pad_ms=s.speech_pad_ms,
             max_speech_s=s.max_chunk_s,
+            fallback_threshold=s.fallback_threshold,
         )
         return [Span(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in regions]
