@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DATA, machine, print_table
+from benchmarks.serve_upload import wav_bytes
+from ethostral_serve.audio import SAMPLE_RATE
 
 
 def clips() -> list[tuple[str, str, Path]]:
@@ -36,10 +38,10 @@ def clips() -> list[tuple[str, str, Path]]:
 
 
 def non_speech(seconds: float = 5.0, seed: int = 0) -> dict[str, np.ndarray]:
-    """Sounds with no speech in them, at 16 kHz."""
+    """Sounds with no speech in them, at ``SAMPLE_RATE``."""
     rng = np.random.default_rng(seed)
-    n = int(seconds * 16_000)
-    t = np.arange(n) / 16_000
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
     shaped = np.fft.rfft(rng.standard_normal(n)) / np.maximum(1.0, np.sqrt(np.arange(n // 2 + 1)))
     pink = np.fft.irfft(shaped, n)
     sounds = {"silence": np.zeros(n), "tone 440 Hz": 0.3 * np.sin(2 * np.pi * 440 * t)}
@@ -47,7 +49,7 @@ def non_speech(seconds: float = 5.0, seed: int = 0) -> dict[str, np.ndarray]:
     sounds["hum and clicks"] = 0.05 * np.sin(2 * np.pi * 50 * t) + 0.5 * (rng.random(n) > 0.999)
     # a tune: a note every 0.4 s, ten harmonics, 5 Hz vibrato, a decaying envelope
     pitch = 220.0 * 2 ** (rng.integers(0, 12, int(seconds / 0.4) + 1)[(t // 0.4).astype(int)] / 12)
-    phase = 2 * np.pi * np.cumsum(pitch * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))) / 16_000
+    phase = 2 * np.pi * np.cumsum(pitch * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))) / SAMPLE_RATE
     envelope = np.exp(-3 * (t % 0.4))
     sounds["tune"] = 0.2 * envelope * sum(np.sin(k * phase) / k for k in range(1, 11))
     beat = (t % 0.5 < 0.05) * rng.standard_normal(n) * np.exp(-60 * (t % 0.5))
@@ -102,25 +104,10 @@ def main() -> None:
     engine = Engine.load(Settings())
     texts = []
     for name, x in sounds.items():
-        session = engine.run(encode_wav(x), f"{name}.wav", TranscribeOptions())
+        session = engine.run(wav_bytes(x), f"{name}.wav", TranscribeOptions())
         texts.append([name, len(session.segments), " ".join(g.text for g in session.segments)])
     print("\nthe whole pipeline (default settings) on the non-speech sounds:")
     print_table(["sound", "segments", "text"], texts)
-
-
-def encode_wav(samples: np.ndarray) -> bytes:
-    """16-bit mono WAV bytes of 16 kHz ``samples``."""
-    import io
-    import wave
-
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes(pcm.tobytes())
-    return out.getvalue()
 
 
 if __name__ == "__main__":

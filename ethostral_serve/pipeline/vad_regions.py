@@ -10,6 +10,7 @@ gap between them. Positions are in samples at 16 kHz, one probability per 512-sa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -44,15 +45,18 @@ def speech_regions_from_probs(
     ``threshold`` anywhere in the recording, the regions at ``fallback_threshold`` (if
     given and lower) are returned instead.
     """
-    rules = {
-        "min_speech_ms": min_speech_ms,
-        "min_silence_ms": min_silence_ms,
-        "speech_pad_ms": speech_pad_ms,
-        "max_speech_s": max_speech_s,
-    }
-    regions = _regions_at(probs, n_samples, threshold, **rules)
+    at = partial(
+        _regions_at,
+        probs,
+        n_samples,
+        min_speech_ms=min_speech_ms,
+        min_silence_ms=min_silence_ms,
+        speech_pad_ms=speech_pad_ms,
+        max_speech_s=max_speech_s,
+    )
+    regions = at(threshold)
     if not regions and fallback_threshold is not None and fallback_threshold < threshold:
-        regions = _regions_at(probs, n_samples, fallback_threshold, **rules)
+        regions = at(fallback_threshold)
     return regions
 
 
