@@ -35,6 +35,25 @@ def test_window_time_maps_back_to_original_timeline() -> None:
     assert chunk.to_original(99.0) == pytest.approx(12.5)  # clamped to the last region
 
 
+def test_a_word_across_a_junction_stays_in_the_region_holding_most_of_it() -> None:
+    chunk = build_chunks([Span(1.0, 3.0), Span(10.0, 12.5), Span(20.0, 21.0)], 28.0)[0]
+    assert chunk.offsets == (0.0, 2.0, 4.5)
+    # inside one region: mapped as it is
+    assert chunk.span_to_original(0.5, 1.0) == pytest.approx((1.5, 2.0))
+    assert chunk.span_to_original(2.5, 3.0) == pytest.approx((10.5, 11.0))
+    # 0.1 s before the junction, 0.3 s after: the second region's, from its start
+    assert chunk.span_to_original(1.9, 2.3) == pytest.approx((10.0, 10.3))
+    # mostly before it: the first region's, to its end (not across the 7 s of silence)
+    assert chunk.span_to_original(1.6, 2.1) == pytest.approx((2.6, 3.0))
+    # an equal share on both sides: the earlier region
+    assert chunk.span_to_original(1.8, 2.2) == pytest.approx((2.8, 3.0))
+    # over three regions: the middle one holds the most
+    assert chunk.span_to_original(1.5, 4.7) == pytest.approx((10.0, 12.5))
+    # a point, and a span past the window's end
+    assert chunk.span_to_original(2.0, 2.0) == pytest.approx((10.0, 10.0))
+    assert chunk.span_to_original(6.0, 7.0) == pytest.approx((21.0, 21.0))
+
+
 def test_window_audio_is_the_regions_back_to_back() -> None:
     audio = np.arange(16000 * 5, dtype=np.float32)
     chunk = Chunk((Span(0.5, 1.0), Span(3.0, 3.25)), (0.0, 0.5))

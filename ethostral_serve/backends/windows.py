@@ -92,8 +92,7 @@ def transcript_from_windows(
         if language is None and result.language is not None:
             language, probability = result.language, result.language_probability
         for w in result.words:
-            start = chunk.to_original(w.start)
-            end = max(start, chunk.to_original(w.end))
+            start, end = chunk.span_to_original(w.start, w.end)
             words.append(WordTiming(w.text, start, end, float(w.probability)))
         emotions += [
             TimedEmotion(chunk.to_original(e.time), e.emotion, chunk.to_original(e.until))

@@ -107,6 +107,28 @@ class Chunk:
         region = self.regions[index]
         return min(region.end, region.start + max(0.0, t - self.offsets[index]))
 
+    def span_to_original(self, start: float, end: float) -> tuple[float, float]:
+        """Map a span inside the window (a word) to the original timeline, inside one region.
+
+        A span that crosses from one region into the next belongs to the region holding
+        most of it (the earlier on a tie) and is clipped to it: mapped edge by edge, it
+        would stretch over the silence the window left out between the regions.
+        """
+        if not self.regions:
+            return start, max(start, end)
+        best, share = 0, -np.inf
+        for i, (region, offset) in enumerate(zip(self.regions, self.offsets, strict=True)):
+            overlap = min(end, offset + region.duration) - max(start, offset)
+            if overlap > share + 1e-9:  # a tie (to rounding) stays with the earlier
+                best, share = i, overlap
+        if share <= 0:  # a point, or past the window's end: mapped edge by edge
+            t = self.to_original(start)
+            return t, max(t, self.to_original(end))
+        region, offset = self.regions[best], self.offsets[best]
+        lo = region.start + min(max(start - offset, 0.0), region.duration)
+        hi = region.start + min(max(end - offset, 0.0), region.duration)
+        return lo, max(lo, hi)
+
     def samples(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """The window's audio: the regions' samples one after the other."""
         parts = [
