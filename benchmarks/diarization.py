@@ -280,10 +280,10 @@ def run(cases: Sequence[Case], overrides: dict[str, str | None], repeat: int) ->
     """Diarize every case, print the per-file and per-group tables, then a timing table."""
     from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.engine import load_diarizer
-    from ethostral_serve.settings import DiarizerSettings, VadSettings
+    from ethostral_serve.settings import DiarizerSettings
 
     settings = DiarizerSettings.model_validate(overrides)
-    vad = SileroVad(VadSettings())
+    vad = SileroVad(Settings().vad)  # ETHOSTRAL_VAD__* apply
     diarizer = load_diarizer(Settings(diarizer=settings))
     print(f"machine: {machine()}, torch threads: {_torch_threads()}")
     print(f"settings: {settings.model_dump()}\n")
@@ -404,6 +404,7 @@ def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts
     engine = Engine.load(settings, diarize=True, emotion=False)
     assert engine.diarizer is not None
     print(f"machine: {machine()}; Session segments, collar {COLLAR} s, overlap scored")
+    print(f"vad settings: {settings.vad.model_dump()}")
     print(f"diarizer settings: {settings.diarizer.model_dump()}\n")
     rows, groups = [], {}
     for case in cases:
@@ -473,8 +474,10 @@ def run_streams(cases: Sequence[Case], overrides: dict[str, str | None]) -> None
 
     settings = Settings(diarizer=DiarizerSettings.model_validate(overrides))
     engine = Engine.load(settings, diarize=True, emotion=False)
-    backends = LocalStreamBackends(SileroStreamingVad(), engine.model, engine.diarizer)
+    vad = SileroStreamingVad(settings.vad.restart_s)
+    backends = LocalStreamBackends(vad, engine.model, engine.diarizer)
     print(f"machine: {machine()}; live streams' stored sessions, collar {COLLAR} s")
+    print(f"vad settings: {settings.vad.model_dump()}")
     print(f"diarizer settings: {settings.diarizer.model_dump()}\n")
     rows, groups = [], {}
     for case in cases:

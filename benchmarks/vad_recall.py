@@ -1,14 +1,16 @@
 """Does the VAD find the speech in every clip of acted emotional speech, and nothing in noise?
 
-    .venv/bin/python -m benchmarks.vad_recall [--fallbacks 0.5 0.25 0.15]
+    .venv/bin/python -m benchmarks.vad_recall [--fallbacks 0.5 0.25 0.15] [--sound-seconds 5]
 
 Runs Silero VAD (``SileroVad`` with the default settings but ``vad.fallback_threshold``)
 over every RAVDESS and EmoDB clip in ../shared/data/emotion and counts the clips in which
 it finds no speech region at all (each clip holds one spoken sentence), by corpus,
-emotion and intensity; and over 5 s of synthetic non-speech (silence, tones, white and
-pink noise at four levels, a synthetic tune with and without drums), counting the sounds
-in which it finds speech, then runs the whole pipeline (default settings) on each sound
-and prints what it transcribed. A fallback not below ``vad.threshold`` (0.5) is off.
+emotion and intensity; and over synthetic non-speech (silence, tones, white and pink
+noise at four levels, a synthetic tune with and without drums; 5 s, or
+``--sound-seconds``: past ``vad.restart_s`` the VAD's restarted reading counts too),
+counting the sounds in which it finds speech, then runs the whole pipeline (default
+settings) on each sound and prints what it transcribed. A fallback not below
+``vad.threshold`` (0.5) is off.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def non_speech(seconds: float = 5.0, seed: int = 0) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fallbacks", type=float, nargs="+", default=[0.5, 0.25, 0.15])
+    parser.add_argument("--sound-seconds", type=float, default=5.0, help="non-speech length")
     args = parser.parse_args()
 
     from ethostral_serve.audio import decode_audio
@@ -71,7 +74,7 @@ def main() -> None:
 
     items = clips()
     audio = [decode_audio(path).samples for _, _, path in items]
-    sounds = non_speech()
+    sounds = non_speech(args.sound_seconds)
     print(f"machine: {machine()}; {len(items)} clips, {len(sounds)} non-speech sounds\n")
     totals = Counter(corpus for corpus, _, _ in items)
     rows, missed_by_label = [], {}

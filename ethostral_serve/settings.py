@@ -42,12 +42,28 @@ class VadSettings(BaseModel):
         description="a recording with no speech region at threshold gets its regions at this "
         "lower one, since Silero scores some shouted speech low (not below threshold: off)",
     )
+    restart_s: float = Field(
+        8.0,
+        ge=0.0,
+        description="each frame also gets a reading from Silero's state started afresh "
+        "every this many seconds, and the larger counts, since the state carried through a "
+        "long recording or stream can drift and miss quieter voices (0: off, else >= 2)",
+    )
     min_speech_ms: int = Field(250, ge=0, description="drop speech regions shorter than this")
     min_silence_ms: int = Field(300, ge=0, description="silence needed to end a speech region")
     speech_pad_ms: int = Field(200, ge=0, description="padding added on each side of a region")
     max_chunk_s: float = Field(
         28.0, gt=1.0, le=30.0, description="speech is grouped into ASR windows up to this long"
     )
+
+    @model_validator(mode="after")
+    def _restart_is_off_or_at_least_two_seconds(self) -> VadSettings:
+        if 0 < self.restart_s < 2.0:
+            raise ValueError(
+                f"vad.restart_s must be 0 (off) or at least 2 s, not {self.restart_s:g}: a "
+                "restarted state hears 1 s of audio before its readings count"
+            )
+        return self
 
 
 class AsrSettings(BaseModel):

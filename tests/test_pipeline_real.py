@@ -103,6 +103,38 @@ def test_shouted_speech_the_vad_scores_low_is_still_transcribed(engine) -> None:
     assert _wer("Dogs are sitting by the door", text) < 0.2, text
 
 
+def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(engine) -> None:
+    """Two excerpts of one AMI meeting back to back (``trn07`` then ``trn08``). Silero's
+    state carried from the first scores the first 14 s of the second as silence; the
+    VAD's restarted reading (``vad.restart_s``) finds them, and their words come back.
+    Every word lies inside one of the VAD's speech regions, although the recogniser
+    reads several regions as one window with the silence between them left out."""
+    import numpy as np
+
+    from ethostral_serve.audio import SAMPLE_RATE, Audio, decode_audio
+
+    folder = require_data("diarization", "pyannote-debug")
+    first, second = (decode_audio(folder / f"{n}.wav").samples for n in ("trn07", "trn08"))
+    samples = np.concatenate([first, second])
+    joined = first.size / SAMPLE_RATE
+    session = transcribe(
+        Audio(samples),
+        "meeting.wav",
+        TranscribeOptions(language="en", emotion=False),
+        vad=engine.vad,
+        diarizer=engine.diarizer,
+        model=engine.model,
+        settings=engine.settings,
+    )
+    words = [w for s in session.segments for w in s.words]
+    quiet = [w.word for w in words if joined <= w.start_ms / 1000 < joined + 14]
+    assert len(quiet) >= 5, quiet
+    regions = engine.vad.speech_regions(samples)
+    for w in words:
+        start, end = w.start_ms / 1000, w.end_ms / 1000
+        assert any(r.start - 0.01 <= start <= end <= r.end + 0.01 for r in regions), w
+
+
 def test_tiny_en_with_emotion_uses_a_separate_base_encoder(settings) -> None:
     from ethostral_serve.engine import Engine
 

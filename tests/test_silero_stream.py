@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def vad():
     from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
 
-    return SileroStreamingVad()
+    return SileroStreamingVad(restart_s=0)
 
 
 def _reference(samples: np.ndarray) -> np.ndarray:
@@ -53,3 +53,46 @@ def test_odd_sized_chunks_of_two_streams_match_the_stateful_model(vad) -> None:
         assert len(got[k]) == len(want)
         np.testing.assert_allclose(got[k], want, atol=1e-5)
     assert max(got[0]) > 0.9 and min(got[0]) < 0.2  # speech and pauses are told apart
+
+
+def _stream(vad, recordings: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Each recording sent as its own stream, in odd-sized chunks, the streams together."""
+    from ethostral_serve.backends.vad.silero_stream import VadStreamState
+
+    states = [VadStreamState() for _ in recordings]
+    got: list[list[float]] = [[] for _ in recordings]
+    pos = [0] * len(recordings)
+    rng = np.random.default_rng(seed)
+    while any(p < len(x) for p, x in zip(pos, recordings, strict=True)):
+        items = []
+        for k, x in enumerate(recordings):
+            n = int(rng.integers(0, 40_000))  # 0 to ~2.5 s, any size
+            items.append((x[pos[k] : pos[k] + n], states[k]))
+            pos[k] += n
+        before = [s.frames for s in states]
+        for k, (probs, state) in enumerate(vad.step(items)):
+            got[k] += list(probs)
+            assert state.frames == before[k] + len(probs)
+            assert states[k].frames == before[k]  # the state passed in is left as it was
+            states[k] = state
+    return [np.array(g, np.float32) for g in got]
+
+
+def test_streams_get_the_offline_vads_restarted_readings() -> None:
+    """With ``restart_s``, a stream's frames get the same probabilities as the offline
+    VAD gives the whole recording: the larger of the carried and the restarted state."""
+    from speech import meeting_minute
+
+    from ethostral_serve.backends.vad.silero import SileroVad
+    from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
+    from ethostral_serve.settings import VadSettings
+
+    folder = require_data("diarization", "pyannote-debug")
+    meeting = meeting_minute()[0]
+    joined = np.concatenate([decode_audio(folder / f"{n}.wav").samples for n in ("trn07", "trn08")])
+    streamed = _stream(SileroStreamingVad(restart_s=8.0), [meeting, joined], seed=1)
+    offline, carried = SileroVad(VadSettings(restart_s=8.0)), SileroVad(VadSettings(restart_s=0))
+    for x, got in zip((meeting, joined), streamed, strict=True):
+        assert got.size == x.size // 512
+        np.testing.assert_allclose(got, offline.speech_probabilities(x)[: got.size], atol=1e-5)
+        assert (got > carried.speech_probabilities(x)[: got.size] + 0.1).any()

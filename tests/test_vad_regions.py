@@ -16,7 +16,7 @@ from speech import meeting_minute, two_speaker_conversation
 
 from benchmarks.vad_recall import non_speech
 from ethostral_serve.audio import SAMPLE_RATE, decode_audio
-from ethostral_serve.backends.vad.silero import SileroVad
+from ethostral_serve.backends.vad.silero import RESTART_WARMUP_S, SileroVad
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.vad_regions import negative_threshold, speech_regions_from_probs
 from ethostral_serve.settings import VadSettings
@@ -226,6 +226,12 @@ def vad() -> SileroVad:
     return SileroVad(VadSettings())
 
 
+@pytest.fixture(scope="module")
+def carried() -> SileroVad:
+    """Silero's state carried through the whole recording only, as silero-vad runs it."""
+    return SileroVad(VadSettings(restart_s=0))
+
+
 def _reference_regions(model, samples: np.ndarray, s: VadSettings) -> list[tuple[int, int]]:
     stamps = import_silero_vad().get_speech_timestamps_sequence(
         samples,
@@ -269,9 +275,9 @@ def test_at_the_fallback_only_a_tune_over_drums_of_the_non_speech_sounds_gets_a_
 
 
 @pytest.mark.slow
-def test_probabilities_match_silero(vad, reference_model, recordings) -> None:
+def test_probabilities_match_silero(carried, reference_model, recordings) -> None:
     for name, samples in recordings.items():
-        ours = vad.speech_probabilities(samples)
+        ours = carried.speech_probabilities(samples)
         theirs = reference_model.audio_forward(samples)
         assert ours.shape == theirs.shape == (-(-samples.size // F),), name
         np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=name)
@@ -279,12 +285,89 @@ def test_probabilities_match_silero(vad, reference_model, recordings) -> None:
 
 
 @pytest.mark.slow
+def test_each_frame_takes_the_larger_of_the_carried_and_a_restarted_silero_state(
+    reference_model, recordings
+) -> None:
+    restart_s = 8.0
+    vad = SileroVad(VadSettings(restart_s=restart_s))
+    every, warmup = round(restart_s * SAMPLE_RATE / F), round(RESTART_WARMUP_S * SAMPLE_RATE / F)
+    for name in ("meeting", "continuous"):
+        samples = recordings[name]
+        n_frames = -(-samples.size // F)
+        fresh = []
+        for first in range(0, n_frames, every):
+            begin, end = max(first - warmup, 0), min(first + every, n_frames)
+            # silero-vad's own model, reset at ``begin`` and run to ``end``
+            fresh.append(
+                reference_model.audio_forward(samples[begin * F : end * F])[first - begin :]
+            )
+        carried = reference_model.audio_forward(samples)
+        want = np.maximum(carried, np.concatenate(fresh))
+        ours = vad.speech_probabilities(samples)
+        np.testing.assert_allclose(ours, want, atol=1e-6, err_msg=name)
+        assert (ours > carried + 0.1).any(), name  # the restarts do change some frames
+
+
+@pytest.mark.slow
+def test_a_recording_no_longer_than_restart_s_is_read_once(carried, recordings) -> None:
+    samples = recordings["jfk"][: 8 * SAMPLE_RATE]
+    np.testing.assert_array_equal(
+        SileroVad(VadSettings(restart_s=8.0)).speech_probabilities(samples),
+        carried.speech_probabilities(samples),
+    )
+
+
+def test_restart_s_is_off_or_at_least_two_seconds(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from ethostral_serve.settings import Settings
+
+    assert VadSettings().restart_s == 8.0
+    assert VadSettings(restart_s=0).restart_s == 0.0
+    for bad in (0.5, -1.0):
+        with pytest.raises(ValidationError, match="restart_s"):
+            VadSettings(restart_s=bad)
+    monkeypatch.setenv("ETHOSTRAL_VAD__RESTART_S", "0")
+    assert Settings().vad.restart_s == 0.0
+
+
+def _ami(name: str) -> np.ndarray:
+    return decode_audio(require_data("diarization", "pyannote-debug") / f"{name}.wav").samples
+
+
+@pytest.mark.slow
+def test_a_quiet_voice_after_a_loud_passage_is_found_again_by_the_restarts(vad, carried) -> None:
+    """Two excerpts of one AMI meeting back to back: after ``trn07``, the state Silero
+    carries scores the first 14 s of ``trn08`` as silence, which ``trn08`` alone is not."""
+    first, second = _ami("trn07"), _ami("trn08")
+    joined = np.concatenate([first, second])
+    start = -(-first.size // F)
+    span = slice(start, start + round(14 * SAMPLE_RATE / F))
+    alone = int((carried.speech_probabilities(second)[: span.stop - start] >= 0.5).sum())
+    drifted = int((carried.speech_probabilities(joined)[span] >= 0.5).sum())
+    restarted = int((vad.speech_probabilities(joined)[span] >= 0.5).sum())
+    assert alone > 80 and drifted < 5  # frames of 32 ms: 102 and 1 when measured
+    assert restarted >= 0.9 * alone
+
+    def speech_in_span(spans) -> float:
+        lo, hi = first.size / SAMPLE_RATE, first.size / SAMPLE_RATE + 14
+        return sum(max(0.0, min(s.end, hi) - max(s.start, lo)) for s in spans)
+
+    assert speech_in_span(carried.speech_regions(joined)) < 1.0
+    assert speech_in_span(vad.speech_regions(joined)) > 3.0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
-        VadSettings(),
-        VadSettings(threshold=0.3, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=30),
-        VadSettings(threshold=0.6, min_silence_ms=500, speech_pad_ms=400, max_chunk_s=8.0),
+        VadSettings(restart_s=0),
+        VadSettings(
+            threshold=0.3, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=30, restart_s=0
+        ),
+        VadSettings(
+            threshold=0.6, min_silence_ms=500, speech_pad_ms=400, max_chunk_s=8.0, restart_s=0
+        ),
     ],
     ids=["defaults", "eager", "short-chunks"],
 )

@@ -93,8 +93,9 @@ class VAD:
         from ethostral_serve.backends.vad.silero_stream import SileroStreamingVad
         from ethostral_serve.engine import load_vad
 
-        self.vad = load_vad(settings_from(settings))
-        self.stream_vad = SileroStreamingVad()
+        loaded = settings_from(settings)
+        self.vad = load_vad(loaded)
+        self.stream_vad = SileroStreamingVad(loaded.vad.restart_s)
         self.metrics = RayMetrics()
 
     async def speech_regions(self, samples: np.ndarray) -> list[Span]:

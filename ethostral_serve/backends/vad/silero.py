@@ -8,7 +8,6 @@ at start-up. The model files are found through the package's import spec instead
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from ethostral_serve.settings import VadSettings
 CONTEXT = 64  # samples of the previous frame Silero prepends to each frame at 16 kHz
 STATE_SIZE = 128  # LSTM width of the sequence model
 BLOCK_FRAMES = 512  # frames scored per call of the sequence model (~16 s)
+RESTART_WARMUP_S = 1.0  # audio a restarted state hears before its frames count
 SEQUENCE_MODEL = "silero_vad_16k_sequence.onnx"
 SILERO = "Silero VAD"  # the model's name in load errors
 
@@ -40,23 +40,17 @@ def silero_model_path(name: str) -> Path:
     return path
 
 
-def frame_blocks(samples: np.ndarray) -> Iterator[np.ndarray]:
-    """The recording as blocks of at most ``BLOCK_FRAMES`` rows of ``CONTEXT + VAD_FRAME``
-    samples: each 512-sample frame after the last 64 samples of the frame before it (zeros
-    before the first), the last frame padded with zeros."""
-    n_frames = -(-samples.size // VAD_FRAME)
-    context = np.zeros(CONTEXT, np.float32)
-    for first in range(0, n_frames, BLOCK_FRAMES):
-        count = min(BLOCK_FRAMES, n_frames - first)
-        frames = np.zeros(count * VAD_FRAME, np.float32)
-        chunk = samples[first * VAD_FRAME : (first + count) * VAD_FRAME]
-        frames[: chunk.size] = chunk
-        block = np.empty((count, CONTEXT + VAD_FRAME), np.float32)
-        block[:, CONTEXT:] = frames.reshape(count, VAD_FRAME)
-        block[0, :CONTEXT] = context
-        block[1:, :CONTEXT] = block[:-1, -CONTEXT:]
-        context = block[-1, -CONTEXT:].copy()
-        yield block
+def frame_rows(samples: np.ndarray, first: int, count: int) -> np.ndarray:
+    """Rows of ``CONTEXT + VAD_FRAME`` samples for frames ``first`` to ``first + count - 1``:
+    each 512-sample frame after the last 64 samples before it (zeros before the recording
+    starts), frames past its end padded with zeros."""
+    start = first * VAD_FRAME - CONTEXT
+    padded = np.zeros(CONTEXT + count * VAD_FRAME, np.float32)
+    chunk = samples[max(start, 0) : (first + count) * VAD_FRAME]
+    offset = max(-start, 0)
+    padded[offset : offset + chunk.size] = chunk
+    windows = np.lib.stride_tricks.sliding_window_view(padded, CONTEXT + VAD_FRAME)
+    return np.ascontiguousarray(windows[::VAD_FRAME])
 
 
 class SileroVad:
@@ -71,17 +65,45 @@ class SileroVad:
         self._session = cpu_onnx_session(silero_model_path(SEQUENCE_MODEL), SILERO)
 
     def speech_probabilities(self, samples: np.ndarray) -> np.ndarray:
-        """Speech probability of every 512-sample frame (the last one zero-padded)."""
+        """Speech probability of every 512-sample frame (the last one zero-padded).
+
+        With ``restart_s`` set, each frame gets the larger of two readings: Silero's state
+        carried through the whole recording, and a state started afresh every
+        ``restart_s`` seconds (after ``RESTART_WARMUP_S`` of the audio before it). The
+        carried state can drift on long recordings and then miss quieter speech for many
+        seconds, for instance a far-field voice after a loud passage; a fresh start
+        recovers it, and the carried reading keeps what a short warm-up would miss.
+        """
         x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+        n_frames = -(-x.size // VAD_FRAME)
+        carried = self._frames(x, 0, 0, n_frames)
+        restart = round(self.settings.restart_s * SAMPLE_RATE / VAD_FRAME)
+        if restart <= 0 or n_frames <= restart:
+            return carried
+        warmup = round(RESTART_WARMUP_S * SAMPLE_RATE / VAD_FRAME)
+        fresh = np.concatenate(
+            [
+                self._frames(x, max(first - warmup, 0), first, min(first + restart, n_frames))
+                for first in range(0, n_frames, restart)
+            ]
+        )
+        return np.maximum(carried, fresh)
+
+    def _frames(self, x: np.ndarray, begin: int, first: int, end: int) -> np.ndarray:
+        """Probabilities of frames ``first`` to ``end - 1``, from a zero state at ``begin``."""
         h = np.zeros((1, 1, STATE_SIZE), np.float32)
         c = np.zeros((1, 1, STATE_SIZE), np.float32)
         probs = []
-        for block in frame_blocks(x):
+        for start in range(begin, end, BLOCK_FRAMES):
+            block = frame_rows(x, start, min(BLOCK_FRAMES, end - start))
+            if start == begin:
+                block[0, :CONTEXT] = 0.0  # a fresh state hears no context either
             p, h, c = self._session.run(
                 ["speech_probs", "hn", "cn"], {"input": block, "h": h, "c": c}
             )
             probs.append(np.asarray(p, np.float32).reshape(-1))
-        return np.concatenate(probs) if probs else np.zeros(0, np.float32)
+        out = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+        return out[first - begin :]
 
     def speech_regions(self, samples: np.ndarray) -> list[Span]:
         """Speech regions in seconds, padded by ``speech_pad_ms`` and non-overlapping."""
