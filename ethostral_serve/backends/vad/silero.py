@@ -53,6 +53,15 @@ def frame_rows(samples: np.ndarray, first: int, count: int) -> np.ndarray:
     return np.ascontiguousarray(windows[::VAD_FRAME])
 
 
+def restart_frames(restart_s: float) -> tuple[int, int]:
+    """``(period, warm-up)`` in frames of the restarted reading for ``restart_s`` seconds
+    (period 0: no restarts); the offline and the streaming VAD count them alike."""
+    return (
+        round(restart_s * SAMPLE_RATE / VAD_FRAME),
+        round(RESTART_WARMUP_S * SAMPLE_RATE / VAD_FRAME),
+    )
+
+
 class SileroVad:
     """Offline speech detection over a whole recording."""
 
@@ -77,10 +86,9 @@ class SileroVad:
         x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
         n_frames = -(-x.size // VAD_FRAME)
         carried = self._frames(x, 0, 0, n_frames)
-        restart = round(self.settings.restart_s * SAMPLE_RATE / VAD_FRAME)
+        restart, warmup = restart_frames(self.settings.restart_s)
         if restart <= 0 or n_frames <= restart:
             return carried
-        warmup = round(RESTART_WARMUP_S * SAMPLE_RATE / VAD_FRAME)
         fresh = np.concatenate(
             [
                 self._frames(x, max(first - warmup, 0), first, min(first + restart, n_frames))

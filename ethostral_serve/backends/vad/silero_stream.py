@@ -17,15 +17,16 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.backends.vad.silero import (
     CONTEXT,
-    RESTART_WARMUP_S,
     SILERO,
     STATE_SIZE,
+    restart_frames,
     silero_model_path,
 )
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 from ethostral_serve.settings import VadSettings
 
 STREAMING_MODEL = "silero_vad.onnx"  # one frame per call, state passed in and out
+_SAMPLE_RATE_INPUT = np.array(SAMPLE_RATE, dtype=np.int64)  # the graph's "sr" input
 
 
 @dataclass
@@ -63,8 +64,7 @@ class SileroStreamingVad:
         self._session = cpu_onnx_session(silero_model_path(STREAMING_MODEL), SILERO)
         self._lock = threading.Lock()
         seconds = VadSettings().restart_s if restart_s is None else restart_s
-        self._restart = round(seconds * SAMPLE_RATE / VAD_FRAME)
-        self._warmup = round(RESTART_WARMUP_S * SAMPLE_RATE / VAD_FRAME)
+        self._restart, self._warmup = restart_frames(seconds)
 
     def step(
         self, items: Sequence[tuple[np.ndarray, VadStreamState]]
@@ -118,10 +118,9 @@ class SileroStreamingVad:
         state = np.ascontiguousarray(
             np.stack([lane.rnn for _, lane in lanes]).transpose(1, 0, 2), dtype=np.float32
         )
-        sr = np.array(SAMPLE_RATE, dtype=np.int64)
         with self._lock:
             out, new_state = self._session.run(
-                None, {"input": x.astype(np.float32), "state": state, "sr": sr}
+                None, {"input": x.astype(np.float32), "state": state, "sr": _SAMPLE_RATE_INPUT}
             )
         for j, (i, lane) in enumerate(lanes):
             lane.rnn = np.array(new_state[:, j, :], np.float32)
