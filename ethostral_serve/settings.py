@@ -49,6 +49,13 @@ class VadSettings(BaseModel):
         "every this many seconds, and the larger counts, since the state carried through a "
         "long recording or stream can drift and miss quieter voices (0: off, else >= 2)",
     )
+    diarized_speech_min_s: float = Field(
+        0.5,
+        ge=0.0,
+        description="with diarization, the recogniser also reads speech the diarizer hears "
+        "outside the VAD's regions, in pieces at least this long (far-field voices Silero "
+        "scores low); diarization then runs before recognition instead of beside it (0: off)",
+    )
     min_speech_ms: int = Field(250, ge=0, description="drop speech regions shorter than this")
     min_silence_ms: int = Field(300, ge=0, description="silence needed to end a speech region")
     speech_pad_ms: int = Field(200, ge=0, description="padding added on each side of a region")

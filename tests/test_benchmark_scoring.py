@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.diarization import SAMPLE_RATE, Case, exclusive_oracle, score
+from benchmarks.diarization import SAMPLE_RATE, Case, exclusive_oracle, far_field, score
 
 
 def _case(reference: list[tuple[float, float, str]], duration: float = 20.0) -> Case:
@@ -33,3 +33,25 @@ def test_exclusive_oracle_misses_exactly_the_overlap() -> None:
     assert result.missed == pytest.approx(1.75)
     assert result.false_alarm == pytest.approx(0.0)
     assert result.confusion == pytest.approx(0.0)
+
+
+def test_far_field_copy_keeps_the_reference_and_changes_each_voice() -> None:
+    rng = np.random.default_rng(0)
+    samples = (0.1 * rng.normal(size=6 * SAMPLE_RATE)).astype(np.float32)
+    case = Case("librispeech-2spk", "ls2spk-x", samples, [(0.5, 2.5, "A"), (3.0, 5.5, "B")])
+    heard = far_field(case, seed=3)
+    assert (heard.group, heard.uri) == ("far-field-2spk", "ff-ls2spk-x")
+    assert heard.reference == case.reference and heard.samples.dtype == np.float32
+    assert len(heard.samples) == len(case.samples)
+    assert float(np.abs(heard.samples).max()) <= 1.0
+
+    def rms(x: np.ndarray, start: float, end: float) -> float:
+        part = x[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)].astype(np.float64)
+        return float(np.sqrt(np.mean(part**2)))
+
+    # the two voices now sit at different levels, and the pause holds room noise and
+    # the first voice's reverberant tail rather than digital silence
+    assert abs(np.log10(rms(heard.samples, 0.6, 2.4) / rms(heard.samples, 3.1, 5.4))) > 0.05
+    assert rms(heard.samples, 2.6, 2.9) > 0
+    np.testing.assert_array_equal(far_field(case, seed=3).samples, heard.samples)
+    assert not np.array_equal(far_field(case, seed=4).samples, heard.samples)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ethostral_serve.pipeline.chunks import build_chunks, split_long_regions
-from ethostral_serve.pipeline.types import Chunk, Span
+from ethostral_serve.pipeline.chunks import (
+    build_chunks,
+    outside,
+    split_long_regions,
+    with_diarized_speech,
+)
+from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn
 
 
 def test_regions_pack_into_windows_no_longer_than_the_limit() -> None:
@@ -65,3 +70,37 @@ def test_window_audio_is_the_regions_back_to_back() -> None:
 def test_empty_regions_give_no_chunks() -> None:
     assert build_chunks([], 28.0) == []
     assert build_chunks([Span(2.0, 2.0)], 28.0) == []
+
+
+def _pairs(spans: list[Span]) -> list[tuple[float, float]]:
+    return [(round(s.start, 6), round(s.end, 6)) for s in spans]
+
+
+def test_outside_keeps_what_the_cover_leaves() -> None:
+    spans = [Span(0.0, 10.0), Span(12.0, 13.0), Span(9.0, 11.0)]  # unsorted, overlapping
+    cover = [Span(2.0, 3.0), Span(2.5, 4.0), Span(10.5, 12.5), Span(20.0, 21.0)]
+    assert _pairs(outside(spans, cover)) == [(0.0, 2.0), (4.0, 10.5), (12.5, 13.0)]
+    assert outside(spans, [Span(-1.0, 30.0)]) == []
+    assert _pairs(outside([Span(1.0, 2.0)], [])) == [(1.0, 2.0)]
+
+
+def test_diarized_speech_adds_long_pieces_only() -> None:
+    regions = [Span(5.0, 6.0), Span(1.0, 2.0)]
+    turns = [
+        SpeakerTurn(0.8, 2.2, "a"),  # edges of 0.2 s on both sides of a region: dropped
+        SpeakerTurn(3.0, 4.0, "b"),  # heard only by the diarizer: added on its own
+        SpeakerTurn(5.5, 7.0, "a"),  # runs 1 s past a region: joins it
+    ]
+    joined = with_diarized_speech(regions, turns, 0.5)
+    assert _pairs(joined) == [(1.0, 2.0), (3.0, 4.0), (5.0, 7.0)]
+    assert _pairs(with_diarized_speech(regions, turns, 1.5)) == [(1.0, 2.0), (5.0, 6.0)]
+    assert _pairs(with_diarized_speech(regions, turns, 0.0)) == [(1.0, 2.0), (5.0, 6.0)]
+    assert _pairs(with_diarized_speech(regions, [], 0.5)) == [(1.0, 2.0), (5.0, 6.0)]
+
+
+def test_a_piece_joins_both_regions_it_bridges_but_touching_regions_stay_apart() -> None:
+    # The VAD's regions 0-1 and 1-2 touch (their pads shared a gap) and stay two regions,
+    # as without the diarizer; the piece 2-3 bridges 1-2 and 3-4 into one stretch.
+    regions = [Span(0.0, 1.0), Span(1.0, 2.0), Span(3.0, 4.0)]
+    joined = with_diarized_speech(regions, [SpeakerTurn(0.0, 4.0, "a")], 0.5)
+    assert _pairs(joined) == [(0.0, 1.0), (1.0, 4.0)]

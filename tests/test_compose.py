@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np
+import pytest
 
 from ethostral_serve.audio import Audio
 from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
@@ -31,8 +32,9 @@ class FakeVad:
 
 
 class FakeDiarizer:
-    def __init__(self, turns: list[SpeakerTurn]) -> None:
+    def __init__(self, turns: list[SpeakerTurn], error: Exception | None = None) -> None:
         self.turns = turns
+        self.error = error
         self.calls = 0
         self.speakers: SpeakerCount | None = None
 
@@ -44,6 +46,8 @@ class FakeDiarizer:
     ) -> list[SpeakerTurn]:
         self.calls += 1
         self.speakers = speakers
+        if self.error is not None:
+            raise self.error
         return self.turns
 
 
@@ -87,20 +91,34 @@ def _audio(seconds: float) -> Audio:
     return Audio(np.zeros(int(seconds * 16000), np.float32))
 
 
-def _run(options: TranscribeOptions, turns: list[SpeakerTurn] | None = None):
-    regions = [Span(1.0, 2.0), Span(2.5, 3.5), Span(10.0, 11.0)]
+REGIONS = [Span(1.0, 2.0), Span(2.5, 3.5), Span(10.0, 11.0)]
+
+
+def _run(
+    options: TranscribeOptions,
+    turns: list[SpeakerTurn] | None = None,
+    diarized_speech_min_s: float = 0.0,
+):
+    """One run over three VAD regions. The recogniser reads only the VAD's regions unless
+    ``diarized_speech_min_s`` > 0 (tested on its own below)."""
     model = FakeModel()
     diarizer = FakeDiarizer(turns if turns is not None else [])
+    settings = Settings.model_validate({"vad": {"diarized_speech_min_s": diarized_speech_min_s}})
     session = transcribe(
         _audio(12.0),
         "talk.wav",
         options,
-        vad=FakeVad(regions),
+        vad=FakeVad(list(REGIONS)),
         diarizer=diarizer,
         model=model,
-        settings=Settings(),
+        settings=settings,
     )
     return session, model, diarizer
+
+
+def _read(model: FakeModel) -> list[tuple[float, float]]:
+    """The stretches of audio the recogniser was given, in order."""
+    return [(r.start, r.end) for chunk in model.chunks for r in chunk.regions]
 
 
 def test_session_has_spec_fields_and_ms_times() -> None:
@@ -178,3 +196,57 @@ def test_silence_gives_an_empty_session() -> None:
     assert session.segments == [] and session.language == "und"
     assert session.duration_ms == 3000
     assert model.chunks == []
+
+
+def test_recogniser_also_reads_speech_only_the_diarizer_heard() -> None:
+    # The diarizer hears B from 5.0 to 7.0 s, where the VAD found nothing, and A a little
+    # past the VAD's first region (2.0-2.3 s: shorter than 0.5 s, an edge, left out).
+    turns = [
+        SpeakerTurn(1.0, 2.3, "A"),
+        SpeakerTurn(5.0, 7.0, "B"),
+        SpeakerTurn(10.0, 11.0, "A"),
+    ]
+    session, model, diarizer = _run(TranscribeOptions(), turns, diarized_speech_min_s=0.5)
+    assert diarizer.calls == 1
+    assert _read(model) == [(1.0, 2.0), (2.5, 3.5), (5.0, 7.0), (10.0, 11.0)]
+    # the fake model says a word in each stretch: the one at 6 s is B's
+    assert [(s.text, s.speaker) for s in session.segments] == [
+        ("w0", "s0"),
+        ("w1", "s0"),
+        ("w2", "s1"),
+        ("w3", "s0"),
+    ]
+
+
+def test_diarized_speech_touching_a_region_joins_it() -> None:
+    # 3.5-4.5 s is heard only by the diarizer and continues the VAD's second region:
+    # the recogniser reads 2.5-4.5 s as one stretch, the other regions as they were.
+    turns = [SpeakerTurn(2.5, 4.5, "A")]
+    _, model, _ = _run(TranscribeOptions(), turns, diarized_speech_min_s=0.5)
+    assert _read(model) == [(1.0, 2.0), (2.5, 4.5), (10.0, 11.0)]
+
+
+def test_diarized_speech_is_not_read_when_off_or_undiarized() -> None:
+    turns = [SpeakerTurn(5.0, 7.0, "B")]
+    _, model, diarizer = _run(TranscribeOptions(), turns, diarized_speech_min_s=0.0)
+    assert _read(model) == [(r.start, r.end) for r in REGIONS] and diarizer.calls == 1
+    _, model, diarizer = _run(TranscribeOptions(diarize=False), turns, diarized_speech_min_s=0.5)
+    assert _read(model) == [(r.start, r.end) for r in REGIONS] and diarizer.calls == 0
+
+
+@pytest.mark.parametrize("min_s", [0.0, 0.5])
+def test_a_failing_diarizer_fails_the_run(min_s: float) -> None:
+    model = FakeModel()
+    settings = Settings.model_validate({"vad": {"diarized_speech_min_s": min_s}})
+    with pytest.raises(RuntimeError, match="replica died"):
+        transcribe(
+            _audio(12.0),
+            "talk.wav",
+            TranscribeOptions(),
+            vad=FakeVad(list(REGIONS)),
+            diarizer=FakeDiarizer([], error=RuntimeError("diarizer replica died")),
+            model=model,
+            settings=settings,
+        )
+    if min_s > 0:  # diarization went first, so no recognition was wasted
+        assert model.chunks == []

@@ -103,12 +103,10 @@ def test_shouted_speech_the_vad_scores_low_is_still_transcribed(engine) -> None:
     assert _wer("Dogs are sitting by the door", text) < 0.2, text
 
 
-def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(engine) -> None:
-    """Two excerpts of one AMI meeting back to back (``trn07`` then ``trn08``). Silero's
-    state carried from the first scores the first 14 s of the second as silence; the
-    VAD's restarted reading (``vad.restart_s``) finds them, and their words come back.
-    Every word lies inside one of the VAD's speech regions, although the recogniser
-    reads several regions as one window with the silence between them left out."""
+@pytest.fixture(scope="module")
+def ami_minute(engine):
+    """Two excerpts of one AMI meeting back to back (``trn07`` then ``trn08``): samples,
+    where the second starts (s), its reference turns and its Session."""
     import numpy as np
 
     from ethostral_serve.audio import SAMPLE_RATE, Audio, decode_audio
@@ -117,6 +115,12 @@ def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(e
     first, second = (decode_audio(folder / f"{n}.wav").samples for n in ("trn07", "trn08"))
     samples = np.concatenate([first, second])
     joined = first.size / SAMPLE_RATE
+    reference = []
+    for line in (folder / "debug.train.rttm").read_text(encoding="utf-8").splitlines():
+        _, uri, _, start, length, *_ = line.split()
+        if uri in ("trn07", "trn08"):
+            t0 = float(start) + (joined if uri == "trn08" else 0.0)
+            reference.append((t0, t0 + float(length)))
     session = transcribe(
         Audio(samples),
         "meeting.wav",
@@ -126,13 +130,50 @@ def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(e
         model=engine.model,
         settings=engine.settings,
     )
+    return samples, joined, reference, session
+
+
+def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(
+    engine, ami_minute
+) -> None:
+    """Silero's state carried from ``trn07`` scores the first 14 s of ``trn08`` as
+    silence; the VAD's restarted reading (``vad.restart_s``) finds them, and their words
+    come back. Every word lies inside one stretch of what the recogniser read (the VAD's
+    regions and the diarized speech outside them), although it reads several stretches
+    as one window with the silence between them left out."""
+    from ethostral_serve.pipeline.chunks import with_diarized_speech
+
+    samples, joined, _, session = ami_minute
     words = [w for s in session.segments for w in s.words]
     quiet = [w.word for w in words if joined <= w.start_ms / 1000 < joined + 14]
     assert len(quiet) >= 5, quiet
     regions = engine.vad.speech_regions(samples)
+    turns = engine.diarizer.diarize(samples, regions)
+    read = with_diarized_speech(regions, turns, engine.settings.vad.diarized_speech_min_s)
     for w in words:
         start, end = w.start_ms / 1000, w.end_ms / 1000
-        assert any(r.start - 0.01 <= start <= end <= r.end + 0.01 for r in regions), w
+        assert any(r.start - 0.01 <= start <= end <= r.end + 0.01 for r in read), w
+
+
+def test_speech_only_the_diarizer_hears_is_transcribed(engine, ami_minute) -> None:
+    """Far-field voices Silero scores low but the overlap-aware segmentation hears come
+    back as words (``vad.diarized_speech_min_s``), and they are real speech: each lies
+    in the reference's speech."""
+    samples, _, reference, session = ami_minute
+    assert engine.settings.vad.diarized_speech_min_s > 0
+    regions = engine.vad.speech_regions(samples)
+    words = [w for s in session.segments for w in s.words]
+    beyond_vad = [
+        w
+        for w in words
+        if not any(
+            r.start - 0.01 <= w.start_ms / 1000 and w.end_ms / 1000 <= r.end + 0.01 for r in regions
+        )
+    ]
+    assert len(beyond_vad) >= 2, beyond_vad
+    for w in beyond_vad:
+        start, end = w.start_ms / 1000, w.end_ms / 1000
+        assert any(a < end and start < b for a, b in reference), w
 
 
 def test_tiny_en_with_emotion_uses_a_separate_base_encoder(settings) -> None:

@@ -34,7 +34,7 @@ def start_of(stage: str) -> float:
 def test_weights_sum_to_one_and_stages_follow_their_order() -> None:
     assert sum(STAGE_WEIGHTS.values()) == pytest.approx(1.0)
     assert all(weight >= 0 for weight in STAGE_WEIGHTS.values())
-    assert STAGES == ("decode", "vad", "asr", "diarize", "segment", "emotion")
+    assert STAGES == ("decode", "vad", "diarize", "asr", "segment", "emotion")
 
 
 def test_report_without_listener_is_a_noop() -> None:
@@ -55,11 +55,16 @@ def test_stage_start_is_the_sum_of_the_earlier_weights() -> None:
         assert progress.stage_start(stage) == pytest.approx(start_of(stage))
 
 
-def test_asr_half_way_is_decode_and_vad_plus_half_of_asr() -> None:
+def test_asr_half_way_is_the_earlier_stages_plus_half_of_asr() -> None:
     heard = Heard()
     with listening(heard):
         report("asr", 1, 2)
-    expected = STAGE_WEIGHTS["decode"] + STAGE_WEIGHTS["vad"] + STAGE_WEIGHTS["asr"] / 2
+    expected = (
+        STAGE_WEIGHTS["decode"]
+        + STAGE_WEIGHTS["vad"]
+        + STAGE_WEIGHTS["diarize"]
+        + STAGE_WEIGHTS["asr"] / 2
+    )
     assert heard.calls == [("asr", pytest.approx(expected))]
 
 
@@ -102,7 +107,7 @@ def test_fractions_stay_within_zero_and_one() -> None:
         report("emotion", 99, 1)
         report("emotion", 1, -1)
     assert heard.fractions == pytest.approx(
-        [0.0, STAGE_WEIGHTS["decode"], start_of("diarize"), 1.0, 1.0]
+        [0.0, STAGE_WEIGHTS["decode"], start_of("segment"), 1.0, 1.0]
     )
     assert all(0.0 <= fraction <= 1.0 for fraction in heard.fractions)
 
@@ -111,7 +116,7 @@ def test_done_past_total_clamps_to_the_end_of_the_stage() -> None:
     heard = Heard()
     with listening(heard):
         report("vad", 7, 2)
-    assert heard.calls == [("vad", pytest.approx(start_of("asr")))]
+    assert heard.calls == [("vad", pytest.approx(start_of("diarize")))]
 
 
 def test_listener_is_restored_after_nested_blocks() -> None:
@@ -125,9 +130,9 @@ def test_listener_is_restored_after_nested_blocks() -> None:
     report("emotion", 1, 1)
     assert outer.calls == [
         ("asr", pytest.approx(start_of("asr") + STAGE_WEIGHTS["asr"] / 2)),
-        ("diarize", pytest.approx(start_of("segment"))),
+        ("diarize", pytest.approx(start_of("asr") + STAGE_WEIGHTS["asr"] / 2)),  # held
     ]
-    assert inner.calls == [("decode", 0.0), ("vad", pytest.approx(start_of("asr")))]
+    assert inner.calls == [("decode", 0.0), ("vad", pytest.approx(start_of("diarize")))]
 
 
 def test_listener_is_restored_when_the_block_raises() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ethostral_serve.pipeline.types import Chunk, Span
+from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn
 
 
 def split_long_regions(regions: Sequence[Span], max_len: float) -> list[Span]:
@@ -44,3 +44,66 @@ def build_chunks(regions: Sequence[Span], max_chunk_s: float) -> list[Chunk]:
     if current:
         chunks.append(Chunk(tuple(current), tuple(offsets)))
     return chunks
+
+
+_TOUCH_S = 1e-6  # spans this close count as touching
+
+
+def _merged(spans: Sequence[Span]) -> list[Span]:
+    """``spans`` sorted, with overlapping or touching ones joined."""
+    out: list[Span] = []
+    for s in sorted(spans, key=lambda s: s.start):
+        if out and s.start <= out[-1].end:
+            out[-1] = Span(out[-1].start, max(out[-1].end, s.end))
+        else:
+            out.append(s)
+    return out
+
+
+def outside(spans: Sequence[Span], cover: Sequence[Span]) -> list[Span]:
+    """The parts of ``spans`` that no span of ``cover`` overlaps, in time order."""
+    cuts = _merged([c for c in cover if c.end > c.start])
+    out: list[Span] = []
+    for s in _merged([s for s in spans if s.end > s.start]):
+        start = s.start
+        for c in cuts:
+            if c.end <= start or c.start >= s.end:
+                continue
+            if c.start > start:
+                out.append(Span(start, c.start))
+            start = max(start, c.end)
+        if s.end > start:
+            out.append(Span(start, s.end))
+    return out
+
+
+def with_diarized_speech(
+    regions: Sequence[Span], turns: Sequence[SpeakerTurn], min_piece_s: float
+) -> list[Span]:
+    """The VAD's ``regions`` joined with the diarizer's speech that lies outside them, in
+    pieces of at least ``min_piece_s`` (shorter ones are edges the VAD's padding already
+    holds). Far-field voices the VAD scores low are often heard by the overlap-aware
+    segmentation; the recogniser then reads them too. ``min_piece_s`` <= 0: ``regions``.
+    """
+    ordered = sorted(regions, key=lambda r: r.start)
+    if min_piece_s <= 0 or not turns:
+        return ordered
+    heard = [Span(t.start, t.end) for t in turns]
+    extra = [p for p in outside(heard, ordered) if p.duration >= min_piece_s]
+    if not extra:
+        return ordered
+    # A piece joins the regions it touches (one stretch of audio for the recogniser);
+    # regions that touch each other stay apart, as they are without the diarizer.
+    tagged = sorted(
+        [(r, False) for r in ordered] + [(p, True) for p in extra], key=lambda t: t[0].start
+    )
+    out: list[Span] = []
+    last_is_piece = False
+    for span, is_piece in tagged:
+        if out and (is_piece or last_is_piece) and span.start <= out[-1].end + _TOUCH_S:
+            out[-1] = Span(out[-1].start, max(out[-1].end, span.end))
+            last_is_piece = is_piece
+            continue
+        out.append(span)
+        last_is_piece = is_piece
+    return out

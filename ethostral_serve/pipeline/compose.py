@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ethostral_serve.audio import Audio
 from ethostral_serve.pipeline import progress, timing
-from ethostral_serve.pipeline.chunks import build_chunks
+from ethostral_serve.pipeline.chunks import build_chunks, with_diarized_speech
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.segments import (
     assign_speakers,
@@ -19,7 +21,14 @@ from ethostral_serve.pipeline.segments import (
     group_words,
     rename_speakers,
 )
-from ethostral_serve.pipeline.types import EmotionResult, SpeakerCount, SpeakerTurn, WordTiming
+from ethostral_serve.pipeline.types import (
+    EmotionResult,
+    Span,
+    SpeakerCount,
+    SpeakerTurn,
+    Transcript,
+    WordTiming,
+)
 from ethostral_serve.schema import Emotion, Segment, Session, Word
 from ethostral_serve.settings import Settings
 
@@ -85,31 +94,12 @@ def transcribe(
             duration_ms=audio.duration_ms,
             segments=[],
         )
-    turns: list[SpeakerTurn] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
-        # Diarization (torch) runs beside ASR (CTranslate2): both release the GIL in
-        # their kernels, and ASR's beam search leaves cores idle part of the time.
-        pending: Future[list[SpeakerTurn]] | None = None
-        if options.diarize and diarizer is not None:
-            # The copied context keeps tracing context (Weave's current call) on the thread.
-            pending = pool.submit(
-                contextvars.copy_context().run,
-                _timed,
-                times,
-                "diarize",
-                on_stage,
-                diarizer.diarize,
-                samples,
-                regions,
-                options.speakers,
-            )
-        progress.report("asr")
-        with times.stage("asr", on_stage):
-            chunks = build_chunks(regions, settings.vad.max_chunk_s)
-            transcript = model.transcribe(samples, chunks, options.language, options.adapter)
-        if pending is not None:
-            progress.report("diarize")
-            turns = pending.result()
+    speaker_pass = diarizer if options.diarize else None
+    run = _Recognition(samples, options, model, settings, times, on_stage)
+    if speaker_pass is not None and settings.vad.diarized_speech_min_s > 0:
+        turns, regions, transcript = run.after_diarizing(speaker_pass, regions)
+    else:
+        turns, transcript = run.beside_diarizing(speaker_pass, regions)
     progress.report("segment")
     with times.stage("segment", on_stage):
         speakers = assign_speakers(transcript.words, turns)
@@ -151,6 +141,67 @@ def transcribe(
         duration_ms=audio.duration_ms,
         segments=segments,
     )
+
+
+@dataclass
+class _Recognition:
+    """The ASR and diarization stages of one run, in one of their two orders."""
+
+    samples: np.ndarray
+    options: TranscribeOptions
+    model: SpeechModel
+    settings: Settings
+    times: StageTimes
+    on_stage: StageHook | None
+
+    def _recognise(self, regions: Sequence[Span]) -> Transcript:
+        progress.report("asr")
+        with self.times.stage("asr", self.on_stage):
+            chunks = build_chunks(regions, self.settings.vad.max_chunk_s)
+            return self.model.transcribe(
+                self.samples, chunks, self.options.language, self.options.adapter
+            )
+
+    def _diarize(self, diarizer: DiarizerBackend, regions: Sequence[Span]) -> list[SpeakerTurn]:
+        return _timed(
+            self.times,
+            "diarize",
+            self.on_stage,
+            diarizer.diarize,
+            self.samples,
+            regions,
+            self.options.speakers,
+        )
+
+    def after_diarizing(
+        self, diarizer: DiarizerBackend, regions: list[Span]
+    ) -> tuple[list[SpeakerTurn], list[Span], Transcript]:
+        """Diarize first; the recogniser then reads the VAD's regions and the diarized
+        speech outside them. Returns the turns, what was read, and the transcript."""
+        progress.report("diarize")
+        turns = self._diarize(diarizer, regions)
+        read = with_diarized_speech(regions, turns, self.settings.vad.diarized_speech_min_s)
+        return turns, read, self._recognise(read)
+
+    def beside_diarizing(
+        self, diarizer: DiarizerBackend | None, regions: list[Span]
+    ) -> tuple[list[SpeakerTurn], Transcript]:
+        """Recognise the VAD's regions while ``diarizer`` (if any) runs on a thread:
+        both release the GIL in their kernels, and ASR's beam search leaves cores idle
+        part of the time."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarize") as pool:
+            pending: Future[list[SpeakerTurn]] | None = None
+            if diarizer is not None:
+                # The copied context keeps tracing context (Weave's current call) on
+                # the thread.
+                pending = pool.submit(
+                    contextvars.copy_context().run, self._diarize, diarizer, regions
+                )
+            transcript = self._recognise(regions)
+            if pending is None:
+                return [], transcript
+            progress.report("diarize")
+            return pending.result(), transcript
 
 
 def _timed(
