@@ -7,7 +7,7 @@ import pytest
 from speech import two_speaker_conversation
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import WhisperAsr, encoder_input, pad_frames
+from ethostral_serve.backends.whisper import MAX_NEW_TOKENS, WhisperAsr, encoder_input, pad_frames
 from ethostral_serve.settings import AsrSettings
 
 # ---------------------------------------------------------------- the padding rule
@@ -136,3 +136,15 @@ def test_encode_clip_pads_like_a_window(asr: WhisperAsr, utterances) -> None:
     short, _ = utterances
     (served,) = asr.transcribe_windows([short], ["en"])
     np.testing.assert_array_equal(asr.encode_clip(short).astype(np.float16), served.frames)
+
+
+def test_decoding_cap_leaves_room_for_the_longest_prompt(asr: WhisperAsr) -> None:
+    """A pass writes at most ``MAX_NEW_TOKENS`` (bounding what a looping pass costs),
+    and faster-whisper refuses a pass whose prompt and cap pass Whisper's text context:
+    the longest prompt it builds (the previous-text marker, up to half the context of
+    previous tokens, then the start, language and task tokens) must still fit."""
+    options = asr._options()
+    assert options.max_new_tokens == MAX_NEW_TOKENS
+    context = asr.model.max_length
+    longest_prompt = 1 + (context // 2 - 1) + 4
+    assert longest_prompt + MAX_NEW_TOKENS <= context

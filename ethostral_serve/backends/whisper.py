@@ -27,6 +27,14 @@ from ethostral_serve.settings import AsrSettings, Settings
 
 T = TypeVar("T")
 
+# Tokens one decoding pass of a window may write. faster-whisper's default is Whisper's
+# whole text context (448 with the prompt); OpenAI's reference decoder writes at most
+# half of it (224). A pass that loops on a phrase (far-field or noisy audio) runs to
+# the cap, then again at each fallback temperature, so the cap bounds its cost; speech
+# needs far fewer (the same words on clean and meeting audio, measured). 220 keeps the
+# longest prompt (1 + 223 previous tokens + 4) within 448, which faster-whisper checks.
+MAX_NEW_TOKENS = 220
+
 
 def host_array(storage: object) -> np.ndarray:
     """A CTranslate2 StorageView as a numpy array, copied off the GPU when it is on one."""
@@ -383,7 +391,7 @@ class WhisperAsr:
             prepend_punctuations="\"'“¿([{-",
             append_punctuations="\"'.。,，!！?？:：”)]}、",
             multilingual=False,
-            max_new_tokens=None,
+            max_new_tokens=MAX_NEW_TOKENS,
             clip_timestamps="0",
             hallucination_silence_threshold=None,
             hotwords=None,
