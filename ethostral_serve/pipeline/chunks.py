@@ -64,14 +64,17 @@ def outside(spans: Sequence[Span], cover: Sequence[Span]) -> list[Span]:
     """The parts of ``spans`` that no span of ``cover`` overlaps, in time order."""
     cuts = _merged([c for c in cover if c.end > c.start])
     out: list[Span] = []
+    first = 0  # both lists are sorted and disjoint: one pass over each
     for s in _merged([s for s in spans if s.end > s.start]):
+        while first < len(cuts) and cuts[first].end <= s.start:
+            first += 1
         start = s.start
-        for c in cuts:
-            if c.end <= start or c.start >= s.end:
-                continue
-            if c.start > start:
-                out.append(Span(start, c.start))
-            start = max(start, c.end)
+        k = first
+        while k < len(cuts) and cuts[k].start < s.end:
+            if cuts[k].start > start:
+                out.append(Span(start, cuts[k].start))
+            start = max(start, cuts[k].end)
+            k += 1
         if s.end > start:
             out.append(Span(start, s.end))
     return out
