@@ -134,18 +134,13 @@ def _room_response(rng: np.random.Generator, rt60: float, direct: float) -> np.n
     return h / float(np.sqrt(np.sum(h**2)))
 
 
-def _pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    spectrum = np.fft.rfft(rng.normal(size=n))
-    k = np.arange(len(spectrum), dtype=np.float64)
-    k[0] = 1.0
-    return np.fft.irfft(spectrum / np.sqrt(k), n)
-
-
 def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
     """``case`` as a distant microphone in a room would hear it: each speaker at a level
     drawn from -18 to 0 dB and through a room response of their own (RT60 0.4-0.9 s,
     direct path 0.2-1.0), pink room noise ``snr_db`` below the loudest speaker."""
     from scipy.signal import fftconvolve
+
+    from scripts.train_emotion import coloured_noise
 
     rng = np.random.default_rng(seed)
     speakers = sorted({s for _, _, s in case.reference})
@@ -158,7 +153,7 @@ def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
         out[a : a + len(heard)] += heard
     out = out[: len(case.samples)]
     level = float(np.sqrt(np.mean(case.samples.astype(np.float64) ** 2))) * max(gains.values())
-    noise = _pink_noise(rng, len(out))
+    noise = coloured_noise(len(out), 1.0, rng)  # pink
     noise *= level / float(np.sqrt(np.mean(noise**2))) / 10 ** (snr_db / 20)
     x = out + noise
     x /= max(1.0, float(np.abs(x).max()))
