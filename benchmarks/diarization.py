@@ -121,31 +121,22 @@ def librispeech_cases(seeds: Sequence[int]) -> list[Case]:
     return cases
 
 
-def _room_response(rng: np.random.Generator, rt60: float, direct: float) -> np.ndarray:
-    """A synthetic room impulse response: a direct path 2.5 ms in, then exponentially
-    decaying noise reaching -60 dB at ``rt60`` seconds; ``direct`` scales the direct path
-    (lower: farther from the microphone). Unit energy."""
-    n = int(rt60 * SAMPLE_RATE * 1.2)
-    t = np.arange(n) / SAMPLE_RATE
-    h = rng.normal(size=n) * np.exp(-6.9 * t / rt60)
-    delay = int(0.0025 * SAMPLE_RATE)
-    h[:delay] = 0.0
-    h[delay] = direct * 4.0 * float(np.abs(h[delay : delay + 400]).max())
-    return h / float(np.sqrt(np.sum(h**2)))
-
-
 def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
     """``case`` as a distant microphone in a room would hear it: each speaker at a level
     drawn from -18 to 0 dB and through a room response of their own (RT60 0.4-0.9 s,
-    direct path 0.2-1.0), pink room noise ``snr_db`` below the loudest speaker."""
+    direct-to-reverberant ratio -20 to -5 dB), pink room noise ``snr_db`` below the
+    loudest speaker."""
     from scipy.signal import fftconvolve
 
-    from scripts.train_emotion import coloured_noise
+    from scripts.train_emotion import coloured_noise, synthetic_rir
 
     rng = np.random.default_rng(seed)
     speakers = sorted({s for _, _, s in case.reference})
     gains = {s: 10 ** (rng.uniform(-18.0, 0.0) / 20) for s in speakers}
-    rooms = {s: _room_response(rng, rng.uniform(0.4, 0.9), rng.uniform(0.2, 1.0)) for s in speakers}
+    rooms = {}
+    for s in speakers:
+        rir = synthetic_rir(rng.uniform(0.4, 0.9), rng.uniform(-20.0, -5.0), rng, SAMPLE_RATE)
+        rooms[s] = rir / float(np.sqrt(np.sum(rir**2)))  # unit energy: the gain sets the level
     out = np.zeros(len(case.samples) + 2 * SAMPLE_RATE)
     for start, end, speaker in case.reference:
         a, b = round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
