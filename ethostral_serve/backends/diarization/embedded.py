@@ -3,7 +3,8 @@
 pyannote's segmentation model (ONNX, from the WhisperX wheel; see
 :mod:`.segmentation`) finds up to three local speakers, overlap included, in 5 s windows;
 resemblyzer's GE2E encoder (ONNX too; see :mod:`.speaker_encoder`) embeds 1 s
-sub-windows of the speech it finds; the pure
+sub-windows of the speech it finds, or, with ``speaker_encoder="campplus"``, 3D-Speaker's
+CAM++ (see :mod:`.campplus`) embeds 1.5 s sub-windows; the pure
 :func:`~ethostral_serve.pipeline.overlap_diarization.diarize_segmentation` clusters the
 (window, local speaker) units into global speakers and rebuilds turns in which
 overlapped speech belongs to both speakers.
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.diarization.campplus import CamPlusEncoder, ensure_campplus
 from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer, clip_regions
 from ethostral_serve.backends.diarization.segmentation import (
     SegmentationModel,
@@ -31,6 +33,12 @@ from ethostral_serve.pipeline.overlap_diarization import (
 from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings
 
+CALIBRATED = {"resemblyzer": (0.25, 0.15), "campplus": (0.7, 0.4)}
+"""Per speaker encoder: the clustering threshold and the distance under which two local
+speakers of one window may be one voice (cosine distances; ``benchmarks/diarization.py``).
+The encoders' distances differ in scale: the median distance between two 1.5 s windows
+of one AMI speaker is about 0.44 with CAM++."""
+
 
 class OverlapAwareDiarizer:
     """``DiarizerBackend``: segmentation + speaker embeddings + constrained clustering."""
@@ -40,15 +48,25 @@ class OverlapAwareDiarizer:
         folder = ensure_segmentation_model(cache_dir)
         self.segmentation = SegmentationModel(folder, threads=settings.segmentation_threads)
         self.encoder = ResemblyzerDiarizer(settings, cache_dir)
+        self.units: CamPlusEncoder | ResemblyzerDiarizer = self.encoder
+        if settings.speaker_encoder == "campplus":
+            self.units = CamPlusEncoder(
+                ensure_campplus(cache_dir),
+                window_s=settings.unit_window_s,
+                step_s=settings.unit_step_s,
+                min_window_s=settings.min_window_s,
+            )
 
     def options(self) -> OverlapDiarizationOptions:
         """The clustering options these settings stand for."""
         s = self.settings
+        threshold, same_voice = CALIBRATED[s.speaker_encoder]
         return OverlapDiarizationOptions(
             onset=s.segmentation_onset,
             offset=min(s.segmentation_offset, s.segmentation_onset),
-            threshold=s.cluster_threshold,
+            threshold=threshold if s.cluster_threshold is None else s.cluster_threshold,
             min_cluster_units=s.min_cluster_units,
+            same_voice=same_voice,
         )
 
     def count(self, requested: SpeakerCount | None) -> SpeakerCount:
@@ -78,7 +96,7 @@ class OverlapAwareDiarizer:
         opts = self.options()
         activity = binarize(scores, opts.onset, opts.offset)
         speech = [Span(a, b) for a, b in speech_regions(starts, activity, seg.grid)]
-        sub_embeddings, sub_windows = self.encoder.embed_windows(x, speech)
+        sub_embeddings, sub_windows = self.units.embed_windows(x, speech)
         turns = diarize_segmentation(
             starts,
             scores,

