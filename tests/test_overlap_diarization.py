@@ -17,6 +17,7 @@ from ethostral_serve.pipeline.overlap_diarization import (
     constrained_average_linkage,
     diarize_segmentation,
     labels_after,
+    merge_close_centroids,
     reconstruct,
     speech_regions,
     unit_embeddings,
@@ -201,6 +202,61 @@ def test_cluster_units_finds_the_speakers_and_honours_counts() -> None:
     # a count larger than the number of units gives one centroid per unit
     two_units = _units(rng, [[0, 1, None]], basis)
     assert len(cluster_units(two_units, opts, SpeakerCount(num=5))) == 2
+
+
+def _scattered_voice_units(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(windows, 3, d) units of two speakers: A's units come from two nearby modes (cosine
+    0.8) and scatter widely around them (cosine about 0.7 to their mode), as a voice's
+    windows do in a reverberant room; B talks in every window. Returns (units, a, b)."""
+    rng = np.random.default_rng(seed)
+    d = 128
+    e = np.eye(d)
+    a, b = e[0], e[3]
+    modes = [_unit(a + 0.5 * e[1]), _unit(a + 0.5 * e[2])]
+    units = np.full((40, 3, d), np.nan)
+    for w in range(40):
+        noise = rng.normal(size=(2, d))
+        noise[:, :4] = 0.0
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        units[w, 0] = _unit(modes[w // 20] + noise[0])
+        units[w, 1] = _unit(b + noise[1])
+    return units, a, b
+
+
+def test_close_centroids_merge_a_voice_that_average_linkage_split() -> None:
+    units, a, b = _scattered_voice_units()
+    split = cluster_units(units, OverlapDiarizationOptions(threshold=0.55))
+    # between A's two modes the mean pairwise distance (about 0.6) is above the
+    # threshold, within a mode (about 0.5) below it: A comes back as two speakers
+    assert len(split) == 3
+    opts = OverlapDiarizationOptions(threshold=0.55, merge_distance=0.36)
+    merged = cluster_units(units, opts)
+    assert len(merged) == 2
+    assert sorted(np.argmax(merged @ np.stack([a, b]).T, axis=1).tolist()) == [0, 1]
+    # a count holds over the merge
+    assert len(cluster_units(units, opts, SpeakerCount(num=3))) == 3
+    assert len(cluster_units(units, opts, SpeakerCount(min=3))) == 3
+    # different speakers (centroids about 1.0 apart) stay apart below that distance
+    wide = OverlapDiarizationOptions(threshold=0.55, merge_distance=0.9)
+    assert len(cluster_units(units, wide)) == 2
+
+
+def test_merge_close_centroids_closest_first_down_to_the_fewest() -> None:
+    e = np.eye(4)
+    x = np.stack([e[0], e[0], _unit(e[0] + 0.3 * e[1]), _unit(e[0] + 0.9 * e[1]), e[2], e[3]])
+    members = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4]), np.array([5])]
+    # [0, 1] and [2] are closest (distance 0.04), then their union and [3] (0.20); e2
+    # and e3 are orthogonal to everything
+    out = merge_close_centroids(x, members, 0.15)
+    assert sorted(sorted(m.tolist()) for m in out) == [[0, 1, 2], [3], [4], [5]]
+    out = merge_close_centroids(x, members, 0.5)
+    assert sorted(sorted(m.tolist()) for m in out) == [[0, 1, 2, 3], [4], [5]]
+    # never below the fewest allowed, and 0 means never
+    assert len(merge_close_centroids(x, members, 1.5, fewest=3)) == 3
+    assert len(merge_close_centroids(x, members, 0.0)) == 5
+    # every unit stays in exactly one cluster
+    out = merge_close_centroids(x, members, 1.5)
+    assert len(out) == 1 and sorted(out[0].tolist()) == [0, 1, 2, 3, 4, 5]
 
 
 def test_counts_hold_even_when_cannot_links_forbid_merging() -> None:

@@ -67,6 +67,11 @@ class OverlapDiarizationOptions:
     same_voice: float = 0.15
     """Two local speakers of one window closer than this (cosine distance) may still be
     one voice that the segmentation split in two; they are not kept apart."""
+    merge_distance: float = 0.0
+    """After the cut, speakers whose centroids (the mean of all their units) are closer
+    than this cosine distance are merged, closest first; 0: never. One speaker's units
+    scatter (reverberation, what is said), so average linkage can split a voice whose
+    centroids still agree."""
     max_units: int = 1000
     """Above this many units, clustering runs on a regular subsample (bounds time and
     memory); the rest are assigned to the nearest centroid."""
@@ -278,8 +283,31 @@ def cluster_units(
     keep = [c for c in range(len(sizes)) if sizes[c] >= min_size]
     if not keep:
         keep = [int(np.argmax(sizes))]
-    centroids = np.stack([x[labels == c].mean(axis=0) for c in keep])
+    members = [np.flatnonzero(labels == c) for c in keep]
+    members = merge_close_centroids(x, members, options.merge_distance, lo)
+    centroids = np.stack([x[m].mean(axis=0) for m in members])
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+
+def merge_close_centroids(
+    x: np.ndarray, members: Sequence[np.ndarray], max_distance: float, fewest: int = 1
+) -> list[np.ndarray]:
+    """Clusters (index arrays into ``x``) after merging, closest first, every pair whose
+    centroids are closer than ``max_distance`` (cosine), while more than ``fewest``
+    remain."""
+    out = [np.asarray(m) for m in members]
+    while len(out) > max(fewest, 1) and max_distance > 0:
+        c = np.stack([x[m].mean(axis=0) for m in out])
+        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        distance = 1.0 - c @ c.T
+        np.fill_diagonal(distance, np.inf)
+        i, j = divmod(int(np.argmin(distance)), len(out))
+        if distance[i, j] >= max_distance:
+            break
+        i, j = min(i, j), max(i, j)
+        out[i] = np.concatenate([out[i], out[j]])
+        del out[j]
+    return out
 
 
 def assign_units(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:

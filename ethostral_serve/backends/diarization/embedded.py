@@ -2,9 +2,9 @@
 
 pyannote's segmentation model (ONNX, from the WhisperX wheel; see
 :mod:`.segmentation`) finds up to three local speakers, overlap included, in 5 s windows;
-resemblyzer's GE2E encoder (ONNX too; see :mod:`.speaker_encoder`) embeds 1 s
-sub-windows of the speech it finds, or, with ``speaker_encoder="campplus"``, 3D-Speaker's
-CAM++ (see :mod:`.campplus`) embeds 1.5 s sub-windows; the pure
+3D-Speaker's CAM++ (ONNX too; see :mod:`.campplus`) embeds 1.5 s sub-windows of the
+speech it finds, or, with ``speaker_encoder="resemblyzer"``, resemblyzer's GE2E encoder
+(see :mod:`.speaker_encoder`) embeds 1 s sub-windows; the pure
 :func:`~ethostral_serve.pipeline.overlap_diarization.diarize_segmentation` clusters the
 (window, local speaker) units into global speakers and rebuilds turns in which
 overlapped speech belongs to both speakers.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,11 +34,25 @@ from ethostral_serve.pipeline.overlap_diarization import (
 from ethostral_serve.pipeline.types import Span, SpeakerCount, SpeakerTurn
 from ethostral_serve.settings import DiarizerSettings
 
-CALIBRATED = {"resemblyzer": (0.25, 0.15), "campplus": (0.7, 0.4)}
-"""Per speaker encoder: the clustering threshold and the distance under which two local
-speakers of one window may be one voice (cosine distances; ``benchmarks/diarization.py``).
-The encoders' distances differ in scale: the median distance between two 1.5 s windows
-of one AMI speaker is about 0.44 with CAM++."""
+
+class Calibration(NamedTuple):
+    """Cosine distances calibrated for one speaker encoder (``benchmarks/diarization.py``)."""
+
+    threshold: float
+    """Average-linkage distance above which two clusters of units stay apart."""
+    same_voice: float
+    """Two local speakers of one window closer than this may be one voice."""
+    merge_distance: float
+    """Speakers whose centroids are closer than this are merged after the cut (0: off)."""
+
+
+CALIBRATED = {
+    "resemblyzer": Calibration(0.25, 0.15, 0.0),
+    "campplus": Calibration(0.7, 0.4, 0.36),
+}
+"""The encoders' distances differ in scale: the median distance between two 1.5 s windows
+of one AMI speaker is about 0.44 with CAM++. With resemblyzer, centroids of one split
+voice and of two AMI speakers lie at the same distances, so it merges none."""
 
 
 class OverlapAwareDiarizer:
@@ -60,13 +75,16 @@ class OverlapAwareDiarizer:
     def options(self) -> OverlapDiarizationOptions:
         """The clustering options these settings stand for."""
         s = self.settings
-        threshold, same_voice = CALIBRATED[s.speaker_encoder]
+        calibrated = CALIBRATED[s.speaker_encoder]
         return OverlapDiarizationOptions(
             onset=s.segmentation_onset,
             offset=min(s.segmentation_offset, s.segmentation_onset),
-            threshold=threshold if s.cluster_threshold is None else s.cluster_threshold,
+            threshold=calibrated.threshold if s.cluster_threshold is None else s.cluster_threshold,
             min_cluster_units=s.min_cluster_units,
-            same_voice=same_voice,
+            same_voice=calibrated.same_voice,
+            merge_distance=calibrated.merge_distance
+            if s.merge_distance is None
+            else s.merge_distance,
         )
 
     def count(self, requested: SpeakerCount | None) -> SpeakerCount:
