@@ -563,6 +563,9 @@ class Settings(BaseSettings):
 # Default live-stream speaker thresholds (cosine distance of an utterance's embedding from
 # a speaker's unit-length centroid), per diarizer backend.
 EMBEDDED_SPEAKER_THRESHOLD = 0.22  # resemblyzer: tuned on LibriSpeech (pipeline/streaming.py)
+# CAM++ (the embedded backend's default encoder), one embedding per whole utterance:
+# calibrated on the shared LibriSpeech, far-field and AMI files (docs/benchmarks.md).
+CAMPLUS_SPEAKER_THRESHOLD = 0.6
 # pyannote: derived from, not tuned on, pyannote's offline clustering (real pyannote weights
 # cannot be downloaded here). pyannote/speaker-diarization-3.1's config.yaml clusters
 # WeSpeaker ResNet34 embeddings with centroid linkage at threshold 0.7045654963945799, a
@@ -580,4 +583,6 @@ def stream_speaker_threshold(settings: Settings) -> float:
         return settings.stream.speaker_threshold
     if settings.diarizer.backend == "pyannote":
         return PYANNOTE_SPEAKER_THRESHOLD
+    if settings.diarizer.backend == "embedded" and settings.diarizer.speaker_encoder == "campplus":
+        return CAMPLUS_SPEAKER_THRESHOLD
     return EMBEDDED_SPEAKER_THRESHOLD

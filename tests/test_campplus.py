@@ -142,6 +142,36 @@ def test_embeddings_tell_two_readers_apart(encoder) -> None:
 
 
 @slow
+def test_utterance_embeddings_for_live_streams(encoder) -> None:
+    """Whole-utterance embeddings (live streams' speakers): unit length, deterministic,
+    one reader's utterances within the live threshold of each other's mean, another's
+    beyond it; too short or not finite: None."""
+    from ethostral_serve.settings import CAMPLUS_SPEAKER_THRESHOLD
+
+    voices = {name: _speaker(name, 3) for name in ("1998", "1688")}
+    embs = {}
+    for name, utterances in voices.items():
+        embs[name] = [encoder.embed_utterance(x) for x in utterances]
+        for e in embs[name]:
+            assert e is not None and e.shape == (192,) and e.dtype == np.float32
+            assert abs(float(np.linalg.norm(e)) - 1.0) < 1e-5
+    again = encoder.embed_utterance(voices["1998"][0].copy())
+    np.testing.assert_allclose(again, embs["1998"][0], atol=1e-6)
+    for name, other in (("1998", "1688"), ("1688", "1998")):
+        centroid = np.sum(embs[name][1:], axis=0)
+        centroid /= np.linalg.norm(centroid)
+        assert 1.0 - float(embs[name][0] @ centroid) < CAMPLUS_SPEAKER_THRESHOLD
+        for e in embs[other]:
+            assert 1.0 - float(e @ centroid) > CAMPLUS_SPEAKER_THRESHOLD
+    x = voices["1998"][0]
+    assert encoder.embed_utterance(x[: SAMPLE_RATE // 4]) is None  # under min_window_s
+    assert encoder.embed_utterance(np.zeros(0, np.float32)) is None
+    broken = x.copy()
+    broken[100] = np.nan
+    assert encoder.embed_utterance(broken) is None
+
+
+@slow
 def test_window_placement(encoder) -> None:
     x = np.random.default_rng(0).normal(0, 0.05, 10 * SAMPLE_RATE).astype(np.float32)
     regions = [Span(0.2, 0.5), Span(1.0, 1.8), Span(3.0, 6.1)]

@@ -298,6 +298,15 @@ def test_each_encoder_clusters_at_its_own_calibrated_distances(diarizer) -> None
     assert CALIBRATED["campplus"].threshold > CALIBRATED["resemblyzer"].threshold
 
 
+@slow
+def test_live_utterances_are_embedded_by_the_configured_encoder(diarizer) -> None:
+    x = _utterances(MALE, 3.0, 9.0)[0]
+    e = diarizer.embed_utterance(x)
+    size = {"campplus": 192, "resemblyzer": 256}[diarizer.settings.speaker_encoder]
+    assert e is not None and e.shape == (size,)
+    assert diarizer.embed_utterance(x[:1000]) is None
+
+
 # -- the bundled segmentation model --------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from ethostral_serve.engine import load_diarizer
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.types import Span
 from ethostral_serve.settings import (
+    CAMPLUS_SPEAKER_THRESHOLD,
     EMBEDDED_SPEAKER_THRESHOLD,
     PYANNOTE_SPEAKER_THRESHOLD,
     Settings,
@@ -143,7 +144,12 @@ def test_a_pipeline_without_an_embedding_model_embeds_nothing(diarizer) -> None:
 
 def test_stream_speaker_threshold_is_explicit_or_the_diarizer_backends_default() -> None:
     assert Settings().stream.speaker_threshold is None
-    assert stream_speaker_threshold(Settings()) == EMBEDDED_SPEAKER_THRESHOLD == 0.22
+    assert stream_speaker_threshold(Settings()) == CAMPLUS_SPEAKER_THRESHOLD == 0.6
+    for resemblyzer in (
+        Settings(diarizer={"speaker_encoder": "resemblyzer"}),
+        Settings(diarizer={"backend": "resemblyzer"}),
+    ):
+        assert stream_speaker_threshold(resemblyzer) == EMBEDDED_SPEAKER_THRESHOLD == 0.22
     pyannote = Settings(diarizer={"backend": "pyannote"})
     assert stream_speaker_threshold(pyannote) == PYANNOTE_SPEAKER_THRESHOLD == 0.25
     for backend in ("embedded", "pyannote"):

@@ -419,6 +419,16 @@ class CamPlusEncoder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
+    def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
+        """One unit-length embedding of a whole 16 kHz utterance, the network run once
+        over all of it (None if shorter than ``min_window_s``)."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        fbank = kaldi_fbank(x, self._banks)
+        if len(fbank) < max(1, round(self.min_window_s * (SAMPLE_RATE // HOP))):
+            return None
+        embedding = self.embed_fbank([fbank])[0]
+        return embedding if np.all(np.isfinite(embedding)) and embedding.any() else None
+
     def embed_windows(
         self, samples: np.ndarray, regions: Sequence[Span]
     ) -> tuple[np.ndarray, np.ndarray]:

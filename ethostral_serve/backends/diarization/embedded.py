@@ -62,8 +62,7 @@ class OverlapAwareDiarizer:
         self.settings = settings
         folder = ensure_segmentation_model(cache_dir)
         self.segmentation = SegmentationModel(folder, threads=settings.segmentation_threads)
-        self.encoder = ResemblyzerDiarizer(settings, cache_dir)
-        self.units: CamPlusEncoder | ResemblyzerDiarizer = self.encoder
+        self.units: CamPlusEncoder | ResemblyzerDiarizer
         if settings.speaker_encoder == "campplus":
             self.units = CamPlusEncoder(
                 ensure_campplus(cache_dir),
@@ -71,6 +70,8 @@ class OverlapAwareDiarizer:
                 step_s=settings.unit_step_s,
                 min_window_s=settings.min_window_s,
             )
+        else:
+            self.units = ResemblyzerDiarizer(settings, cache_dir)
 
     def options(self) -> OverlapDiarizationOptions:
         """The clustering options these settings stand for."""
@@ -133,5 +134,7 @@ class OverlapAwareDiarizer:
         return [SpeakerTurn(s.start, s.end, "s0") for s in spans if s.end > s.start]
 
     def embed_utterance(self, samples: np.ndarray) -> np.ndarray | None:
-        """One unit-length speaker embedding of a live utterance (None if too short)."""
-        return self.encoder.embed_utterance(samples)
+        """One unit-length speaker embedding of a live utterance (None if too short), by
+        the configured speaker encoder (live streams' thresholds follow it:
+        :func:`~ethostral_serve.settings.stream_speaker_threshold`)."""
+        return self.units.embed_utterance(samples)
