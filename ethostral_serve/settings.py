@@ -298,6 +298,16 @@ class DiarizerSettings(BaseModel):
         "this cosine distance are merged (0: never); None: the speaker encoder's "
         "calibrated value (resemblyzer 0: never, campplus 0.36)",
     )
+    change_distance: float | None = Field(
+        None,
+        ge=0.0,
+        lt=2.0,
+        description="embedded: where the mean embeddings of two sub-windows before and "
+        "two after a point are farther apart than this cosine distance, the voice "
+        "changes there, and a local speaker held across it is clustered as two points "
+        "(0: never); None: the speaker encoder's calibrated value (resemblyzer 0: "
+        "never, campplus 0.85)",
+    )
     speaker_encoder: Literal["campplus", "resemblyzer"] = Field(
         "campplus",
         description="embedded: the speaker encoder of the units: 'campplus' (3D-Speaker's "

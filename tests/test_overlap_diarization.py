@@ -12,6 +12,7 @@ from ethostral_serve.pipeline.overlap_diarization import (
     OverlapDiarizationOptions,
     assign_units,
     binarize,
+    change_points,
     choose_cut,
     cluster_units,
     constrained_average_linkage,
@@ -21,6 +22,7 @@ from ethostral_serve.pipeline.overlap_diarization import (
     reconstruct,
     speech_regions,
     unit_embeddings,
+    unit_points,
 )
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, SpeakerCount, SpeakerTurn
 
@@ -539,3 +541,99 @@ def test_speaker_count_validation() -> None:
         SpeakerCount(num=5, max=3)
     with pytest.raises(ValueError, match="outside"):
         SpeakerCount(num=1, min=2)
+
+
+# -- changes of voice the segmentation missed -------------------------------------------
+
+
+def _one_slot_across_a_change(change: float = 10.0, seed: int = 0, noise: float = 0.15):
+    """One local speaker held from 1 s to 19 s in every window (the segmentation missed
+    the change), voice A before ``change`` and B after it; CAM++-like sub-windows of
+    1.5 s every 1 s, each the mix of the voices it holds, plus noise."""
+    rng = np.random.default_rng(seed)
+    starts = np.arange(0.0, 15.0 + 1e-9, 1.0)
+    scores = np.full((len(starts), GRID.frames, 3), 0.05)
+    for w, t0 in enumerate(starts):
+        centres = GRID.centres(float(t0))
+        scores[w, (centres >= 1.0) & (centres < 19.0), 0] = 0.9
+    a, b = _unit(rng.normal(size=(2, 64)))
+    subs = np.array([(s, s + 1.5) for s in np.arange(1.0, 17.5 + 1e-9, 1.0)])
+    share_a = np.clip((change - subs[:, 0]) / 1.5, 0.0, 1.0)
+    mixed = share_a[:, None] * a + (1 - share_a)[:, None] * b
+    emb = _unit(mixed + rng.normal(scale=noise, size=mixed.shape))
+    return starts, scores, emb, subs
+
+
+def test_change_points_find_the_change_of_voice() -> None:
+    _, _, emb, subs = _one_slot_across_a_change(change=10.0)
+    found = change_points(emb, subs, distance=0.85)
+    assert len(found) == 1 and abs(found[0] - 10.0) <= 1.0, found
+    # the order sub-windows come in does not matter
+    order = np.random.default_rng(1).permutation(len(subs))
+    np.testing.assert_allclose(change_points(emb[order], subs[order], distance=0.85), found)
+    # off, or too few sub-windows to compare two runs
+    assert len(change_points(emb, subs, distance=0.0)) == 0
+    assert len(change_points(emb[:4], subs[:4], distance=0.85)) == 0
+
+
+def test_change_points_stay_quiet_on_one_voice_and_across_long_pauses() -> None:
+    _, _, emb, subs = _one_slot_across_a_change(change=30.0)  # A throughout
+    assert len(change_points(emb, subs, distance=0.85)) == 0
+    # A, then a 10 s pause, then B: runs that straddle the pause are not compared
+    _, _, emb, subs = _one_slot_across_a_change(change=10.0)
+    later = subs[:, 0] >= 10.0
+    subs = subs + np.where(later, 10.0, 0.0)[:, None]
+    assert len(change_points(emb, subs, distance=0.85)) == 0
+    assert len(change_points(emb, subs, distance=0.85, max_span_s=20.0)) == 1
+
+
+def test_unit_points_split_a_unit_held_across_a_change() -> None:
+    starts, scores, emb, subs = _one_slot_across_a_change(change=10.0)
+    activity = binarize(scores, 0.5, 0.5)
+    units = unit_embeddings(starts, activity, GRID, emb, subs, 0.6)
+    # without changes: the valid units, in order
+    points, windows, ids = unit_points(starts, activity, GRID, emb, subs, 0.6)
+    valid = ~np.isnan(units[..., 0])
+    np.testing.assert_allclose(points, units[valid])
+    np.testing.assert_array_equal(windows, np.nonzero(valid)[0])
+    np.testing.assert_array_equal(ids, np.flatnonzero(valid.reshape(-1)))
+    # the window 8-13 s holds sub-windows starting at 8, 9, 10 and 11 s; a change at
+    # 10.5 s leaves [10, 11.5] out (it reaches 0.5 s past the change on both sides) and
+    # splits the rest into {8, 9} and {11}
+    points, windows, ids = unit_points(starts, activity, GRID, emb, subs, 0.6, [10.5])
+    w = int(np.flatnonzero(starts == 8.0)[0])
+    mine = np.flatnonzero(windows == w)
+    assert len(mine) == 2 and ids[mine[0]] == ids[mine[1]] == w * 3
+    before = _unit(emb[(subs[:, 0] >= 8.0) & (subs[:, 0] <= 9.0)].sum(axis=0))
+    np.testing.assert_allclose(points[mine[0]], before)
+    np.testing.assert_allclose(points[mine[1]], emb[subs[:, 0] == 11.0][0])
+    # only the windows holding sub-windows wholly on both sides are split
+    split = sorted(float(starts[v]) for v in set(windows) if (windows == v).sum() == 2)
+    assert split == [8.0, 9.0]
+    assert len(points) == int(valid.sum()) + 2
+
+
+def test_sides_of_one_unit_may_share_a_speaker() -> None:
+    x = _unit(np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0]]))  # 0.05 apart
+    same_window = np.array([0, 0])
+    assert constrained_average_linkage(x, same_window, same_voice=0.0) == []
+    merges = constrained_average_linkage(x, same_window, same_voice=0.0, units=np.array([7, 7]))
+    assert [(i, j) for i, j, _ in merges] == [(0, 1)]
+    # a point of another unit in the window stays apart from both sides
+    x3 = _unit(np.vstack([x, [0.95, 0.2, 0.05]]))
+    merges = constrained_average_linkage(x3, np.zeros(3), same_voice=0.0, units=np.array([7, 7, 8]))
+    assert [(i, j) for i, j, _ in merges] == [(0, 1)]
+
+
+def test_diarize_segmentation_follows_a_change_the_segmentation_missed() -> None:
+    blind = OverlapDiarizationOptions(threshold=0.95)
+    seeing = OverlapDiarizationOptions(threshold=0.95, change_distance=0.85)
+    for seed in (1, 2, 3, 4):
+        starts, scores, emb, subs = _one_slot_across_a_change(change=10.0, seed=seed)
+        # units held across the change mix the voices and bridge them: one speaker
+        merged = diarize_segmentation(starts, scores, GRID, emb, subs, 20.0, blind)
+        assert len({t.speaker for t in merged}) == 1, seed
+        turns = diarize_segmentation(starts, scores, GRID, emb, subs, 20.0, seeing)
+        assert len({t.speaker for t in turns}) == 2, seed
+        first, second = turns[0].speaker, turns[-1].speaker
+        assert _active(turns, 3.0) == {first} and _active(turns, 17.0) == {second}, seed

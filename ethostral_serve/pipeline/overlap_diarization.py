@@ -9,21 +9,25 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
    (:func:`unit_embeddings`) is the mean of short sub-window speaker embeddings that the
    local speaker holds on its own (overlapped speech is left out), weighted by how much
    of each sub-window is theirs.
-3. :func:`cluster_units` groups units into global speakers by average-linkage
+3. :func:`change_points` finds where the voice changes from the sub-window embeddings
+   alone (the segmentation can keep one local speaker across a change of voice), and
+   :func:`unit_points` makes a unit that holds speech on both sides of a change one
+   point per side.
+4. :func:`cluster_points` groups the points into global speakers by average-linkage
    agglomerative clustering on cosine distance, with a cannot-link constraint: two local
    speakers of one window are different people. Merging stops at ``threshold``, or where
    the number of clusters of at least ``min_cluster_units`` units fits the requested
    speaker count; smaller clusters are outliers whose units join the nearest speaker.
-4. :func:`assign_units` maps every local speaker of every window to a global speaker
+5. :func:`assign_units` maps every local speaker of every window to a global speaker
    (one-to-one inside a window, Hungarian assignment on cosine similarity).
-5. :func:`reconstruct` averages each global speaker's scores over the windows and, frame
+6. :func:`reconstruct` averages each global speaker's scores over the windows and, frame
    by frame, keeps as many speakers as the segmentation says are talking: overlapped
    speech is given to both speakers. Turns of different speakers may overlap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +76,16 @@ class OverlapDiarizationOptions:
     than this cosine distance are merged, closest first; 0: never. One speaker's units
     scatter (reverberation, what is said), so average linkage can split a voice whose
     centroids still agree."""
+    change_distance: float = 0.0
+    """A change of voice lies between two runs of ``change_side`` sub-windows (one
+    sub-window skipped between them) whose mean embeddings are farther apart than this
+    cosine distance, at a local maximum; a unit holding sub-windows on both sides of a
+    change is clustered as one point per side. 0: off."""
+    change_side: int = 2
+    """Sub-windows averaged on each side of a candidate change."""
+    change_span_s: float = 8.0
+    """A candidate change counts only where its sub-windows lie within this many seconds
+    (runs that straddle a long pause are not compared)."""
     max_units: int = 1000
     """Above this many units, clustering runs on a regular subsample (bounds time and
     memory); the rest are assigned to the nearest centroid."""
@@ -98,6 +112,48 @@ def binarize(scores: np.ndarray, onset: float, offset: float) -> np.ndarray:
     return state & (last >= 0)
 
 
+def _unit_members(
+    window_starts: np.ndarray,
+    activity: np.ndarray,
+    grid: FrameGrid,
+    sub_windows: np.ndarray,
+    min_exclusive: float,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(window, local speaker, sub-window indices, weights)`` of every unit holding at
+    least one sub-window: those inside the window of which at least ``min_exclusive``
+    of the frames are the speaker talking alone, weighted by that share."""
+    n_win, _, n_spk = activity.shape
+    if len(sub_windows) == 0 or n_win == 0:
+        return
+    exclusive = activity & (activity.sum(axis=2, keepdims=True) == 1)
+    # cumulative exclusive frames per speaker, to get each sub-window's share in O(1)
+    cum = np.concatenate(
+        [np.zeros((n_win, 1, n_spk)), np.cumsum(exclusive, axis=1, dtype=np.float64)], axis=1
+    )
+    sub = np.asarray(sub_windows, dtype=np.float64)
+    for w, t0 in enumerate(window_starts):
+        inside = np.flatnonzero((sub[:, 0] >= t0 - 1e-6) & (sub[:, 1] <= t0 + grid.window_s + 1e-6))
+        if len(inside) == 0:
+            continue
+        centres = grid.centres(float(t0))
+        lo = np.searchsorted(centres, sub[inside, 0], side="left")
+        hi = np.searchsorted(centres, sub[inside, 1], side="left")
+        count = np.maximum(hi - lo, 1)
+        share = (cum[w, hi] - cum[w, lo]) / count[:, None]  # (inside, speakers)
+        share[hi <= lo] = 0.0
+        for k in range(n_spk):
+            keep = share[:, k] >= min_exclusive
+            if keep.any():
+                yield w, k, inside[keep], share[keep, k]
+
+
+def _weighted_direction(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Unit-length weighted sum of ``vectors`` (None if it vanishes)."""
+    v = (vectors * weights[:, None]).sum(axis=0)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else None
+
+
 def unit_embeddings(
     window_starts: np.ndarray,
     activity: np.ndarray,
@@ -118,34 +174,99 @@ def unit_embeddings(
     n_win, _, n_spk = activity.shape
     dim = sub_embeddings.shape[1] if sub_embeddings.ndim == 2 else 0
     out = np.full((n_win, n_spk, dim), np.nan, dtype=np.float64)
-    if len(sub_windows) == 0 or n_win == 0:
-        return out
-    exclusive = activity & (activity.sum(axis=2, keepdims=True) == 1)
-    # cumulative exclusive frames per speaker, to get each sub-window's share in O(1)
-    cum = np.concatenate(
-        [np.zeros((n_win, 1, n_spk)), np.cumsum(exclusive, axis=1, dtype=np.float64)], axis=1
-    )
-    sub = np.asarray(sub_windows, dtype=np.float64)
     emb = np.asarray(sub_embeddings, dtype=np.float64)
-    for w, t0 in enumerate(window_starts):
-        inside = np.flatnonzero((sub[:, 0] >= t0 - 1e-6) & (sub[:, 1] <= t0 + grid.window_s + 1e-6))
-        if len(inside) == 0:
-            continue
-        centres = grid.centres(float(t0))
-        lo = np.searchsorted(centres, sub[inside, 0], side="left")
-        hi = np.searchsorted(centres, sub[inside, 1], side="left")
-        count = np.maximum(hi - lo, 1)
-        share = (cum[w, hi] - cum[w, lo]) / count[:, None]  # (inside, speakers)
-        share[hi <= lo] = 0.0
-        for k in range(n_spk):
-            keep = share[:, k] >= min_exclusive
-            if not keep.any():
-                continue
-            v = (emb[inside[keep]] * share[keep, k, None]).sum(axis=0)
-            norm = float(np.linalg.norm(v))
-            if norm > 0:
-                out[w, k] = v / norm
+    for w, k, members, weights in _unit_members(
+        window_starts, activity, grid, sub_windows, min_exclusive
+    ):
+        v = _weighted_direction(emb[members], weights)
+        if v is not None:
+            out[w, k] = v
     return out
+
+
+def change_points(
+    sub_embeddings: np.ndarray,
+    sub_windows: np.ndarray,
+    distance: float,
+    side: int = 2,
+    max_span_s: float = 8.0,
+) -> np.ndarray:
+    """Times (s) where the voice changes, seen by the speaker embeddings alone.
+
+    Sub-windows are taken in time order. Around each sub-window ``i``, the mean of the
+    ``side`` sub-windows before it is compared with the mean of the ``side`` after it
+    (``i`` itself, which may hold the change, is left out); a change lies where that
+    cosine distance is above ``distance`` and is the largest within two sub-windows
+    either way, midway between the two runs. Runs spread over more than ``max_span_s``
+    seconds are not compared. ``distance`` 0: none.
+    """
+    sub = np.asarray(sub_windows, dtype=np.float64).reshape(-1, 2)
+    n = len(sub)
+    if distance <= 0 or n < 2 * side + 1:
+        return np.zeros(0)
+    order = np.argsort(sub[:, 0], kind="stable")
+    emb = np.asarray(sub_embeddings, dtype=np.float64)[order]
+    sub = sub[order]
+    gap = np.full(n, -np.inf)
+    for i in range(side, n - side):
+        if sub[i + side, 1] - sub[i - side, 0] > max_span_s:
+            continue
+        left = emb[i - side : i].sum(axis=0)
+        right = emb[i + 1 : i + 1 + side].sum(axis=0)
+        norms = float(np.linalg.norm(left) * np.linalg.norm(right))
+        if norms > 0:
+            gap[i] = 1.0 - float(left @ right) / norms
+    peaks = [
+        i for i in range(n) if gap[i] > distance and gap[i] == gap[max(0, i - 2) : i + 3].max()
+    ]
+    return np.array([0.5 * (sub[i - 1, 1] + sub[i + 1, 0]) for i in peaks])
+
+
+def unit_points(
+    window_starts: np.ndarray,
+    activity: np.ndarray,
+    grid: FrameGrid,
+    sub_embeddings: np.ndarray,
+    sub_windows: np.ndarray,
+    min_exclusive: float,
+    changes: np.ndarray | Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points to cluster: ``(points (n, d), window (n,), unit (n,))``.
+
+    Without ``changes`` these are the valid rows of :func:`unit_embeddings`, in the
+    same order (window by window, local speaker by local speaker), and ``unit`` is
+    ``window * speakers + speaker``. A unit whose sub-windows lie on both sides of a
+    change time becomes one point per side, built from the sub-windows wholly on that
+    side (a sub-window reaching more than 0.25 s past the change on both sides is left
+    out); such points share their unit id.
+    """
+    n_spk = activity.shape[2]
+    emb = np.asarray(sub_embeddings, dtype=np.float64)
+    dim = emb.shape[1] if emb.ndim == 2 else 0
+    cuts = np.sort(np.asarray(changes, dtype=np.float64).reshape(-1))
+    sub = np.asarray(sub_windows, dtype=np.float64).reshape(-1, 2)
+    points: list[np.ndarray] = []
+    windows: list[int] = []
+    units: list[int] = []
+    for w, k, members, weights in _unit_members(
+        window_starts, activity, grid, sub_windows, min_exclusive
+    ):
+        start, end = sub[members, 0], sub[members, 1]
+        inside = cuts[(cuts > start.min()) & (cuts < end.max())]
+        side = np.searchsorted(inside, 0.5 * (start + end))
+        whole = np.ones(len(members), dtype=bool)
+        for c in inside:
+            whole &= ~((start < c - 0.25) & (end > c + 0.25))
+        for s in np.unique(side[whole]) if len(inside) else [0]:
+            pick = whole & (side == s) if len(inside) else whole
+            v = _weighted_direction(emb[members[pick]], weights[pick])
+            if v is not None:
+                points.append(v)
+                windows.append(w)
+                units.append(w * n_spk + k)
+    if not points:
+        return np.zeros((0, dim)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.stack(points), np.array(windows), np.array(units)
 
 
 def _bounds(count: SpeakerCount | None, n: int) -> tuple[int, int | None]:
@@ -164,12 +285,15 @@ def constrained_average_linkage(
     groups: np.ndarray,
     max_distance: float = np.inf,
     same_voice: float = 0.0,
+    units: np.ndarray | None = None,
 ) -> list[tuple[int, int, float]]:
     """The merges of average-linkage clustering of unit vectors ``x`` on cosine distance.
 
-    Units with the same ``groups`` value (local speakers of one window) never share a
+    Points with the same ``groups`` value (local speakers of one window) never share a
     cluster, unless they are closer than ``same_voice`` (the segmentation then split one
-    voice into two local speakers); merging ends when only such pairs are left, or when
+    voice into two local speakers) or come from the same unit (``units``: the sides of
+    one local speaker around a change of voice, which the embeddings alone decide; by
+    default every point is its own unit); merging ends when only such pairs are left, or when
     the closest pair is farther than ``max_distance``. Each merge is ``(kept, absorbed,
     distance)`` in cluster ids that start as the unit indices; replay a prefix with
     :func:`labels_after`.
@@ -182,7 +306,8 @@ def constrained_average_linkage(
     sums = v @ v.T
     size = np.ones(n)
     g = np.asarray(groups)
-    cannot = (g[:, None] == g[None, :]) & (1.0 - sums >= same_voice)
+    u = np.arange(n) if units is None else np.asarray(units)
+    cannot = (g[:, None] == g[None, :]) & (u[:, None] != u[None, :]) & (1.0 - sums >= same_voice)
     np.fill_diagonal(cannot, True)
     alive = np.ones(n, dtype=bool)
     avg = sums.copy()  # mean pairwise similarity between clusters
@@ -261,14 +386,33 @@ def cluster_units(
     """Unit-length centroids ``(k, d)`` of the global speakers of ``(windows, speakers,
     d)`` unit embeddings (NaN rows are skipped); ``(0, d)`` when no unit is valid."""
     n_win, n_spk, dim = embeddings.shape
-    valid = ~np.isnan(embeddings[..., 0]) if dim else np.zeros((n_win, n_spk), bool)
-    x = embeddings[valid]
+    if dim == 0:
+        return np.zeros((0, 0))
+    valid = ~np.isnan(embeddings[..., 0])
+    windows = np.broadcast_to(np.arange(n_win)[:, None], (n_win, n_spk))[valid]
+    units = np.arange(n_win * n_spk).reshape(n_win, n_spk)[valid]
+    return cluster_points(embeddings[valid].reshape(-1, dim), windows, units, options, count)
+
+
+def cluster_points(
+    x: np.ndarray,
+    windows: np.ndarray,
+    units: np.ndarray,
+    options: OverlapDiarizationOptions,
+    count: SpeakerCount | None = None,
+) -> np.ndarray:
+    """Unit-length centroids ``(k, d)`` of the global speakers of unit-length points
+    ``x`` (``(n, d)``, from :func:`unit_points`); ``windows`` and ``units`` say which
+    window and which unit each point comes from (points of one window but different
+    units never share a speaker). ``(0, d)`` when there are no points."""
+    dim = x.shape[1] if x.ndim == 2 else 0
     if len(x) == 0:
         return np.zeros((0, dim))
-    groups = np.broadcast_to(np.arange(n_win)[:, None], (n_win, n_spk))[valid]
+    groups = np.asarray(windows)
+    units = np.asarray(units)
     if len(x) > options.max_units:
         pick = np.linspace(0, len(x) - 1, options.max_units).round().astype(np.int64)
-        x, groups = x[pick], groups[pick]
+        x, groups, units = x[pick], groups[pick], units[pick]
     lo, hi = _bounds(count, len(x))
     min_size = min(options.min_cluster_units, max(1, len(x) // max(lo, 1)))
     merges = constrained_average_linkage(
@@ -276,6 +420,7 @@ def cluster_units(
         groups,
         options.threshold if count is None or not count.given else np.inf,
         options.same_voice,
+        units,
     )
     step = choose_cut(len(x), merges, options.threshold, min_size, lo, hi)
     labels = labels_after(len(x), merges[:step])
@@ -402,19 +547,19 @@ def diarize_segmentation(
     ``(windows, frames, local speakers)`` of windows starting at ``window_starts`` and
     sub-window speaker embeddings; ``count`` bounds the number of speakers."""
     opts = options or OverlapDiarizationOptions()
+    starts = np.asarray(window_starts, dtype=np.float64)
     activity = binarize(scores, opts.onset, opts.offset)
-    units = unit_embeddings(
-        np.asarray(window_starts, dtype=np.float64),
-        activity,
-        grid,
-        sub_embeddings,
-        sub_windows,
-        opts.min_exclusive,
+    units = unit_embeddings(starts, activity, grid, sub_embeddings, sub_windows, opts.min_exclusive)
+    changes = change_points(
+        sub_embeddings, sub_windows, opts.change_distance, opts.change_side, opts.change_span_s
     )
-    centroids = cluster_units(units, opts, count)
+    points, windows, unit_ids = unit_points(
+        starts, activity, grid, sub_embeddings, sub_windows, opts.min_exclusive, changes
+    )
+    centroids = cluster_points(points, windows, unit_ids, opts, count)
     assignment = assign_units(units, centroids)
     return reconstruct(
-        np.asarray(window_starts, dtype=np.float64),
+        starts,
         np.asarray(scores, dtype=np.float64),
         activity,
         assignment,

@@ -44,11 +44,13 @@ class Calibration(NamedTuple):
     """Two local speakers of one window closer than this may be one voice."""
     merge_distance: float
     """Speakers whose centroids are closer than this are merged after the cut (0: off)."""
+    change_distance: float
+    """Sub-window runs farther apart than this mark a change of voice (0: off)."""
 
 
 CALIBRATED = {
-    "resemblyzer": Calibration(0.25, 0.15, 0.0),
-    "campplus": Calibration(0.7, 0.4, 0.36),
+    "resemblyzer": Calibration(0.25, 0.15, 0.0, 0.0),
+    "campplus": Calibration(0.7, 0.4, 0.36, 0.85),
 }
 """The encoders' distances differ in scale: the median distance between two 1.5 s windows
 of one AMI speaker is about 0.44 with CAM++. With resemblyzer, centroids of one split
@@ -86,6 +88,9 @@ class OverlapAwareDiarizer:
             merge_distance=calibrated.merge_distance
             if s.merge_distance is None
             else s.merge_distance,
+            change_distance=calibrated.change_distance
+            if s.change_distance is None
+            else s.change_distance,
         )
 
     def count(self, requested: SpeakerCount | None) -> SpeakerCount:
