@@ -88,6 +88,15 @@ class AsrSettings(BaseModel):
         1, ge=1, le=16, description="calls the model runs in parallel (each with cpu_threads)"
     )
     beam_size: int = Field(5, ge=1)
+    seed: int = Field(
+        0,
+        ge=0,
+        lt=2**32,
+        description="seed of the sampling Whisper falls back to (temperatures above 0) "
+        "where greedy decoding of a window loops or is unsure, set when the model loads: "
+        "a file then gives the same transcript in every new process (a CLI run, a fresh "
+        "replica); within one process, later calls draw on from where earlier ones left off",
+    )
     window_pad_s: float = Field(
         20.0,
         ge=1.0,

@@ -231,6 +231,22 @@ def test_campplus_follows_a_change_of_voice_the_segmentation_missed(diarizer, va
 
 
 @slow
+def test_a_requested_count_keeps_the_two_people_apart(diarizer, vad) -> None:
+    """Asked for two speakers, this two-person AMI minute comes back as its two people.
+    Its clustering also finds a stray cluster of noise, farthest from both voices:
+    cutting further up the tree to meet the count would merge the people and keep the
+    noise; the stray is dropped instead (docs/benchmarks.md)."""
+    if diarizer.settings.speaker_encoder != "campplus":
+        pytest.skip("changes of voice are calibrated for CAM++ only")
+    samples, truth = _ami_minute("dev00", "dev01")
+    turns = diarizer.diarize(samples, vad.speech_regions(samples), SpeakerCount(num=2))
+    _check_turns(turns, len(samples) / SAMPLE_RATE)
+    assert len(_speakers(turns)) == 2
+    found = _lone_majority(truth, turns)
+    assert found["MEE009"] != found["MEE012"]
+
+
+@slow
 def test_overlapped_speech_belongs_to_both_speakers(diarizer, vad) -> None:
     """A woman talks alone for ~6.5 s, a man joins for her last 2 s, then goes on alone."""
     x, x_speech = _trimmed(vad, _utterances(FEMALE, 7.0, 9.5)[0])
@@ -276,7 +292,10 @@ def test_one_speaker_when_asked_for_one(diarizer, conversation) -> None:
 
 @slow
 def test_at_least_three_speakers_when_asked(diarizer, conversation, monkeypatch) -> None:
-    """Two voices, three asked for: the clustering makes three speakers. A speaker who is
+    """Two voices, three asked for: the clustering cuts the tree where three clusters
+    stand, which splits one voice. With resemblyzer (no centroid merge) the three stay;
+    with CAM++ the split halves' centroids lie within the calibrated merge distance, so
+    they become one voice again: a count never keeps one voice apart. A speaker who is
     never the likeliest voice of any frame gets no turn (as in pyannote), so the turns
     may name only the two true voices; each found speaker is still mostly one of them."""
     from ethostral_serve.pipeline import overlap_diarization
@@ -293,7 +312,7 @@ def test_at_least_three_speakers_when_asked(diarizer, conversation, monkeypatch)
     samples, regions, truth = conversation
     three = diarizer.diarize(samples, regions, SpeakerCount(min=3))
     _check_turns(three, len(samples) / SAMPLE_RATE)
-    assert made == [3]
+    assert made == ([3] if diarizer.options().merge_distance == 0 else [2])
     assert len(_speakers(three)) >= 2
     # the two true speakers are still told apart: each found speaker is mostly one of them
     mapped: Counter[tuple[str, str]] = Counter()

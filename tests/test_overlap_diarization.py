@@ -20,6 +20,7 @@ from ethostral_serve.pipeline.overlap_diarization import (
     labels_after,
     merge_close_centroids,
     reconstruct,
+    reduce_speakers,
     speech_regions,
     unit_embeddings,
     unit_points,
@@ -235,15 +236,18 @@ def test_close_centroids_merge_a_voice_that_average_linkage_split() -> None:
     merged = cluster_units(units, opts)
     assert len(merged) == 2
     assert sorted(np.argmax(merged @ np.stack([a, b]).T, axis=1).tolist()) == [0, 1]
-    # a count holds over the merge
-    assert len(cluster_units(units, opts, SpeakerCount(num=3))) == 3
-    assert len(cluster_units(units, opts, SpeakerCount(min=3))) == 3
+    # a count does not keep one voice apart: asking for three gives A's two halves,
+    # which the merge joins again; without the merge the count is met
+    assert len(cluster_units(units, opts, SpeakerCount(num=3))) == 2
+    assert len(cluster_units(units, opts, SpeakerCount(min=3))) == 2
+    unmerged = OverlapDiarizationOptions(threshold=0.55)
+    assert len(cluster_units(units, unmerged, SpeakerCount(num=3))) == 3
     # different speakers (centroids about 1.0 apart) stay apart below that distance
     wide = OverlapDiarizationOptions(threshold=0.55, merge_distance=0.9)
     assert len(cluster_units(units, wide)) == 2
 
 
-def test_merge_close_centroids_closest_first_down_to_the_fewest() -> None:
+def test_merge_close_centroids_closest_first() -> None:
     e = np.eye(4)
     x = np.stack([e[0], e[0], _unit(e[0] + 0.3 * e[1]), _unit(e[0] + 0.9 * e[1]), e[2], e[3]])
     members = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4]), np.array([5])]
@@ -253,8 +257,7 @@ def test_merge_close_centroids_closest_first_down_to_the_fewest() -> None:
     assert sorted(sorted(m.tolist()) for m in out) == [[0, 1, 2], [3], [4], [5]]
     out = merge_close_centroids(x, members, 0.5)
     assert sorted(sorted(m.tolist()) for m in out) == [[0, 1, 2, 3], [4], [5]]
-    # never below the fewest allowed, and 0 means never
-    assert len(merge_close_centroids(x, members, 1.5, fewest=3)) == 3
+    # 0 means never
     assert len(merge_close_centroids(x, members, 0.0)) == 5
     # every unit stays in exactly one cluster
     out = merge_close_centroids(x, members, 1.5)
@@ -262,8 +265,9 @@ def test_merge_close_centroids_closest_first_down_to_the_fewest() -> None:
 
 
 def test_counts_hold_even_when_cannot_links_forbid_merging() -> None:
-    """Two speakers who always share a window cannot merge; a count of one still gives
-    one centroid (the larger cluster), and the local speakers then share it."""
+    """Two speakers who always share a window cannot merge in the linkage; a count of
+    one still gives one centroid (their clusters' mean), and the local speakers then
+    share it."""
     a, b = np.eye(3)[:2]
     units = np.full((4, 3, 3), np.nan)
     units[:, 0] = a
@@ -272,11 +276,49 @@ def test_counts_hold_even_when_cannot_links_forbid_merging() -> None:
     for count in (SpeakerCount(num=1), SpeakerCount(max=1)):
         centroids = cluster_units(units, opts, count)
         assert centroids.shape == (1, 3)
-        # (which voice becomes the centroid is not the point here: no cut reaches one
-        # large cluster, so it is a single unit)
-        assert np.isclose(centroids[0] @ a, 1.0) or np.isclose(centroids[0] @ b, 1.0)
+        np.testing.assert_allclose(centroids[0], _unit(4 * a + 3 * b))
         assert assign_units(units, centroids)[0].tolist() == [0, 0, -1]
     assert len(cluster_units(units, opts)) == 2
+
+
+def test_reduce_speakers_drops_stray_clusters_before_merging_voices() -> None:
+    e = np.eye(4)
+    # three voices of 10 points each (A and B close, C far) and a stray point
+    x = np.stack([e[0]] * 10 + [_unit(e[0] + 0.5 * e[1])] * 10 + [e[2]] * 10 + [e[3]])
+    members = [np.arange(0, 10), np.arange(10, 20), np.arange(20, 30), np.array([30])]
+    # at most three: the stray point (1 of 31, under a tenth) goes, no voice merges
+    out = reduce_speakers(x, members, 3, 0.1)
+    assert sorted(sorted(m.tolist()) for m in out) == [
+        list(range(10)),
+        list(range(10, 20)),
+        list(range(20, 30)),
+    ]
+    # at most two: then the two closest voices merge
+    out = reduce_speakers(x, members, 2, 0.1)
+    assert sorted(sorted(m.tolist()) for m in out) == [list(range(20)), list(range(20, 30))]
+    # with no share, only merges: A and B become one, and the stray stands
+    out = reduce_speakers(x, members, 3, 0.0)
+    assert sorted(len(m) for m in out) == [1, 10, 20]
+    assert len(reduce_speakers(x, members, 1, 0.1)) == 1
+    assert len(reduce_speakers(x, members, 5, 0.1)) == 4
+
+
+def test_a_count_below_what_is_found_drops_a_stray_cluster_first() -> None:
+    """Two voices and a stray far from both (a noise): asked for two, the two voices
+    stay apart and the stray joins one of them (cutting further up the tree would merge
+    the voices first, since the stray is farthest from everything)."""
+    rng = np.random.default_rng(11)
+    e = np.eye(32)
+    # the voices lie 0.39 apart (above the threshold), the stray about 1.0 from both
+    basis = np.stack([_unit(e[0] + 0.8 * e[1]), _unit(e[0] + 0.8 * e[2]), e[5]])
+    layout: list[list[int | None]] = [[0, None, None], [1, None, None]] * 20
+    layout += [[2, None, None]] * 3  # 3 of 43 points
+    units = _units(rng, layout, basis)
+    opts = OverlapDiarizationOptions()
+    assert len(cluster_units(units, opts)) == 3
+    for count in (SpeakerCount(num=2), SpeakerCount(max=2)):
+        two = cluster_units(units, opts, count)
+        assert sorted(np.argmax(two @ basis.T, axis=1).tolist()) == [0, 1]
 
 
 def test_cluster_units_drops_clusters_too_small() -> None:

@@ -137,17 +137,45 @@ def test_a_far_field_meeting_keeps_its_quiet_start_and_no_word_spans_a_silence(
     engine, ami_minute
 ) -> None:
     """Silero's state carried from ``trn07`` scores the first 14 s of ``trn08`` as
-    silence; the VAD's restarted reading (``vad.restart_s``) finds them, and their words
-    come back. Every word lies inside one stretch of what the recogniser read (the VAD's
-    regions and the diarized speech outside them), although it reads several stretches
-    as one window with the silence between them left out."""
+    silence; the VAD's restarted reading (``vad.restart_s``) finds that speech, and
+    words come back from it. Every word lies inside one stretch of what the recogniser
+    read (the VAD's regions and the diarized speech outside them), although it reads
+    several stretches as one window with the silence between them left out."""
+    import numpy as np
+
+    from ethostral_serve.engine import load_vad
     from ethostral_serve.pipeline.chunks import with_diarized_speech
 
-    samples, joined, _, session = ami_minute
-    words = [w for s in session.segments for w in s.words]
-    quiet = [w.word for w in words if joined <= w.start_ms / 1000 < joined + 14]
-    assert len(quiet) >= 5, quiet
+    samples, joined, reference, session = ami_minute
+    start = joined
+    end = joined + 14
+
+    def heard(spans) -> float:
+        """Seconds of the reference's speech in the quiet start that ``spans`` cover."""
+        grid = np.arange(start, end, 0.01)
+        speech = np.zeros(grid.size, dtype=bool)
+        for a, b in reference:
+            speech |= (grid >= a) & (grid < b)
+        covered = np.zeros(grid.size, dtype=bool)
+        for r in spans:
+            covered |= (grid >= r.start) & (grid < r.end)
+        return float((speech & covered).sum()) * 0.01
+
     regions = engine.vad.speech_regions(samples)
+    vad_settings = engine.settings.vad.model_copy(update={"restart_s": 0.0})
+    carried = load_vad(engine.settings.model_copy(update={"vad": vad_settings}))
+    # the carried state alone misses most of it; the restarted reading hears most of it
+    assert heard(carried.speech_regions(samples)) < 2.0
+    assert heard(regions) > 4.0
+    words = [w for s in session.segments for w in s.words]
+    quiet = [w for w in words if start <= w.start_ms / 1000 < end]
+    # how many words Whisper base writes from this far-field speech varies with the CPU
+    # and the CTranslate2 build (3 on one machine, 5 or more on another); each one lies
+    # in the reference's speech
+    assert len(quiet) >= 2, [w.word for w in quiet]
+    for w in quiet:
+        middle = (w.start_ms + w.end_ms) / 2000
+        assert any(a - 0.25 <= middle <= b + 0.25 for a, b in reference), w
     turns = engine.diarizer.diarize(samples, regions)
     read = with_diarized_speech(regions, turns, engine.settings.vad.diarized_speech_min_s)
     for w in words:

@@ -45,6 +45,17 @@ def host_array(storage: object) -> np.ndarray:
     return np.asarray(storage)
 
 
+def seed_sampling(seed: int) -> None:
+    """Seed CTranslate2's random sampling.
+
+    Each CTranslate2 thread seeds its generator once, from this seed, the first time it
+    samples, so seeding before a model's first call makes a fresh process repeatable
+    (with one worker, calls meet the same generator in the same order)."""
+    import ctranslate2
+
+    ctranslate2.set_random_seed(seed)
+
+
 def encoder_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.ndarray:
     """Log-mel ``features`` (mels, n) as the encoder reads them: cut to ``max_frames``
     (Whisper's 30 s), then padded to ``pad_frames`` if they fit in it, else to
@@ -125,6 +136,7 @@ class WhisperAsr:
         self.settings = settings
         self.model_dir = resolve_whisper_model(settings.model, Path(cache_dir))
         threads = settings.cpu_threads or default_cpu_threads()
+        seed_sampling(settings.seed)
         try:
             self.model = at_cpu_priority(
                 settings.cpu_priority,

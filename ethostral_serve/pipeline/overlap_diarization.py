@@ -15,9 +15,12 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
    point per side.
 4. :func:`cluster_points` groups the points into global speakers by average-linkage
    agglomerative clustering on cosine distance, with a cannot-link constraint: two local
-   speakers of one window are different people. Merging stops at ``threshold``, or where
-   the number of clusters of at least ``min_cluster_units`` units fits the requested
-   speaker count; smaller clusters are outliers whose units join the nearest speaker.
+   speakers of one window are different people. Merging stops at ``threshold``; clusters
+   of fewer than ``min_cluster_units`` points are outliers whose units join the nearest
+   speaker. Speakers whose centroids are closer than ``merge_distance`` are then merged.
+   Where a request asks for more speakers than that, the cut is made earlier, where
+   enough large clusters stand; where it allows fewer, speakers holding less than
+   ``outlier_share`` of the points are dropped first, then the closest are merged.
 5. :func:`assign_units` maps every local speaker of every window to a global speaker
    (one-to-one inside a window, Hungarian assignment on cosine similarity).
 6. :func:`reconstruct` averages each global speaker's scores over the windows and, frame
@@ -68,6 +71,11 @@ class OverlapDiarizationOptions:
     """Average-linkage cosine distance above which clusters are not merged."""
     min_cluster_units: int = 2
     """Smaller clusters join the nearest larger one (unless a count forces them)."""
+    outlier_share: float = 0.1
+    """Where a request allows fewer speakers than the threshold's cut finds, a speaker
+    holding less than this share of the points (a noise, a stray fragment of a voice)
+    is dropped first, its units joining the nearest speaker; only then are the two
+    closest speakers merged."""
     same_voice: float = 0.15
     """Two local speakers of one window closer than this (cosine distance) may still be
     one voice that the segmentation split in two; they are not kept apart."""
@@ -75,7 +83,8 @@ class OverlapDiarizationOptions:
     """After the cut, speakers whose centroids (the mean of all their units) are closer
     than this cosine distance are merged, closest first; 0: never. One speaker's units
     scatter (reverberation, what is said), so average linkage can split a voice whose
-    centroids still agree."""
+    centroids still agree. This holds over a requested count: a count never keeps one
+    voice apart."""
     change_distance: float = 0.0
     """A change of voice lies between two runs of ``change_side`` sub-windows (one
     sub-window skipped between them) whose mean embeddings are farther apart than this
@@ -345,6 +354,12 @@ def labels_after(n: int, merges: Sequence[tuple[int, int, float]]) -> np.ndarray
     return np.argsort(np.argsort(first))[inverse].astype(np.int64)
 
 
+def natural_cut(merges: Sequence[tuple[int, int, float]], threshold: float) -> int:
+    """How many of ``merges`` come before the first one farther apart than
+    ``threshold``: the cut the threshold alone makes."""
+    return next((i for i, (_, _, d) in enumerate(merges) if d > threshold), len(merges))
+
+
 def choose_cut(
     n: int,
     merges: Sequence[tuple[int, int, float]],
@@ -364,7 +379,7 @@ def choose_cut(
         size[kept] += size[absorbed]
         size[absorbed] = 0
         large.append(large[-1] - before + int(size[kept] >= min_size))
-    natural = next((i for i, (_, _, d) in enumerate(merges) if d > threshold), len(merges))
+    natural = natural_cut(merges, threshold)
 
     def fits(step: int) -> bool:
         count = max(large[step], 1)
@@ -422,34 +437,65 @@ def cluster_points(
         options.same_voice,
         units,
     )
-    step = choose_cut(len(x), merges, options.threshold, min_size, lo, hi)
+    # too many speakers at the threshold: cut there, then reduce; too few: cut earlier
+    step = natural_cut(merges, options.threshold)
     labels = labels_after(len(x), merges[:step])
+    if hi is None or int((np.bincount(labels) >= min_size).sum()) <= hi:
+        step = choose_cut(len(x), merges, options.threshold, min_size, lo, hi)
+        labels = labels_after(len(x), merges[:step])
     sizes = np.bincount(labels)
     keep = [c for c in range(len(sizes)) if sizes[c] >= min_size]
     if not keep:
         keep = [int(np.argmax(sizes))]
     members = [np.flatnonzero(labels == c) for c in keep]
-    members = merge_close_centroids(x, members, options.merge_distance, lo)
+    # a request's count never holds apart what the calibrated distance calls one voice
+    members = merge_close_centroids(x, members, options.merge_distance)
+    if hi is not None and len(members) > hi:
+        members = reduce_speakers(x, members, hi, options.outlier_share)
     centroids = np.stack([x[m].mean(axis=0) for m in members])
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
 
 
 def merge_close_centroids(
-    x: np.ndarray, members: Sequence[np.ndarray], max_distance: float, fewest: int = 1
+    x: np.ndarray, members: Sequence[np.ndarray], max_distance: float
 ) -> list[np.ndarray]:
     """Clusters (index arrays into ``x``) after merging, closest first, every pair whose
-    centroids are closer than ``max_distance`` (cosine), while more than ``fewest``
-    remain."""
+    centroids are closer than ``max_distance`` (cosine)."""
     out = [np.asarray(m) for m in members]
-    while len(out) > max(fewest, 1) and max_distance > 0:
-        c = np.stack([x[m].mean(axis=0) for m in out])
-        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        distance = 1.0 - c @ c.T
-        np.fill_diagonal(distance, np.inf)
-        i, j = divmod(int(np.argmin(distance)), len(out))
-        if distance[i, j] >= max_distance:
+    while len(out) > 1 and max_distance > 0:
+        i, j, distance = _closest_centroids(x, out)
+        if distance >= max_distance:
             break
-        i, j = min(i, j), max(i, j)
+        out[i] = np.concatenate([out[i], out[j]])
+        del out[j]
+    return out
+
+
+def _closest_centroids(x: np.ndarray, clusters: Sequence[np.ndarray]) -> tuple[int, int, float]:
+    """``(i, j, cosine distance)``, ``i < j``, of the two clusters (index arrays into
+    ``x``, at least two) whose centroids are closest."""
+    c = np.stack([x[m].mean(axis=0) for m in clusters])
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    distance = 1.0 - c @ c.T
+    np.fill_diagonal(distance, np.inf)
+    i, j = sorted(divmod(int(np.argmin(distance)), len(clusters)))
+    return i, j, float(distance[i, j])
+
+
+def reduce_speakers(
+    x: np.ndarray, members: Sequence[np.ndarray], most: int, outlier_share: float
+) -> list[np.ndarray]:
+    """At most ``most`` clusters (index arrays into ``x``): while there are more, the
+    smallest is dropped if it holds less than ``outlier_share`` of the clustered points,
+    otherwise the two whose centroids are closest (cosine) are merged."""
+    out = [np.asarray(m) for m in members]
+    total = sum(len(m) for m in out)
+    while len(out) > max(most, 1):
+        smallest = min(range(len(out)), key=lambda i: len(out[i]))
+        if len(out[smallest]) < outlier_share * total:
+            del out[smallest]
+            continue
+        i, j, _ = _closest_centroids(x, out)
         out[i] = np.concatenate([out[i], out[j]])
         del out[j]
     return out
