@@ -266,8 +266,8 @@ def unit_points(
         whole = np.ones(len(members), dtype=bool)
         for c in inside:
             whole &= ~((start < c - 0.25) & (end > c + 0.25))
-        for s in np.unique(side[whole]) if len(inside) else [0]:
-            pick = whole & (side == s) if len(inside) else whole
+        for s in np.unique(side[whole]):  # one side (0) when no change falls inside
+            pick = whole & (side == s)
             v = _weighted_direction(emb[members[pick]], weights[pick])
             if v is not None:
                 points.append(v)
@@ -438,11 +438,12 @@ def cluster_points(
         units,
     )
     # too many speakers at the threshold: cut there, then reduce; too few: cut earlier
-    step = natural_cut(merges, options.threshold)
-    labels = labels_after(len(x), merges[:step])
+    natural = natural_cut(merges, options.threshold)
+    labels = labels_after(len(x), merges[:natural])
     if hi is None or int((np.bincount(labels) >= min_size).sum()) <= hi:
         step = choose_cut(len(x), merges, options.threshold, min_size, lo, hi)
-        labels = labels_after(len(x), merges[:step])
+        if step != natural:
+            labels = labels_after(len(x), merges[:step])
     sizes = np.bincount(labels)
     keep = [c for c in range(len(sizes)) if sizes[c] >= min_size]
     if not keep:
