@@ -317,6 +317,14 @@ class DiarizerSettings(BaseModel):
         "(0: never); None: the speaker encoder's calibrated value (resemblyzer 0: "
         "never, campplus 0.85)",
     )
+    min_speaker_s: float | None = Field(
+        None,
+        ge=0.0,
+        description="embedded: a speaker given less speech than this (seconds) is "
+        "dropped and its speech goes to the others, unless a requested count needs it "
+        "(0: never); None: the speaker encoder's calibrated value (resemblyzer 0: "
+        "never, campplus 1.5)",
+    )
     speaker_encoder: Literal["campplus", "resemblyzer"] = Field(
         "campplus",
         description="embedded: the speaker encoder of the units: 'campplus' (3D-Speaker's "

@@ -500,6 +500,27 @@ def test_diarize_segmentation_with_a_lower_speaker_bound() -> None:
     assert len({t.speaker for t in turns}) == 3
 
 
+def test_a_speaker_with_too_little_speech_is_dropped_unless_a_count_needs_it() -> None:
+    """C talks for 4 s (13-17 s), A for 8.5 s and B for 6 s."""
+    starts, scores, emb, subs = _synthetic()
+
+    def speakers(min_speaker_s: float, count: SpeakerCount | None = None) -> list[SpeakerTurn]:
+        opts = OverlapDiarizationOptions(min_speaker_s=min_speaker_s)
+        return diarize_segmentation(starts, scores, GRID, emb, subs, DURATION, opts, count)
+
+    assert len({t.speaker for t in speakers(3.0)}) == 3
+    turns = speakers(5.0)
+    assert len({t.speaker for t in turns}) == 2
+    # C's speech is not lost: it goes to one of the speakers left
+    assert all(len(_active(turns, t)) == 1 for t in np.arange(13.1, 16.9, 0.1))
+    assert _majority(turns, "A") != _majority(turns, "B")
+    # a request that needs three speakers keeps C
+    for count in (SpeakerCount(num=3), SpeakerCount(min=3)):
+        assert len({t.speaker for t in speakers(5.0, count)}) == 3, count
+    # every speaker is below 10 s, but one is always left
+    assert len({t.speaker for t in speakers(10.0)}) == 1
+
+
 def test_diarize_segmentation_is_stable_under_other_slot_permutations() -> None:
     for seed in (1, 2, 3):
         starts, scores, emb, subs = _synthetic(seed)

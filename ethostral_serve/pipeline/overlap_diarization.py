@@ -23,9 +23,11 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
    ``outlier_share`` of the points are dropped first, then the closest are merged.
 5. :func:`assign_units` maps every local speaker of every window to a global speaker
    (one-to-one inside a window, Hungarian assignment on cosine similarity).
-6. :func:`reconstruct` averages each global speaker's scores over the windows and, frame
-   by frame, keeps as many speakers as the segmentation says are talking: overlapped
-   speech is given to both speakers. Turns of different speakers may overlap.
+6. :func:`speaker_activity` averages each global speaker's scores over the windows and,
+   frame by frame, keeps as many speakers as the segmentation says are talking:
+   overlapped speech is given to both speakers. A speaker left with less than
+   ``min_speaker_s`` of speech is dropped and the units are assigned again.
+   :func:`turns_from_activity` makes the turns; turns of different speakers may overlap.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ class OverlapDiarizationOptions:
     change_span_s: float = 8.0
     """A candidate change counts only where its sub-windows lie within this many seconds
     (runs that straddle a long pause are not compared)."""
+    min_speaker_s: float = 0.0
+    """A speaker given less speech than this (seconds, overlap included) in the rebuilt
+    turns is dropped, the one with least first, and its units go to the speakers left,
+    while more speakers remain than a request's lower bound; 0: never. Far-field
+    reverberation and overlap leave fragments of one voice that cluster on their own."""
     max_units: int = 1000
     """Above this many units, clustering runs on a regular subsample (bounds time and
     memory); the rest are assigned to the nearest centroid."""
@@ -524,7 +531,7 @@ def assign_units(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return out
 
 
-def reconstruct(
+def speaker_activity(
     window_starts: np.ndarray,
     scores: np.ndarray,
     activity: np.ndarray,
@@ -532,16 +539,14 @@ def reconstruct(
     n_speakers: int,
     grid: FrameGrid,
     duration: float,
-) -> list[SpeakerTurn]:
-    """Global speaker turns from per-window scores, unit assignment and activity.
+) -> np.ndarray:
+    """Which global speakers talk at each frame: ``(frames, n_speakers)`` booleans on the
+    segmentation's frame grid from time 0.
 
     Scores of each global speaker are averaged over the windows covering a frame; the
     number of speakers talking at a frame is the rounded mean of active local speakers
     over those windows; that many speakers with the highest scores are marked active.
-    Turns of different speakers overlap where two speakers talk at once.
     """
-    if n_speakers == 0 or len(window_starts) == 0:
-        return []
     step = grid.step_s
     n_total = int(np.ceil(duration / step)) + grid.frames + 2
     agg = np.zeros((n_total, n_speakers))
@@ -566,9 +571,16 @@ def reconstruct(
     for c in range(1, n_speakers + 1):
         rows = np.flatnonzero(count >= c)
         active[rows, ranked[rows, c - 1]] = True
+    return active
+
+
+def turns_from_activity(active: np.ndarray, grid: FrameGrid, duration: float) -> list[SpeakerTurn]:
+    """Speaker turns from :func:`speaker_activity`'s frames, sorted, speakers named
+    ``s0``, ``s1``, ... in order of first turn."""
+    step = grid.step_s
     raw: list[tuple[float, float, int]] = []
     half = grid.duration_s / 2
-    for g in range(n_speakers):
+    for g in range(active.shape[1]):
         edges = np.diff(np.concatenate([[0], active[:, g].astype(np.int8), [0]]))
         for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
             start = max(0.0, a * step + half)
@@ -578,6 +590,26 @@ def reconstruct(
     raw.sort()
     names: dict[int, str] = {}
     return [SpeakerTurn(s, e, names.setdefault(g, f"s{len(names)}")) for s, e, g in raw]
+
+
+def reconstruct(
+    window_starts: np.ndarray,
+    scores: np.ndarray,
+    activity: np.ndarray,
+    assignment: np.ndarray,
+    n_speakers: int,
+    grid: FrameGrid,
+    duration: float,
+) -> list[SpeakerTurn]:
+    """Global speaker turns from per-window scores, unit assignment and activity
+    (:func:`speaker_activity`, then :func:`turns_from_activity`). Turns of different
+    speakers overlap where two speakers talk at once."""
+    if n_speakers == 0 or len(window_starts) == 0:
+        return []
+    active = speaker_activity(
+        window_starts, scores, activity, assignment, n_speakers, grid, duration
+    )
+    return turns_from_activity(active, grid, duration)
 
 
 def diarize_segmentation(
@@ -604,16 +636,25 @@ def diarize_segmentation(
         starts, activity, grid, sub_embeddings, sub_windows, opts.min_exclusive, changes
     )
     centroids = cluster_points(points, windows, unit_ids, opts, count)
-    assignment = assign_units(units, centroids)
-    return reconstruct(
-        starts,
-        np.asarray(scores, dtype=np.float64),
-        activity,
-        assignment,
-        len(centroids),
-        grid,
-        duration,
-    )
+    if len(centroids) == 0 or len(starts) == 0:
+        return []
+    fewest = max(_bounds(count, len(points))[0], 1)
+    values = np.asarray(scores, dtype=np.float64)
+    while True:
+        assignment = assign_units(units, centroids)
+        active = speaker_activity(
+            starts, values, activity, assignment, len(centroids), grid, duration
+        )
+        if len(centroids) <= fewest or opts.min_speaker_s <= 0:
+            break
+        seconds = active.sum(axis=0) * grid.step_s
+        weakest = int(np.argmin(seconds))
+        if seconds[weakest] >= opts.min_speaker_s:
+            break
+        # too little speech to be a voice of its own: a fragment of another speaker's
+        # (or a noise); its units go to the speakers left
+        centroids = np.delete(centroids, weakest, axis=0)
+    return turns_from_activity(active, grid, duration)
 
 
 def speech_regions(

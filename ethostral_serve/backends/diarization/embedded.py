@@ -46,11 +46,13 @@ class Calibration(NamedTuple):
     """Speakers whose centroids are closer than this are merged after the cut (0: off)."""
     change_distance: float
     """Sub-window runs farther apart than this mark a change of voice (0: off)."""
+    min_speaker_s: float
+    """A speaker given less speech than this (seconds) is dropped (0: never)."""
 
 
 CALIBRATED = {
-    "resemblyzer": Calibration(0.25, 0.15, 0.0, 0.0),
-    "campplus": Calibration(0.7, 0.4, 0.36, 0.85),
+    "resemblyzer": Calibration(0.25, 0.15, 0.0, 0.0, 0.0),
+    "campplus": Calibration(0.7, 0.4, 0.36, 0.85, 1.5),
 }
 """The encoders' distances differ in scale: the median distance between two 1.5 s windows
 of one AMI speaker is about 0.44 with CAM++. With resemblyzer, centroids of one split
@@ -91,6 +93,7 @@ class OverlapAwareDiarizer:
             change_distance=calibrated.change_distance
             if s.change_distance is None
             else s.change_distance,
+            min_speaker_s=calibrated.min_speaker_s if s.min_speaker_s is None else s.min_speaker_s,
         )
 
     def count(self, requested: SpeakerCount | None) -> SpeakerCount:
