@@ -19,9 +19,10 @@ from ethostral_serve.pipeline.overlap_diarization import (
     diarize_segmentation,
     labels_after,
     merge_close_centroids,
-    reconstruct,
     reduce_speakers,
+    speaker_activity,
     speech_regions,
+    turns_from_activity,
     unit_embeddings,
     unit_points,
 )
@@ -369,22 +370,28 @@ def test_assign_units_is_one_to_one_within_a_window() -> None:
     assert more[0].tolist() == [0, 0, -1]
 
 
-# -- reconstruct -------------------------------------------------------------------------
+# -- reconstruction -------------------------------------------------------------------------
 
 
-def test_reconstruct_gives_overlap_to_both_speakers() -> None:
+def test_reconstruction_gives_overlap_to_both_speakers() -> None:
     """One window, two local speakers both on in its second half."""
     grid = FrameGrid(step_s=0.1, duration_s=0.1, frames=10, window_s=1.0)
     scores = np.full((1, 10, 2), 0.05)
     scores[0, :, 0] = 0.9
     scores[0, 5:, 1] = 0.8
     activity = scores > 0.5
-    turns = reconstruct(
+    active = speaker_activity(
         np.array([0.0]), scores, activity, np.array([[1, 0]]), 2, grid, duration=1.0
     )
+    # frames on the grid from time 0 (plus padding); global 1 is local 0
+    assert active[:10, 1].all() and not active[10:, 1].any()
+    assert active[5:10, 0].all() and not active[:5, 0].any() and not active[10:, 0].any()
+    turns = turns_from_activity(active, grid, duration=1.0)
     # global 1 (local 0) talks first, so it is s0
     assert turns == [SpeakerTurn(0.05, 1.0, "s0"), SpeakerTurn(0.55, 1.0, "s1")]
-    assert reconstruct(np.array([0.0]), scores, activity, np.array([[1, 0]]), 0, grid, 1.0) == []
+    unassigned = np.array([[-1, -1]])
+    nobody = speaker_activity(np.array([0.0]), scores, activity, unassigned, 0, grid, 1.0)
+    assert nobody.shape[1] == 0 and turns_from_activity(nobody, grid, 1.0) == []
 
 
 # -- the whole thing on a synthetic conversation ----------------------------------------

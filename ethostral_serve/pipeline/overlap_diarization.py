@@ -592,26 +592,6 @@ def turns_from_activity(active: np.ndarray, grid: FrameGrid, duration: float) ->
     return [SpeakerTurn(s, e, names.setdefault(g, f"s{len(names)}")) for s, e, g in raw]
 
 
-def reconstruct(
-    window_starts: np.ndarray,
-    scores: np.ndarray,
-    activity: np.ndarray,
-    assignment: np.ndarray,
-    n_speakers: int,
-    grid: FrameGrid,
-    duration: float,
-) -> list[SpeakerTurn]:
-    """Global speaker turns from per-window scores, unit assignment and activity
-    (:func:`speaker_activity`, then :func:`turns_from_activity`). Turns of different
-    speakers overlap where two speakers talk at once."""
-    if n_speakers == 0 or len(window_starts) == 0:
-        return []
-    active = speaker_activity(
-        window_starts, scores, activity, assignment, n_speakers, grid, duration
-    )
-    return turns_from_activity(active, grid, duration)
-
-
 def diarize_segmentation(
     window_starts: np.ndarray,
     scores: np.ndarray,
