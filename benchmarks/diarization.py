@@ -152,6 +152,20 @@ def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
     return Case(group, f"ff-{case.uri}", x.astype(np.float32), case.reference)
 
 
+def long_far_field_cases(seeds: Sequence[int]) -> list[Case]:
+    """Far-field 2- and 4-speaker LibriSpeech conversations of about 250 s (most of
+    the shared utterances of their speakers), one of each per seed: where the
+    clustering's fragments of one voice grow with the length."""
+    utterances = librispeech_by_speaker()
+    cases = []
+    for seed in seeds:
+        for n in (2, 4):
+            samples, ref = make_conversation(utterances, n, 250.0, seed=1000 * n + 3000 + seed)
+            clean = Case(f"librispeech-long-{n}spk", f"ls{n}spk-long-seed{seed}", samples, ref)
+            cases.append(far_field(clean, seed=70 + seed))
+    return cases
+
+
 def _ascii_uri(name: str) -> str:
     """``trñ00`` → ``trn00``: the uri an RTTM uses for a file name."""
     decomposed = unicodedata.normalize("NFKD", name)
@@ -566,6 +580,11 @@ def main() -> None:
         "hears them (levels, room responses, noise)",
     )
     parser.add_argument(
+        "--long",
+        action="store_true",
+        help="also far-field 2- and 4-speaker conversations of about 250 s",
+    )
+    parser.add_argument(
         "--streams",
         action="store_true",
         help="score live streams' stored sessions (live speakers, then the whole-stream pass)",
@@ -586,6 +605,8 @@ def main() -> None:
         cases += [
             far_field(c, seed=7 + i) for i, c in enumerate(cases) if not c.group.endswith("1spk")
         ]
+    if args.long:
+        cases += long_far_field_cases(args.seeds)
     if args.out is not None:
         for case in cases:
             write_case(case, args.out)

@@ -299,6 +299,14 @@ class DiarizerSettings(BaseModel):
     min_cluster_units: int = Field(
         2, ge=1, description="embedded: a speaker needs this many (window, speaker) units"
     )
+    min_cluster_share: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="embedded: a speaker also needs this share of the units, up to 12 "
+        "(smaller clusters join the nearest speaker); None: the speaker encoder's "
+        "calibrated value (resemblyzer 0: off, campplus 0.03)",
+    )
     merge_distance: float | None = Field(
         None,
         ge=0.0,

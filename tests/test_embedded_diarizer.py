@@ -372,7 +372,8 @@ def test_each_encoder_clusters_at_its_own_calibrated_distances(diarizer) -> None
     calibrated = CALIBRATED[diarizer.settings.speaker_encoder]
     options = diarizer.options()
     distances = (options.threshold, options.same_voice, options.merge_distance)
-    assert (*distances, options.change_distance, options.min_speaker_s) == calibrated
+    sizes = (options.min_speaker_s, options.min_cluster_share)
+    assert (*distances, options.change_distance, *sizes) == calibrated
     # explicit settings win over the calibrated ones
     custom = OverlapAwareDiarizer.__new__(OverlapAwareDiarizer)
     update = {
@@ -380,11 +381,13 @@ def test_each_encoder_clusters_at_its_own_calibrated_distances(diarizer) -> None
         "merge_distance": 0.0,
         "change_distance": 0.5,
         "min_speaker_s": 4.0,
+        "min_cluster_share": 0.2,
     }
     custom.settings = diarizer.settings.model_copy(update=update)
     mine = custom.options()
     distances = (mine.threshold, mine.same_voice, mine.merge_distance, mine.change_distance)
-    assert (*distances, mine.min_speaker_s) == (0.33, calibrated.same_voice, 0.0, 0.5, 4.0)
+    sizes = (mine.min_speaker_s, mine.min_cluster_share)
+    assert (*distances, *sizes) == (0.33, calibrated.same_voice, 0.0, 0.5, 4.0, 0.2)
     assert CALIBRATED["campplus"].threshold > CALIBRATED["resemblyzer"].threshold
 
 

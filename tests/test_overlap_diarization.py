@@ -19,6 +19,7 @@ from ethostral_serve.pipeline.overlap_diarization import (
     diarize_segmentation,
     labels_after,
     merge_close_centroids,
+    min_cluster_size,
     reduce_speakers,
     speaker_activity,
     speech_regions,
@@ -335,6 +336,40 @@ def test_cluster_units_drops_clusters_too_small() -> None:
     assert len(cluster_units(units, opts, SpeakerCount(num=3))) == 3
     alone = cluster_units(units, OverlapDiarizationOptions(min_cluster_units=1))
     assert sorted(np.argmax(alone @ basis.T, axis=1).tolist()) == [0, 1, 2]
+
+
+def test_min_cluster_size_grows_with_the_points_up_to_a_cap() -> None:
+    opts = OverlapDiarizationOptions(min_cluster_units=2, min_cluster_share=0.03)
+    assert min_cluster_size(40, opts) == 2  # 1.2 points: the floor holds
+    assert min_cluster_size(100, opts) == 3
+    assert min_cluster_size(200, opts) == 6
+    assert min_cluster_size(1000, opts) == 12  # min_cluster_most
+    # a request for several speakers may need a small one: only the floor
+    assert min_cluster_size(200, opts, fewest=2) == 2
+    # never more than an even share of the points among the speakers asked for
+    assert min_cluster_size(3, opts, fewest=3) == 1
+    assert min_cluster_size(200, OverlapDiarizationOptions(min_cluster_units=2)) == 2
+
+
+def test_a_fragment_too_small_for_a_long_recording_joins_a_speaker() -> None:
+    """Two voices of 60 windows each, and a third voice held by 3 units: over 123
+    units, 3 % is 4 points, so the fragment stands only with the share off (or when a
+    request needs at least three speakers)."""
+    rng = np.random.default_rng(8)
+    basis = _unit(rng.normal(size=(3, 32)))
+    layout: list[list[int | None]] = [[0, 1, None]] * 60 + [[2, None, None]] * 3
+    units = _units(rng, layout, basis)
+    share = OverlapDiarizationOptions(min_cluster_share=0.03)
+    found = cluster_units(units, share)
+    assert sorted(np.argmax(found @ basis.T, axis=1).tolist()) == [0, 1]
+    off = cluster_units(units, OverlapDiarizationOptions())
+    assert sorted(np.argmax(off @ basis.T, axis=1).tolist()) == [0, 1, 2]
+    for count in (SpeakerCount(num=3), SpeakerCount(min=3)):
+        kept = cluster_units(units, share, count)
+        assert sorted(np.argmax(kept @ basis.T, axis=1).tolist()) == [0, 1, 2], count
+    # an upper bound alone requires no second speaker: the share applies
+    capped = cluster_units(units, share, SpeakerCount(max=4))
+    assert sorted(np.argmax(capped @ basis.T, axis=1).tolist()) == [0, 1]
 
 
 def test_cluster_units_subsamples_many_units() -> None:

@@ -17,6 +17,8 @@ from prometheus_client.samples import Sample
 from redis_server import free_port, redis_server
 from speech import meeting_minute, two_speaker_conversation
 
+from ethostral_serve.audio import SAMPLE_RATE
+
 pytestmark = pytest.mark.slow
 
 APP = "ethostral-test"
@@ -407,20 +409,30 @@ def test_drafts_of_concurrent_streams_share_a_batch(serve_url: str) -> None:
     assert wer < 0.3, drafts  # each draft says its own utterance, in order
 
 
-def _stream(serve_url: str, query: str, samples: np.ndarray) -> list[dict]:
+def _stream(
+    serve_url: str, query: str, samples: np.ndarray, hold_at_s: float | None = None
+) -> list[dict]:
     """Stream ``samples`` in 100 ms chunks at about 3x real time; every event, up to
-    the session (or an error)."""
+    the session (or an error). With ``hold_at_s`` (a time inside speech), sending
+    pauses there until a partial comes: a partial whose utterance has its final is
+    dropped, so on a busy machine a stream sent whole may get none."""
     import json
     import time
 
     from websockets.sync.client import connect
 
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    events = []
+    hold = None if hold_at_s is None else round(hold_at_s * SAMPLE_RATE) * 2
+    events: list[dict] = []
     with connect(f"ws://{serve_url.removeprefix('http://')}/transcribe/stream?{query}") as ws:
         for i in range(0, len(pcm), 3200):
             ws.send(pcm[i : i + 3200])
             time.sleep(0.03)
+            if hold is not None and i + 3200 >= hold:
+                hold = None  # mid-utterance, no final can come: wait for its draft
+                while not events or events[-1]["type"] != "partial":
+                    events.append(json.loads(ws.recv(timeout=300)))
+                    assert events[-1]["type"] != "error", events[-1]
         ws.send(json.dumps({"type": "stop"}))
         for message in ws:
             events.append(json.loads(message))
@@ -431,7 +443,8 @@ def _stream(serve_url: str, query: str, samples: np.ndarray) -> list[dict]:
 
 def test_live_stream_through_the_graph(serve_url: str) -> None:
     talk = two_speaker_conversation(turns_each=1)
-    events = _stream(serve_url, "language=en&diarize=true", talk.samples)
+    mid_first = talk.truth[0][0] + 2.0  # two seconds into the first utterance
+    events = _stream(serve_url, "language=en&diarize=true", talk.samples, hold_at_s=mid_first)
     kinds = [e["type"] for e in events]
     assert kinds[-1] == "session", events[-1]
     assert "partial" in kinds and "final" in kinds

@@ -110,7 +110,9 @@ def test_the_service_exits_cleanly_and_keeps_sessions(
 
         asyncio.run(save())
         proc.send_signal(sig)
-        assert proc.wait(timeout=120) == 0, f"{command} did not exit cleanly"
+        # a bound on a hang only: with the cores shared three ways, Ray's shutdown
+        # has taken over 120 s
+        assert proc.wait(timeout=600) == 0, f"{command} did not exit cleanly"
         psutil.wait_procs(children, timeout=30)
         left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert not left, [(c.pid, " ".join(c.cmdline())[:120]) for c in left]

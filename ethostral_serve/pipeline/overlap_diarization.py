@@ -16,11 +16,12 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
 4. :func:`cluster_points` groups the points into global speakers by average-linkage
    agglomerative clustering on cosine distance, with a cannot-link constraint: two local
    speakers of one window are different people. Merging stops at ``threshold``; clusters
-   of fewer than ``min_cluster_units`` points are outliers whose units join the nearest
-   speaker. Speakers whose centroids are closer than ``merge_distance`` are then merged.
-   Where a request asks for more speakers than that, the cut is made earlier, where
-   enough large clusters stand; where it allows fewer, speakers holding less than
-   ``outlier_share`` of the points are dropped first, then the closest are merged.
+   of fewer than ``min_cluster_units`` points (or ``min_cluster_share`` of them, up to
+   ``min_cluster_most``) are outliers whose units join the nearest speaker. Speakers
+   whose centroids are closer than ``merge_distance`` are then merged. Where a request
+   asks for more speakers than that, the cut is made earlier, where enough large
+   clusters stand; where it allows fewer, speakers holding less than ``outlier_share``
+   of the points are dropped first, then the closest are merged.
 5. :func:`assign_units` maps every local speaker of every window to a global speaker
    (one-to-one inside a window, Hungarian assignment on cosine similarity).
 6. :func:`speaker_activity` averages each global speaker's scores over the windows and,
@@ -32,6 +33,7 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -73,6 +75,14 @@ class OverlapDiarizationOptions:
     """Average-linkage cosine distance above which clusters are not merged."""
     min_cluster_units: int = 2
     """Smaller clusters join the nearest larger one (unless a count forces them)."""
+    min_cluster_share: float = 0.0
+    """Clusters smaller than this share of the points join the nearest larger one too,
+    up to ``min_cluster_most`` points, unless a request needs several speakers: the
+    fragments of a voice that average linkage leaves grow with the length of the
+    recording. 0: only ``min_cluster_units``."""
+    min_cluster_most: int = 12
+    """The share's floor never exceeds this many points (pyannote's speaker-diarization
+    pipeline keeps clusters of 12 embeddings)."""
     outlier_share: float = 0.1
     """Where a request allows fewer speakers than the threshold's cut finds, a speaker
     holding less than this share of the points (a noise, a stray fragment of a voice)
@@ -436,7 +446,7 @@ def cluster_points(
         pick = np.linspace(0, len(x) - 1, options.max_units).round().astype(np.int64)
         x, groups, units = x[pick], groups[pick], units[pick]
     lo, hi = _bounds(count, len(x))
-    min_size = min(options.min_cluster_units, max(1, len(x) // max(lo, 1)))
+    min_size = min_cluster_size(len(x), options, lo)
     merges = constrained_average_linkage(
         x,
         groups,
@@ -462,6 +472,19 @@ def cluster_points(
         members = reduce_speakers(x, members, hi, options.outlier_share)
     centroids = np.stack([x[m].mean(axis=0) for m in members])
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+
+def min_cluster_size(n: int, options: OverlapDiarizationOptions, fewest: int = 1) -> int:
+    """The fewest of ``n`` points a cluster needs to stand as a speaker of its own, when
+    at least ``fewest`` speakers are asked for: ``min_cluster_units``, or, where no more
+    than one speaker is required, ``min_cluster_share`` of the points if that is more
+    (at most ``min_cluster_most``: a request for several speakers may need a small one);
+    never more than an even share of the points among ``fewest`` speakers."""
+    size = options.min_cluster_units
+    if fewest <= 1:
+        share = math.ceil(options.min_cluster_share * n - 1e-9)
+        size = max(size, min(share, options.min_cluster_most))
+    return min(size, max(1, n // max(fewest, 1)))
 
 
 def merge_close_centroids(

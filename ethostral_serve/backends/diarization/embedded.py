@@ -48,15 +48,22 @@ class Calibration(NamedTuple):
     """Sub-window runs farther apart than this mark a change of voice (0: off)."""
     min_speaker_s: float
     """A speaker given less speech than this (seconds) is dropped (0: never)."""
+    min_cluster_share: float
+    """A cluster needs this share of the points (up to 12) to be a speaker (0: off)."""
 
 
 CALIBRATED = {
-    "resemblyzer": Calibration(0.25, 0.15, 0.0, 0.0, 0.0),
-    "campplus": Calibration(0.7, 0.4, 0.36, 0.85, 1.5),
+    "resemblyzer": Calibration(0.25, 0.15, 0.0, 0.0, 0.0, 0.0),
+    "campplus": Calibration(0.7, 0.4, 0.36, 0.85, 1.5, 0.03),
 }
 """The encoders' distances differ in scale: the median distance between two 1.5 s windows
 of one AMI speaker is about 0.44 with CAM++. With resemblyzer, centroids of one split
 voice and of two AMI speakers lie at the same distances, so it merges none."""
+
+
+def _unless_set(setting: float | None, calibrated: float) -> float:
+    """A setting the user gave, else the encoder's calibrated value."""
+    return calibrated if setting is None else setting
 
 
 class OverlapAwareDiarizer:
@@ -84,16 +91,13 @@ class OverlapAwareDiarizer:
         return OverlapDiarizationOptions(
             onset=s.segmentation_onset,
             offset=min(s.segmentation_offset, s.segmentation_onset),
-            threshold=calibrated.threshold if s.cluster_threshold is None else s.cluster_threshold,
+            threshold=_unless_set(s.cluster_threshold, calibrated.threshold),
             min_cluster_units=s.min_cluster_units,
+            min_cluster_share=_unless_set(s.min_cluster_share, calibrated.min_cluster_share),
             same_voice=calibrated.same_voice,
-            merge_distance=calibrated.merge_distance
-            if s.merge_distance is None
-            else s.merge_distance,
-            change_distance=calibrated.change_distance
-            if s.change_distance is None
-            else s.change_distance,
-            min_speaker_s=calibrated.min_speaker_s if s.min_speaker_s is None else s.min_speaker_s,
+            merge_distance=_unless_set(s.merge_distance, calibrated.merge_distance),
+            change_distance=_unless_set(s.change_distance, calibrated.change_distance),
+            min_speaker_s=_unless_set(s.min_speaker_s, calibrated.min_speaker_s),
         )
 
     def count(self, requested: SpeakerCount | None) -> SpeakerCount:
