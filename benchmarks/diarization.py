@@ -1,7 +1,7 @@
 """Diarization error of the configured diarizer (default: the embedded, overlap-aware one).
 
     .venv/bin/python -m benchmarks.diarization [--seeds 0 1 2 3 4] [--out DIR]
-        [--set key=value] [--repeat N] [--no-ami] [--far-field] [--groups SET ...]
+        [--set key=value] [--repeat N] [--no-ami] [--far-field] [--long] [--groups SET ...]
         [--sessions [--counts] | --streams]
 
 Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utterances
@@ -153,9 +153,9 @@ def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
 
 
 def long_far_field_cases(seeds: Sequence[int]) -> list[Case]:
-    """Far-field 2- and 4-speaker LibriSpeech conversations of about 250 s (most of
-    the shared utterances of their speakers), one of each per seed: where the
-    clustering's fragments of one voice grow with the length."""
+    """Far-field 4-speaker LibriSpeech conversations of about 250 s and 2-speaker ones
+    of about 165 s (where their speakers' shared utterances run out), one of each per
+    seed: the clustering's fragments of one voice grow with the length."""
     utterances = librispeech_by_speaker()
     cases = []
     for seed in seeds:
@@ -582,7 +582,7 @@ def main() -> None:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="also far-field 2- and 4-speaker conversations of about 250 s",
+        help="also far-field 4-speaker conversations of about 250 s (2-speaker: 165 s)",
     )
     parser.add_argument(
         "--streams",

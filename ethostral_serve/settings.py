@@ -304,7 +304,8 @@ class DiarizerSettings(BaseModel):
         ge=0.0,
         lt=1.0,
         description="embedded: a speaker also needs this share of the units, up to 12 "
-        "(smaller clusters join the nearest speaker); None: the speaker encoder's "
+        "(smaller clusters join the nearest speaker), unless the count asks for two or "
+        "more speakers; None: the speaker encoder's "
         "calibrated value (resemblyzer 0: off, campplus 0.03)",
     )
     merge_distance: float | None = Field(

@@ -248,7 +248,7 @@ def test_a_requested_count_keeps_the_two_people_apart(diarizer, vad) -> None:
 
 @slow
 def test_a_stray_fragment_is_not_a_speaker_of_its_own(diarizer, vad) -> None:
-    """Clustered alone, this two-person AMI minute has a third speaker: a fragment the
+    """Clustered alone, this two-person AMI minute has a third speaker: a noise the
     rebuilt turns give under a second of speech. A speaker needs 1.5 s of speech
     (``min_speaker_s``), so the minute comes back as its two people
     (docs/benchmarks.md)."""

@@ -559,8 +559,9 @@ def test_a_speaker_with_too_little_speech_is_dropped_unless_a_count_needs_it() -
     # a request that needs three speakers keeps C
     for count in (SpeakerCount(num=3), SpeakerCount(min=3)):
         assert len({t.speaker for t in speakers(5.0, count)}) == 3, count
-    # every speaker is below 10 s, but one is always left
+    # every speaker is below 10 s, but one is always left, or as many as a bound asks
     assert len({t.speaker for t in speakers(10.0)}) == 1
+    assert len({t.speaker for t in speakers(10.0, SpeakerCount(min=2))}) == 2
 
 
 def test_diarize_segmentation_is_stable_under_other_slot_permutations() -> None:

@@ -16,8 +16,9 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
 4. :func:`cluster_points` groups the points into global speakers by average-linkage
    agglomerative clustering on cosine distance, with a cannot-link constraint: two local
    speakers of one window are different people. Merging stops at ``threshold``; clusters
-   of fewer than ``min_cluster_units`` points (or ``min_cluster_share`` of them, up to
-   ``min_cluster_most``) are outliers whose units join the nearest speaker. Speakers
+   of fewer than ``min_cluster_units`` points (or, unless a request needs several
+   speakers, ``min_cluster_share`` of them, up to ``min_cluster_most``) are outliers
+   whose units join the nearest speaker. Speakers
    whose centroids are closer than ``merge_distance`` are then merged. Where a request
    asks for more speakers than that, the cut is made earlier, where enough large
    clusters stand; where it allows fewer, speakers holding less than ``outlier_share``
@@ -81,8 +82,9 @@ class OverlapDiarizationOptions:
     fragments of a voice that average linkage leaves grow with the length of the
     recording. 0: only ``min_cluster_units``."""
     min_cluster_most: int = 12
-    """The share's floor never exceeds this many points (pyannote's speaker-diarization
-    pipeline keeps clusters of 12 embeddings)."""
+    """The share never asks for more than this many clustered points (pyannote's
+    speaker-diarization pipeline needs at least 12 embeddings per cluster). Above
+    ``max_units`` the points are a subsample, so each stands for several units."""
     outlier_share: float = 0.1
     """Where a request allows fewer speakers than the threshold's cut finds, a speaker
     holding less than this share of the points (a noise, a stray fragment of a voice)
@@ -476,10 +478,10 @@ def cluster_points(
 
 def min_cluster_size(n: int, options: OverlapDiarizationOptions, fewest: int = 1) -> int:
     """The fewest of ``n`` points a cluster needs to stand as a speaker of its own, when
-    at least ``fewest`` speakers are asked for: ``min_cluster_units``, or, where no more
-    than one speaker is required, ``min_cluster_share`` of the points if that is more
-    (at most ``min_cluster_most``: a request for several speakers may need a small one);
-    never more than an even share of the points among ``fewest`` speakers."""
+    at least ``fewest`` speakers are asked for: ``min_cluster_units``, or
+    ``min_cluster_share`` of the points (at most ``min_cluster_most``) if that is more,
+    unless a request needs two or more speakers (one of them may be small); never more
+    than an even share of the points among ``fewest`` speakers."""
     size = options.min_cluster_units
     if fewest <= 1:
         share = math.ceil(options.min_cluster_share * n - 1e-9)
@@ -641,7 +643,7 @@ def diarize_segmentation(
     centroids = cluster_points(points, windows, unit_ids, opts, count)
     if len(centroids) == 0 or len(starts) == 0:
         return []
-    fewest = max(_bounds(count, len(points))[0], 1)
+    fewest = _bounds(count, len(points))[0]
     values = np.asarray(scores, dtype=np.float64)
     while True:
         assignment = assign_units(units, centroids)

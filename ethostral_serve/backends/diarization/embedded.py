@@ -36,7 +36,8 @@ from ethostral_serve.settings import DiarizerSettings
 
 
 class Calibration(NamedTuple):
-    """Cosine distances calibrated for one speaker encoder (``benchmarks/diarization.py``)."""
+    """Cosine distances and cluster sizes calibrated for one speaker encoder
+    (``benchmarks/diarization.py``)."""
 
     threshold: float
     """Average-linkage distance above which two clusters of units stay apart."""
