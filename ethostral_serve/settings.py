@@ -305,8 +305,8 @@ class DiarizerSettings(BaseModel):
         lt=1.0,
         description="embedded: a speaker also needs this share of the units, up to 12 "
         "(smaller clusters join the nearest speaker), unless the count asks for two or "
-        "more speakers; None: the speaker encoder's "
-        "calibrated value (resemblyzer 0: off, campplus 0.03)",
+        "more speakers; None: the speaker encoder's calibrated value (resemblyzer 0: "
+        "off, campplus 0.03)",
     )
     merge_distance: float | None = Field(
         None,

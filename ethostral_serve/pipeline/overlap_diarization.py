@@ -18,11 +18,11 @@ Pure numpy/scipy, following the recipe of pyannote's speaker-diarization pipelin
    speakers of one window are different people. Merging stops at ``threshold``; clusters
    of fewer than ``min_cluster_units`` points (or, unless a request needs several
    speakers, ``min_cluster_share`` of them, up to ``min_cluster_most``) are outliers
-   whose units join the nearest speaker. Speakers
-   whose centroids are closer than ``merge_distance`` are then merged. Where a request
-   asks for more speakers than that, the cut is made earlier, where enough large
-   clusters stand; where it allows fewer, speakers holding less than ``outlier_share``
-   of the points are dropped first, then the closest are merged.
+   whose units join the nearest speaker. Speakers whose centroids are closer than
+   ``merge_distance`` are then merged. Where a request asks for more speakers than
+   that, the cut is made earlier, where enough large clusters stand; where it allows
+   fewer, speakers holding less than ``outlier_share`` of the points are dropped first,
+   then the closest are merged.
 5. :func:`assign_units` maps every local speaker of every window to a global speaker
    (one-to-one inside a window, Hungarian assignment on cosine similarity).
 6. :func:`speaker_activity` averages each global speaker's scores over the windows and,
