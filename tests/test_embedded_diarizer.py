@@ -10,6 +10,7 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,6 +99,13 @@ def _active(turns: list[SpeakerTurn], times: np.ndarray) -> list[set[str]]:
     return [{u.speaker for u in turns if u.start <= t < u.end} for t in times]
 
 
+def _with_settings(diarizer: Any, **update: object) -> Any:
+    """The same diarizer (the same loaded models) with some settings changed."""
+    other = copy.copy(diarizer)
+    other.settings = diarizer.settings.model_copy(update=update)
+    return other
+
+
 def _speakers(turns: list[SpeakerTurn]) -> set[str]:
     return {t.speaker for t in turns}
 
@@ -176,8 +184,7 @@ def test_campplus_merges_the_voice_its_clustering_split(diarizer, vad) -> None:
         pytest.skip("resemblyzer merges no centroids")
     conv = two_speaker_conversation()
     regions = vad.speech_regions(conv.samples)
-    unmerged = copy.copy(diarizer)  # the same models, other settings
-    unmerged.settings = diarizer.settings.model_copy(update={"merge_distance": 0.0})
+    unmerged = _with_settings(diarizer, merge_distance=0.0)
     assert len(_speakers(unmerged.diarize(conv.samples, regions))) == 3
     assert len(_speakers(diarizer.diarize(conv.samples, regions))) == 2
 
@@ -211,6 +218,16 @@ def _lone_majority(truth: list[tuple[float, float, str]], turns: list[SpeakerTur
     return {who: c.most_common(1)[0][0] for who, c in votes.items() if c}
 
 
+def _check_two_people_apart(
+    turns: list[SpeakerTurn], samples: np.ndarray, truth: list[tuple[float, float, str]]
+) -> None:
+    """Well-formed turns of ``dev00+dev01`` in which its two people, where each talks
+    alone, are mostly different speakers."""
+    _check_turns(turns, len(samples) / SAMPLE_RATE)
+    found = _lone_majority(truth, turns)
+    assert found["MEE009"] != found["MEE012"]
+
+
 @slow
 def test_campplus_follows_a_change_of_voice_the_segmentation_missed(diarizer, vad) -> None:
     """In this two-person AMI minute the segmentation keeps one local speaker across the
@@ -220,14 +237,10 @@ def test_campplus_follows_a_change_of_voice_the_segmentation_missed(diarizer, va
         pytest.skip("changes of voice are calibrated for CAM++ only")
     samples, truth = _ami_minute("dev00", "dev01")
     regions = vad.speech_regions(samples)
-    blind = copy.copy(diarizer)  # the same models, other settings
-    blind.settings = diarizer.settings.model_copy(update={"change_distance": 0.0})
+    blind = _with_settings(diarizer, change_distance=0.0)
     merged = _lone_majority(truth, blind.diarize(samples, regions))
     assert merged["MEE009"] == merged["MEE012"]
-    turns = diarizer.diarize(samples, regions)
-    _check_turns(turns, len(samples) / SAMPLE_RATE)
-    found = _lone_majority(truth, turns)
-    assert found["MEE009"] != found["MEE012"]
+    _check_two_people_apart(diarizer.diarize(samples, regions), samples, truth)
 
 
 @slow
@@ -240,10 +253,8 @@ def test_a_requested_count_keeps_the_two_people_apart(diarizer, vad) -> None:
         pytest.skip("changes of voice are calibrated for CAM++ only")
     samples, truth = _ami_minute("dev00", "dev01")
     turns = diarizer.diarize(samples, vad.speech_regions(samples), SpeakerCount(num=2))
-    _check_turns(turns, len(samples) / SAMPLE_RATE)
     assert len(_speakers(turns)) == 2
-    found = _lone_majority(truth, turns)
-    assert found["MEE009"] != found["MEE012"]
+    _check_two_people_apart(turns, samples, truth)
 
 
 @slow
@@ -256,14 +267,11 @@ def test_a_stray_fragment_is_not_a_speaker_of_its_own(diarizer, vad) -> None:
         pytest.skip("the least speech of a speaker is calibrated for CAM++ only")
     samples, truth = _ami_minute("dev00", "dev01")
     regions = vad.speech_regions(samples)
-    keep_all = copy.copy(diarizer)  # the same models, other settings
-    keep_all.settings = diarizer.settings.model_copy(update={"min_speaker_s": 0.0})
+    keep_all = _with_settings(diarizer, min_speaker_s=0.0)
     assert len(_speakers(keep_all.diarize(samples, regions))) == 3
     turns = diarizer.diarize(samples, regions)
-    _check_turns(turns, len(samples) / SAMPLE_RATE)
     assert len(_speakers(turns)) == 2
-    found = _lone_majority(truth, turns)
-    assert found["MEE009"] != found["MEE012"]
+    _check_two_people_apart(turns, samples, truth)
 
 
 @slow
