@@ -56,7 +56,7 @@ def librispeech(limit: int | None = None) -> list[tuple[Path, str, str]]:
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a GitHub-flavoured Markdown table."""
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells:

@@ -152,6 +152,12 @@ def far_field(case: Case, seed: int, snr_db: float = 15.0) -> Case:
     return Case(group, f"ff-{case.uri}", x.astype(np.float32), case.reference)
 
 
+def far_field_cases(clean: Sequence[Case]) -> list[Case]:
+    """The 2- and 4-speaker conversations of ``clean`` (:func:`librispeech_cases`) heard
+    far-field, each through rooms of its own."""
+    return [far_field(c, seed=7 + i) for i, c in enumerate(clean) if not c.group.endswith("1spk")]
+
+
 def long_far_field_cases(seeds: Sequence[int]) -> list[Case]:
     """Far-field 4-speaker LibriSpeech conversations of about 250 s and 2-speaker ones
     of about 165 s (where their speakers' shared utterances run out), one of each per
@@ -435,12 +441,18 @@ def session_segments(
     return [(s.start, s.end, d.speaker) for s, d in zip(spans, drafts, strict=True)]
 
 
-def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts: bool) -> None:
+def run_sessions(
+    cases: Sequence[Case],
+    overrides: dict[str, str | None],
+    counts: bool,
+    language: str | None = "en",
+) -> None:
     """Score what users get: the Session's segments (VAD → ASR words → speakers).
 
     Next to each file's DER stands the DER of the same words given the reference
     speakers ("oracle labels": the bound this VAD and ASR leave). With ``counts``, each
-    file is also run with its true speaker count given, as a request may.
+    file is also run with its true speaker count given, as a request may. ``language``
+    None: each file's language is detected, as for a request without one.
     """
     from ethostral_serve.engine import Engine
     from ethostral_serve.pipeline.chunks import build_chunks, with_diarized_speech
@@ -469,7 +481,8 @@ def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts
             turns = engine.diarizer.diarize(case.samples, regions, count)
             heard = with_diarized_speech(regions, turns, min_piece)
             chunks = build_chunks(heard, settings.vad.max_chunk_s)
-            words = engine.model.transcribe(case.samples, chunks, "en").words
+            transcript = engine.model.transcribe(case.samples, chunks, language)
+            words = transcript.words
             if name == "auto":
                 bound = score(case, session_segments(words, reference, heard, settings))
                 groups.setdefault((case.group, "oracle labels"), Score()).add(bound)
@@ -478,26 +491,38 @@ def run_sessions(cases: Sequence[Case], overrides: dict[str, str | None], counts
             sc = score(case, hyp)
             groups.setdefault((case.group, name), Score()).add(sc)
             found = len({spk for _, _, spk in hyp})
-            rows.append([case.group, case.uri, name, case.speakers, found, *sc.cells(), oracle])
+            rows.append(
+                [
+                    case.group,
+                    case.uri,
+                    name,
+                    case.speakers,
+                    found,
+                    *sc.cells(),
+                    oracle,
+                    transcript.language,
+                ]
+            )
     headers = ["set", "file", "count", "ref spk", "found", "DER %", "miss %", "FA %", "conf %"]
-    print_table([*headers, "oracle labels DER %"], rows)
+    print_table([*headers, "oracle labels DER %", "language"], rows)
     print()
     summary = [[g, name, *sc.cells()] for (g, name), sc in sorted(groups.items())]
     print_table(["set", "count", *headers[5:]], summary)
 
 
 def stream_segments(
-    case: Case, backends: object, settings: Settings
-) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+    case: Case, backends: object, settings: Settings, language: str | None = "en"
+) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]], str]:
     """A case sent through a live stream in 100 ms chunks: the stored session's segments
-    with the live speakers, and after the speaker pass over the whole stream.
+    with the live speakers, and after the speaker pass over the whole stream, and the
+    session's language (``language`` None: detected from the finals).
 
     Each final is recognised alone, as soon as it is due (no grouping under load).
     """
     from ethostral_serve.pipeline.live_stream import LiveStream, StreamParams
 
-    params = StreamParams(language="en", emotion=False)
-    live = LiveStream(params, backends, settings, language="en")  # type: ignore[arg-type]
+    params = StreamParams(language=language, emotion=False)
+    live = LiveStream(params, backends, settings, language=language)  # type: ignore[arg-type]
     pcm = (np.clip(case.samples, -1, 1) * 32767).astype("<i2").tobytes()
     step = 2 * SAMPLE_RATE // 10
     for i in range(0, len(pcm), step):
@@ -513,10 +538,12 @@ def stream_segments(
 
     online = spans()
     live.refine_speakers()
-    return online, spans()
+    return online, spans(), live.session().language
 
 
-def run_streams(cases: Sequence[Case], overrides: dict[str, str | None]) -> None:
+def run_streams(
+    cases: Sequence[Case], overrides: dict[str, str | None], language: str | None = "en"
+) -> None:
     """Score live streams' stored sessions: live speakers only, and after the pass over
     the whole stream (``ETHOSTRAL_STREAM__REFINE_SPEAKERS_MAX_S``)."""
     from ethostral_serve.backends.stream import LocalStreamBackends
@@ -535,14 +562,14 @@ def run_streams(cases: Sequence[Case], overrides: dict[str, str | None]) -> None
     for case in cases:
         if not case.reference:
             continue
-        online, refined = stream_segments(case, backends, settings)
+        online, refined, heard = stream_segments(case, backends, settings, language)
         for name, hyp in (("live speakers", online), ("whole-stream pass", refined)):
             sc = score(case, hyp)
             groups.setdefault((case.group, name), Score()).add(sc)
             found = len({spk for _, _, spk in hyp})
-            rows.append([case.group, case.uri, name, case.speakers, found, *sc.cells()])
+            rows.append([case.group, case.uri, name, case.speakers, found, *sc.cells(), heard])
     headers = ["set", "file", "speakers", "ref spk", "found", "DER %", "miss %", "FA %"]
-    print_table([*headers, "conf %"], rows)
+    print_table([*headers, "conf %", "language"], rows)
     print()
     summary = [[g, name, *sc.cells()] for (g, name), sc in sorted(groups.items())]
     print_table(["set", "speakers", "DER %", "miss %", "FA %", "conf %"], summary)
@@ -569,6 +596,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--counts", action="store_true", help="with --sessions: also run with the true count"
+    )
+    parser.add_argument(
+        "--language",
+        default="en",
+        help="with --sessions or --streams: the language the files are sent with ('auto': "
+        "detected, as for a request without one)",
     )
     parser.add_argument(
         "--groups", nargs="*", default=[], help="only these sets (e.g. ami-minute sample-call)"
@@ -602,9 +635,7 @@ def main() -> None:
 
     cases = librispeech_cases(args.seeds)
     if args.far_field:
-        cases += [
-            far_field(c, seed=7 + i) for i, c in enumerate(cases) if not c.group.endswith("1spk")
-        ]
+        cases += far_field_cases(cases)
     if args.long:
         cases += long_far_field_cases(args.seeds)
     if args.out is not None:
@@ -616,9 +647,11 @@ def main() -> None:
     if args.groups:
         cases = [c for c in cases if c.group in args.groups]
     if args.streams:
-        run_streams(cases, overrides)
+        run_streams(cases, overrides, None if args.language == "auto" else args.language)
     elif args.sessions:
-        run_sessions(cases, overrides, args.counts)
+        run_sessions(
+            cases, overrides, args.counts, None if args.language == "auto" else args.language
+        )
     else:
         run(cases, overrides, args.repeat)
 

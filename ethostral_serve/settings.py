@@ -88,6 +88,16 @@ class AsrSettings(BaseModel):
         1, ge=1, le=16, description="calls the model runs in parallel (each with cpu_threads)"
     )
     beam_size: int = Field(5, ge=1)
+    language_windows: int = Field(
+        6,
+        ge=1,
+        le=32,
+        description="audio sent without a language: the language probabilities of this "
+        "many first ASR windows (up to 30 s each) are pooled, weighted by their seconds, "
+        "and the leader is the whole file's language, for every speech model. 1: the "
+        "first window decides, as in Whisper; on far-field speech one window can put "
+        "Welsh or Latin first for English (measured)",
+    )
     seed: int = Field(
         0,
         ge=0,

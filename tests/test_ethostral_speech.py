@@ -157,6 +157,8 @@ def test_windows_are_transcribed_in_one_batch_with_times_inside_each(model) -> N
     assert results[0].language == "fr"
     # no language given: Whisper base picks one of Voxtral's, and Voxtral is told it
     assert results[1].language in model.languages and results[1].language_probability < 1.0
+    heard = results[1].language_ranking  # what Whisper heard, for the file's language vote
+    assert heard[0] == (results[1].language, results[1].language_probability)
     alone = model.transcribe_windows([windows[1]], [results[1].language])
     assert [w.text for w in alone[0].words] == [w.text for w in results[1].words]
 
@@ -229,7 +231,7 @@ def test_a_detected_language_voxtral_lacks_is_reported_and_voxtral_guesses(
         return transcribe_segments(audios, languages, **kwargs)
 
     # Whisper, isolated: it hears Japanese, which Voxtral does not know
-    monkeypatch.setattr(model.whisper, "detect_language", lambda audio, allowed=None: ("ja", 0.9))
+    monkeypatch.setattr(model.whisper, "identify_language", lambda windows: ("ja", 0.9))
     monkeypatch.setattr(model.asr, "transcribe_segments", spy)
     talk = two_speaker_conversation(turns_each=1)
     transcript = model.transcribe(talk.samples, [Chunk((Span(1.0, 3.0),), (0.0,))], None)

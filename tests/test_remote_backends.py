@@ -49,16 +49,23 @@ NERVOUS = EmotionResult("Fearful", 0.7, -0.3, 0.6, -0.4)
 
 class _FakeModelHandle:
     """Answers like the EthostralModel deployment: one word per window, named by index;
-    windows whose index is in ``tagged`` carry an inline emotion 0.2 s in."""
+    windows whose index is in ``tagged`` carry an inline emotion 0.2 s in. A window sent
+    without a language is heard as ``detected`` (0.8), or with ``detected[index]``'s
+    ranking; an unsure language vote's check settles on ``settled`` (else on the vote's
+    leader)."""
 
     def __init__(
         self,
-        detected: str = "fr",
+        detected: str | dict[int, tuple[tuple[str, float], ...]] = "fr",
         reads_states: bool = True,
         classifies: bool = True,
         tagged: tuple[int, ...] = (),
         detects: bool = True,
+        settled: str | None = None,
     ) -> None:
+        self.settle_language = _Method(
+            lambda windows, candidates: settled if settled is not None else candidates[0]
+        )
         self.info = _Method(
             lambda: ModelInfo(
                 ("en", "fr"), True, reads_states, classifies, detects_language=detects
@@ -85,35 +92,104 @@ class _FakeModelHandle:
         index = int(job.audio[0])
         frames = np.full((int(len(job.audio) / 320), 4), index, np.float16)
         inline = [TimedEmotion(0.2, NERVOUS, 0.3)] if index in self.tagged else []
+        language, probability, ranking = job.language, 0.8, ()
+        if job.language is None and self.detects:
+            if isinstance(self.detected, str):
+                language = self.detected
+            else:
+                ranking = self.detected[index]
+                language, probability = ranking[0]
         return WindowResult(
             [WordTiming(f" w{index}", 0.1, 0.3, 0.9)],
-            job.language or (self.detected if self.detects else None),
-            0.8,
+            language,
+            probability,
             frames,
             inline,
+            language_ranking=ranking,
         )
 
 
-def _chunks(n: int) -> tuple[np.ndarray, list[Chunk]]:
-    samples = np.zeros(16000 * 2 * n, np.float32)
+def _chunks(n: int, seconds: int = 2) -> tuple[np.ndarray, list[Chunk]]:
+    """``n`` windows of ``seconds``, window i (from 1) holding the value i."""
+    size = 16000 * seconds
+    samples = np.zeros(size * n, np.float32)
     chunks = []
     for i in range(n):
-        samples[32000 * i : 32000 * (i + 1)] = i + 1
-        span = Span(2.0 * i, 2.0 * i + 2.0)
+        samples[size * i : size * (i + 1)] = i + 1
+        span = Span(float(seconds * i), float(seconds * (i + 1)))
         chunks.append(Chunk((span,), (0.0,)))
     return samples, chunks
 
 
-def test_language_detected_on_the_first_window_then_sent_with_the_rest() -> None:
+def test_the_first_windows_vote_on_the_language_then_the_rest_go_with_it() -> None:
     handle = _FakeModelHandle(detected="fr")
-    model = RemoteSpeechModel(handle)
+    model = RemoteSpeechModel(handle, language_windows=2)
+    samples, chunks = _chunks(4)
+    transcript = model.transcribe(samples, chunks, None)
+    languages = [args[0].language for args in handle.transcribe_window.calls]
+    assert languages == [None, None, "fr", "fr"]  # no window sent twice
+    assert transcript.language == "fr" and transcript.language_probability == 0.8
+    assert [w.text for w in transcript.words] == [" w1", " w2", " w3", " w4"]
+    assert [round(w.start, 2) for w in transcript.words] == [0.1, 2.1, 4.1, 6.1]
+
+
+def test_a_window_heard_in_another_language_than_the_vote_is_sent_again() -> None:
+    # Far-field English whose first window Whisper hears as Welsh: the vote of three
+    # equally long windows puts English ahead, (0.3 + 0.7 + 0.6) / 3 against 1.1 / 3.
+    handle = _FakeModelHandle(
+        detected={
+            1: (("cy", 0.6), ("en", 0.3)),
+            2: (("en", 0.7), ("cy", 0.2)),
+            3: (("en", 0.6), ("cy", 0.3)),
+        }
+    )
+    model = RemoteSpeechModel(handle, language_windows=3)
+    samples, chunks = _chunks(4, seconds=6)
+    transcript = model.transcribe(samples, chunks, None)
+    sent = [(int(a[0].audio[0]), a[0].language) for a in handle.transcribe_window.calls]
+    assert sent == [(1, None), (2, None), (3, None), (1, "en"), (4, "en")]
+    assert transcript.language == "en"
+    assert transcript.language_probability == pytest.approx(1.6 / 3)
+    assert [w.text for w in transcript.words] == [" w1", " w2", " w3", " w4"]
+    # 0.53 is unsure: the deployment's draft check was asked, with the three windows
+    ((windows, candidates),) = handle.settle_language.calls
+    assert [int(w[0]) for w in windows] == [1, 2, 3] and candidates == ["en", "cy"]
+
+
+def test_an_unsure_vote_over_windows_too_short_to_draft_keeps_its_leader() -> None:
+    handle = _FakeModelHandle(
+        detected={1: (("cy", 0.6), ("en", 0.3)), 2: (("en", 0.4), ("cy", 0.3))}, settled="en"
+    )
+    samples, chunks = _chunks(2)  # 2 s windows: nothing worth drafting
+    transcript = RemoteSpeechModel(handle, language_windows=2).transcribe(samples, chunks, None)
+    assert transcript.language == "cy" and handle.settle_language.calls == []
+
+
+def test_an_unsure_vote_goes_to_the_language_the_draft_check_settles_on() -> None:
+    handle = _FakeModelHandle(
+        detected={1: (("en", 0.5), ("de", 0.4)), 2: (("de", 0.5), ("en", 0.4))}, settled="de"
+    )
+    samples, chunks = _chunks(3, seconds=5)
+    transcript = RemoteSpeechModel(handle, language_windows=2).transcribe(samples, chunks, None)
+    sent = [(int(a[0].audio[0]), a[0].language) for a in handle.transcribe_window.calls]
+    assert sent == [(1, None), (2, None), (1, "de"), (3, "de")]
+    assert transcript.language == "de" and transcript.language_probability == pytest.approx(0.45)
+
+
+def test_a_sure_vote_is_not_checked() -> None:
+    handle = _FakeModelHandle(detected={1: (("de", 0.9),), 2: (("de", 0.8), ("en", 0.1))})
+    samples, chunks = _chunks(2)
+    transcript = RemoteSpeechModel(handle, language_windows=2).transcribe(samples, chunks, None)
+    assert transcript.language == "de" and handle.settle_language.calls == []
+
+
+def test_with_one_voting_window_the_first_window_decides() -> None:
+    handle = _FakeModelHandle(detected={1: (("cy", 0.6), ("en", 0.3))})
+    model = RemoteSpeechModel(handle, language_windows=1)
     samples, chunks = _chunks(3)
     transcript = model.transcribe(samples, chunks, None)
     languages = [args[0].language for args in handle.transcribe_window.calls]
-    assert languages == [None, "fr", "fr"]
-    assert transcript.language == "fr" and transcript.language_probability == 0.8
-    assert [w.text for w in transcript.words] == [" w1", " w2", " w3"]
-    assert [round(w.start, 2) for w in transcript.words] == [0.1, 2.1, 4.1]
+    assert languages == [None, "cy", "cy"] and transcript.language == "cy"
 
 
 def test_a_model_that_detects_no_language_gets_every_window_at_once() -> None:

@@ -69,6 +69,10 @@ class EmbeddedSpeechModel:
         """Whether the ASR model detects and recognises several languages."""
         return self.asr.multilingual
 
+    def settle_language(self, windows: Sequence[np.ndarray], candidates: Sequence[str]) -> str:
+        """Of an unsure language vote's candidates, the one Whisper drafts best."""
+        return self.asr.settle_language(windows, candidates)
+
     def transcribe(
         self,
         samples: np.ndarray,

@@ -27,11 +27,13 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.ethostral import EthostralAsr, EthostralResult
 from ethostral_serve.backends.ethostral_tags import MAX_TAG_CHARS, label_emotion, parse_tags
 from ethostral_serve.backends.windows import (
+    MIN_WINDOW_SAMPLES,
     check_adapter,
     check_language,
     span_emotions,
     transcript_from_windows,
 )
+from ethostral_serve.pipeline.language_id import LanguageRanking
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -47,8 +49,6 @@ from ethostral_serve.settings import Settings
 if TYPE_CHECKING:
     from ethostral_serve.backends.emotion import EmotionClassifier
     from ethostral_serve.backends.whisper import WhisperAsr
-
-MIN_WINDOW_SAMPLES = SAMPLE_RATE // 10  # shorter windows hold no word
 
 
 def timed_words(result: EthostralResult, duration: float) -> list[WordTiming]:
@@ -185,12 +185,25 @@ class EthostralSpeechModel:
         """Free a named adapter's weights (it loads again when next used)."""
         self.asr.unload_adapter(adapter)
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str | None, float]:
-        """The language spoken in ``audio`` (any Whisper knows) and its probability;
-        None when detection is off or the audio too short."""
+    def language_ranking(self, audio: np.ndarray) -> LanguageRanking:
+        """The languages spoken in ``audio`` (any Whisper knows), most probable first;
+        empty when detection is off or the audio too short."""
         if not self.detects_language or self.whisper is None or len(audio) < MIN_WINDOW_SAMPLES:
-            return None, 1.0
-        return self.whisper.detect_language(audio[: 30 * SAMPLE_RATE])
+            return ()
+        return self.whisper.language_ranking(audio[: 30 * SAMPLE_RATE])
+
+    def identify_language(self, windows: Sequence[np.ndarray]) -> tuple[str, float] | None:
+        """A file's language from its first windows, as Whisper base identifies it
+        (:meth:`WhisperAsr.identify_language`); None when detection is off."""
+        if not self.detects_language or self.whisper is None:
+            return None
+        return self.whisper.identify_language([w[: 30 * SAMPLE_RATE] for w in windows])
+
+    def settle_language(self, windows: Sequence[np.ndarray], candidates: Sequence[str]) -> str:
+        """Of an unsure language vote's candidates, the one Whisper base drafts best."""
+        if not self.detects_language or self.whisper is None:
+            return candidates[0]
+        return self.whisper.settle_language(windows, candidates)
 
     def _voxtral_language(self, language: str | None) -> str | None:
         """The language to tell Voxtral: one of its own, else None (it guesses)."""
@@ -203,16 +216,14 @@ class EthostralSpeechModel:
         language: str | None,
         adapter: str | None = None,
     ) -> Transcript:
-        """Every window in batches of ``batch_size``; when no language is given, the first
-        window's detected language is used for all."""
+        """Every window in batches of ``batch_size``; when no language is given, the one
+        :meth:`identify_language` finds in the first windows is used for all."""
         language = self.check_language(language)
         adapter = self.check_adapter(adapter)
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
         probability = 1.0
         if language is None:
-            first = next((w for w in windows if len(w) >= MIN_WINDOW_SAMPLES), None)
-            if first is not None:
-                language, probability = self.detect_language(first)
+            language, probability = self.identify_language(windows) or (None, 1.0)
         step = self.batch_size
         results: list[WindowResult] = []
         for lo in range(0, len(windows), step):
@@ -242,8 +253,10 @@ class EthostralSpeechModel:
         todo = [i for i, w in enumerate(windows) if len(w) >= MIN_WINDOW_SAMPLES]
         if not todo:
             return results
+        heard = {i: self.language_ranking(windows[i]) for i in todo if languages[i] is None}
         told = [
-            (languages[i], 1.0) if languages[i] else self.detect_language(windows[i]) for i in todo
+            (languages[i], 1.0) if i not in heard else heard[i][0] if heard[i] else (None, 1.0)
+            for i in todo
         ]
         outputs = self.asr.transcribe_segments(
             [windows[i] for i in todo],
@@ -258,6 +271,7 @@ class EthostralSpeechModel:
                 probability,
                 np.zeros((0, 0), np.float16),
                 timed_emotions(out, duration),
+                language_ranking=heard.get(i, ()),
             )
         return results
 
@@ -283,7 +297,7 @@ class EthostralSpeechModel:
         self, audio: np.ndarray, language: str | None, adapter: str | None = None
     ) -> tuple[str, str]:
         """A quick draft of a live utterance: tag-free text and language (``und``
-        when not given: drafts do not identify it; a stream's first final does).
+        when not given: drafts do not identify it; a stream's finals do).
 
         Greedy like the finals but capped at a length speech rarely passes, so a draft
         cannot run on (:func:`draft_text` drops a tag the cap cut short).

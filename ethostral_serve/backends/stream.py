@@ -160,7 +160,7 @@ def parts_results(
         for i, result in zip(todo, classify(inputs), strict=True):
             feelings[i] = result
     return [
-        UtteranceResult(p.words, p.language or "und", f)
+        UtteranceResult(p.words, p.language or "und", f, p.language_ranking)
         for p, f in zip(parts, feelings, strict=True)
     ]
 
@@ -200,7 +200,14 @@ def split_window(result: WindowResult, lengths: Sequence[int]) -> list[WindowRes
             if start <= e.time < end or (last and e.time >= end)
         ]
         parts.append(
-            WindowResult(words, result.language, result.language_probability, frames, emotions)
+            WindowResult(
+                words,
+                result.language,
+                result.language_probability,
+                frames,
+                emotions,
+                result.language_ranking,
+            )
         )
     return parts
 

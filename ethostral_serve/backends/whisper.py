@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -18,10 +18,22 @@ from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.whisper_models import resolve_whisper_model
 from ethostral_serve.backends.windows import (
     FRAME_S,
+    MIN_WINDOW_SAMPLES,
     check_language,
     transcript_from_windows,
 )
 from ethostral_serve.errors import ModelLoadError
+from ethostral_serve.pipeline.language_id import (
+    CHECKED_MIN_S,
+    CHECKED_WINDOWS,
+    DRAFT_TOKENS_PER_S,
+    DraftCheck,
+    LanguageRanking,
+    LanguageVote,
+    checked_language,
+    compression_ratio,
+    top_languages,
+)
 from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
 from ethostral_serve.settings import AsrSettings, Settings
 
@@ -123,6 +135,16 @@ def at_cpu_priority(priority: str, make: Callable[[], T]) -> T:
     return box["value"]
 
 
+class _HeldWindow(NamedTuple):
+    """A window encoded for a language vote, waiting for the vote's language."""
+
+    index: int
+    audio: np.ndarray
+    features: np.ndarray
+    encoded: object
+    ranking: LanguageRanking
+
+
 class WhisperAsr:
     """faster-whisper over the bundled (or a local) CTranslate2 Whisper model."""
 
@@ -176,19 +198,135 @@ class WhisperAsr:
     ) -> Transcript:
         """Recognise each window; words are mapped back to the original timeline.
 
-        Windows are decoded one after another; the first one detects the language when
-        none is given, and the others use it.
+        Windows are decoded one after another. Without a language, the first
+        ``asr.language_windows`` windows are encoded and their language probabilities
+        pooled (:class:`LanguageVote`) before any of them is decoded, and the pooled
+        leader is every window's language.
         """
         language = self.check_language(language)
-        results: list[WindowResult] = []
-        for index, chunk in enumerate(chunks):
-            (result,) = self.transcribe_windows([chunk.samples(samples, SAMPLE_RATE)], [language])
-            results.append(result)
-            if language is None and result.language is not None:
-                language = result.language
+        vote = None
+        if language is None and self.multilingual:
+            vote = LanguageVote(self.settings.language_windows)
+        results = [WindowResult.empty(language) for _ in chunks]
+        held: list[_HeldWindow] = []
+        decoded = 0
+
+        def keep(index: int, result: WindowResult) -> None:
+            nonlocal decoded
+            results[index] = result
+            decoded += 1
             if progress is not None:
-                progress((index + 1) / len(chunks))
+                progress(decoded / len(chunks))
+
+        for index, chunk in enumerate(chunks):
+            window = chunk.samples(samples, SAMPLE_RATE)
+            if vote is None or window.size < MIN_WINDOW_SAMPLES:
+                keep(index, self.transcribe_windows([window], [language])[0])
+                continue
+            features, encoded = self._encode_window(window)
+            ranking = self._ranking(encoded)
+            vote.add(ranking, window.size / SAMPLE_RATE)
+            held.append(_HeldWindow(index, window, features, encoded, ranking))
+            if vote.full:
+                language = self._decode_held(held, vote, keep)
+                vote, held = None, []
+        if vote is not None and held:
+            self._decode_held(held, vote, keep)
         return transcript_from_windows(chunks, results, self.multilingual)
+
+    def _decode_held(
+        self,
+        held: Sequence[_HeldWindow],
+        vote: LanguageVote,
+        keep: Callable[[int, WindowResult], None],
+    ) -> str:
+        """Decode the windows read for a language vote in its language; returns it."""
+        decided = self._decide(vote, [w.encoded for w in held], [len(w.audio) for w in held])
+        assert decided is not None, "held windows were counted"
+        language, probability = decided
+        for w in held:
+            result = self._decode_window(w.audio, w.features, w.encoded, language)
+            result.language_probability = probability
+            result.language_ranking = w.ranking
+            keep(w.index, result)
+        return language
+
+    def identify_language(self, windows: Sequence[np.ndarray]) -> tuple[str, float] | None:
+        """The language of a file from its first windows (each at most 30 s), as
+        :meth:`transcribe` decides it: a :class:`LanguageVote` of the first
+        ``asr.language_windows`` with speech, checked by drafts when unsure. None when
+        no window has speech."""
+        if not self.multilingual:
+            return "en", 1.0
+        vote = LanguageVote(self.settings.language_windows)
+        encoded: list[object] = []
+        lengths: list[int] = []
+        for window in windows:
+            if vote.full:
+                break
+            if len(window) < MIN_WINDOW_SAMPLES:
+                continue
+            _, e = self._encode_window(window)
+            vote.add(self._ranking(e), len(window) / SAMPLE_RATE)
+            encoded.append(e)
+            lengths.append(len(window))
+        return self._decide(vote, encoded, lengths)
+
+    def _decide(
+        self, vote: LanguageVote, encoded: Sequence[object], lengths: Sequence[int]
+    ) -> tuple[str, float] | None:
+        """The vote's leader; when it is unsure, the candidate drafted best."""
+        lead = vote.leader()
+        if lead is None or not vote.unsure:
+            return lead
+        seconds = [n / SAMPLE_RATE for n in lengths]
+        language = self._settle(encoded, seconds, vote.candidates())
+        return language, vote.probability(language)
+
+    def settle_language(self, windows: Sequence[np.ndarray], candidates: Sequence[str]) -> str:
+        """Of languages an unsure :class:`LanguageVote` heard in ``windows`` (each at
+        most 30 s), the one whose greedy drafts fail least (:func:`checked_language`),
+        drafted on the first ``CHECKED_WINDOWS`` of at least ``CHECKED_MIN_S``."""
+        read = [w for w in windows if len(w) >= CHECKED_MIN_S * SAMPLE_RATE][:CHECKED_WINDOWS]
+        if not self.multilingual or len(candidates) < 2 or not read:
+            return candidates[0]
+        encoded = [self._encode_window(w)[1] for w in read]
+        return self._settle(encoded, [len(w) / SAMPLE_RATE for w in read], candidates)
+
+    def _settle(
+        self, encoded: Sequence[object], seconds: Sequence[float], candidates: Sequence[str]
+    ) -> str:
+        pairs = zip(encoded, seconds, strict=True)
+        read = [(e, s) for e, s in pairs if s >= CHECKED_MIN_S][:CHECKED_WINDOWS]
+        if not read:
+            return candidates[0]
+        checks = [[self._draft_check(e, language, s) for e, s in read] for language in candidates]
+        return checked_language(candidates, checks)
+
+    def _draft_check(self, encoded: object, language: str, seconds: float) -> DraftCheck:
+        """A greedy draft of one encoded window in ``language``, without timestamps or
+        any guard against repeating (a loop is what the check looks for), capped at
+        ``DRAFT_TOKENS_PER_S``."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        tok = Tokenizer(self.model.hf_tokenizer, True, task="transcribe", language=language)
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        cap = min(224, len(prompt) + 8 + int(DRAFT_TOKENS_PER_S * seconds))
+        (result,) = self.model.model.generate(
+            encoded, [prompt], beam_size=1, max_length=cap, return_scores=True, suppress_blank=True
+        )
+        text = tok.decode([t for t in result.sequences_ids[0] if t < tok.eot])
+        return DraftCheck(seconds, float(result.scores[0]), compression_ratio(text))
+
+    def _encode_window(self, audio: np.ndarray) -> tuple[np.ndarray, object]:
+        """A window's features and its encoder output, as :meth:`transcribe_windows`
+        reads them."""
+        fe = self.model.feature_extractor
+        features = fe(np.asarray(audio, dtype=np.float32))
+        (encoded,) = self.encode_padded(
+            [encoder_input(features, fe.nb_max_frames, self.pad_frames)]
+        )
+        return features, encoded
 
     def transcribe_windows(
         self, windows: Sequence[np.ndarray], languages: Sequence[str | None]
@@ -203,7 +341,7 @@ class WhisperAsr:
         if len(windows) != len(languages):
             raise ValueError("one language (or None) per window")
         fe = self.model.feature_extractor
-        todo = [i for i, w in enumerate(windows) if w.size >= SAMPLE_RATE // 10]
+        todo = [i for i, w in enumerate(windows) if w.size >= MIN_WINDOW_SAMPLES]
         results = [WindowResult.empty(lang) for lang in languages]
         if not todo:
             return results
@@ -249,8 +387,10 @@ class WhisperAsr:
         from faster_whisper.tokenizer import Tokenizer
 
         probability = 1.0
+        ranking: LanguageRanking = ()
         if language is None:
-            language, probability = self._detect(encoded)
+            ranking = self._ranking(encoded)
+            language, probability = ranking[0]
         tokenizer = Tokenizer(
             self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
         )
@@ -266,7 +406,7 @@ class WhisperAsr:
                 end = min(duration, max(start, float(w.end)))
                 words.append(WordTiming(w.word, start, end, w.probability))
         frames = host_array(encoded)[0, : self.frame_count(len(audio))].astype(np.float16)
-        return WindowResult(words, language, probability, frames)
+        return WindowResult(words, language, probability, frames, language_ranking=ranking)
 
     def frame_count(self, n_samples: int) -> int:
         """Encoder frames that cover ``n_samples`` of audio (the rest is padding)."""
@@ -300,7 +440,7 @@ class WhisperAsr:
         fe = self.model.feature_extractor
         unread = "en" if not self.multilingual else "und"
         out = [("", language or unread) for language in languages]
-        todo = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10]
+        todo = [i for i, a in enumerate(audios) if len(a) >= MIN_WINDOW_SAMPLES]
         if not todo:
             return out
         features = [
@@ -350,16 +490,12 @@ class WhisperAsr:
         n = max(1, self.frame_count(len(audio)))
         return host_array(encoded)[0, :n].astype(np.float32)
 
-    def detect_language(
-        self, audio: np.ndarray, allowed: Sequence[str] | None = None
-    ) -> tuple[str, float]:
-        """The language spoken in ``audio`` (at most 30 s) and its probability; with
-        ``allowed``, the most probable of those languages."""
+    def language_ranking(self, audio: np.ndarray) -> LanguageRanking:
+        """The most probable languages spoken in ``audio`` (at most 30 s are read), each
+        with its probability."""
         if not self.multilingual:
-            return "en", 1.0
-        encoded = self.model.encode(self.encoder_input(audio))
-        ranked = [(t[2:-2], float(p)) for t, p in self.model.model.detect_language(encoded)[0]]
-        return next((x for x in ranked if allowed is None or x[0] in allowed), ranked[0])
+            return (("en", 1.0),)
+        return self._ranking(self.model.encode(self.encoder_input(audio)))
 
     def _detect_batch(self, encoded: object) -> list[str]:
         """The most probable language of each item of a batch of encoder outputs."""
@@ -367,12 +503,12 @@ class WhisperAsr:
             return ["en"] * int(encoded.shape[0])  # type: ignore[attr-defined]
         return [ranked[0][0][2:-2] for ranked in self.model.model.detect_language(encoded)]
 
-    def _detect(self, encoded: object) -> tuple[str, float]:
+    def _ranking(self, encoded: object) -> LanguageRanking:
+        """The most probable languages of one encoder output."""
         if not self.multilingual:
-            return "en", 1.0
-        results = self.model.model.detect_language(encoded)[0]
-        token, prob = results[0]
-        return token[2:-2], float(prob)
+            return (("en", 1.0),)
+        ranked = self.model.model.detect_language(encoded)[0]
+        return top_languages([(token[2:-2], float(p)) for token, p in ranked])
 
     def _options(self) -> object:
         # Windows are decoded independently: prompting a window with the previous one's

@@ -30,6 +30,7 @@ from ethostral_serve.pipeline.types import (
 
 FRAME_S = 0.02  # one Whisper encoder frame covers 20 ms
 MAX_WINDOW_S = 30.0  # the longest audio one ASR window holds
+MIN_WINDOW_SAMPLES = SAMPLE_RATE // 10  # shorter windows hold no word and are not read
 
 Classify = Callable[[list[EmotionInput]], list[EmotionResult]]
 

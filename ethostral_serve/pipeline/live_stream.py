@@ -20,6 +20,7 @@ from ethostral_serve.pipeline.compose import (
     to_ms,
     to_word,
 )
+from ethostral_serve.pipeline.language_id import LanguageVote
 from ethostral_serve.pipeline.ports import StreamBackends
 from ethostral_serve.pipeline.stream_speakers import FinalWords, refine_segments
 from ethostral_serve.pipeline.streaming import (
@@ -91,6 +92,7 @@ class LiveStream:
     _resampler: Any = None
     _segment_ids: dict[int, str] = field(default_factory=dict)
     _last_speaker: str = "s0"
+    _language_vote: LanguageVote | None = None  # finals' languages, until one is sure
     finished: bool = False  # no more audio will come
     bad_audio: str | None = None  # why the audio ended early (invalid samples)
     # One stream is one session: storing it again (after a failure) replaces it.
@@ -113,6 +115,8 @@ class LiveStream:
             max_speakers=self.params.speaker_count().upper or self.settings.diarizer.max_speakers,
         )
         self._vad_state = self.backends.new_vad_state()
+        if self.language is None:
+            self._language_vote = LanguageVote(self.settings.asr.language_windows)
         if self.params.diarize and self.settings.stream.refine_speakers_max_s > 0:
             self._kept = []
         if self.params.store_audio:
@@ -175,7 +179,7 @@ class LiveStream:
     def partial_event(self, due: Due) -> dict[str, Any]:
         """Draft the open utterance (blocking)."""
         # A draft's detected language is not kept: a fraction of a second is too little
-        # to tell; the first final decides the stream's language.
+        # to tell; the finals decide the stream's language (:meth:`_hear_language`).
         text, _ = self.backends.partial(due.audio, self.language, self.params.adapter)
         return self._event("partial", due, text, self._last_speaker, None)
 
@@ -188,8 +192,7 @@ class LiveStream:
 
     def _final(self, due: Due, result: UtteranceResult) -> dict[str, Any]:
         """Give a recognised utterance its speaker and keep it."""
-        if self.language is None and result.words and result.language != UNDETERMINED_LANGUAGE:
-            self.language = result.language
+        self._hear_language(result, due.end - due.start)
         speaker = "s0"
         if self.params.diarize:
             speaker = self.speakers.assign(self.backends.embed(due.audio))
@@ -212,6 +215,19 @@ class LiveStream:
             words = [replace(w, start=w.start + at, end=w.end + at) for w in result.words]
             self._finals.append(FinalWords(segment, words))
         return event
+
+    def _hear_language(self, result: UtteranceResult, seconds: float) -> None:
+        """Count a final's language until the stream's is decided: the pooled leader of
+        the finals so far (:class:`LanguageVote`), once it holds its ``sure`` share or
+        ``asr.language_windows`` finals have had words. Until then each final is
+        recognised in the language it is heard in."""
+        vote = self._language_vote
+        if vote is None or not result.words or result.language == UNDETERMINED_LANGUAGE:
+            return
+        vote.add(result.language_ranking or ((result.language, 1.0),), seconds)
+        lead = vote.leader()
+        if lead is not None and (vote.full or not vote.unsure):
+            self.language, self._language_vote = lead[0], None
 
     def refine_speakers(self) -> None:
         """Re-speaker the stored segments from a diarization of the whole stream (blocking).
@@ -238,10 +254,18 @@ class LiveStream:
             id=self.session_id,
             created_at=self.created_at,
             filename=self.params.filename,
-            language=self.language or self.params.language or UNDETERMINED_LANGUAGE,
+            language=self.language
+            or self.params.language
+            or self._heard_so_far()
+            or UNDETERMINED_LANGUAGE,
             duration_ms=to_ms(self.duration_s),
             segments=list(self.segments),
         )
+
+    def _heard_so_far(self) -> str | None:
+        """The leader of a vote that has not decided yet (a short stream)."""
+        lead = None if self._language_vote is None else self._language_vote.leader()
+        return None if lead is None else lead[0]
 
     def stored(self) -> tuple[Session, bytes | None]:
         """What storing the stream writes: its session and its audio as Ogg/Opus

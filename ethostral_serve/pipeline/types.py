@@ -147,6 +147,9 @@ class WindowResult:
     language_probability: float
     frames: np.ndarray  # (n, d) float16, frame j centred on (j + 0.5) * 20 ms
     emotions: list[TimedEmotion] = field(default_factory=list)
+    # The languages the model heard, most probable first, when it identified the
+    # window's language (empty when it was given one), for a file's LanguageVote.
+    language_ranking: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def empty(cls, language: str | None) -> WindowResult:
@@ -169,6 +172,7 @@ class UtteranceResult:
     words: list[WordTiming]
     language: str
     emotion: EmotionResult | None
+    language_ranking: tuple[tuple[str, float], ...] = ()  # when the language was identified
 
     @property
     def text(self) -> str:

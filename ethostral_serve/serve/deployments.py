@@ -224,6 +224,14 @@ class EthostralModel:
             [j.adapter for j in jobs],
         )
 
+    async def settle_language(self, windows: list[np.ndarray], candidates: list[str]) -> str:
+        """Of an unsure language vote's candidates, the one the model drafts best in
+        ``windows`` (a model without the check: the most probable)."""
+        settle = getattr(self.model, "settle_language", None)
+        if settle is None:
+            return candidates[0]
+        return str(await offload(settle, windows, candidates))
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def classify_segment(self, inputs: list[EmotionInput]) -> list[EmotionResult]:
         """Emotion of a batch of segments (from any requests), one result per segment."""
@@ -333,7 +341,9 @@ class Ingress:
         self.access = Access.from_settings(url, self.settings)
         self.jobs = Jobs.from_settings(url, self.settings, self.metrics)
         timeout = self.settings.limits.backend_timeout_s
-        self.speech = RemoteSpeechModel(model, timeout)
+        self.speech = RemoteSpeechModel(
+            model, timeout, language_windows=self.settings.asr.language_windows
+        )
         self.runner = PipelineRunner.traced(
             self.settings,
             RemoteVad(vad, timeout),

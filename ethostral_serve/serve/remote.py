@@ -9,9 +9,10 @@ the model deployment's ``@serve.batch`` methods can batch them with other reques
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.backends.stream import ModelStreamBackends
 from ethostral_serve.backends.windows import (
+    MIN_WINDOW_SAMPLES,
     check_adapter,
     check_language,
     span_emotions,
@@ -27,6 +29,12 @@ from ethostral_serve.backends.windows import (
 )
 from ethostral_serve.errors import BackendUnavailableError
 from ethostral_serve.pipeline import progress
+from ethostral_serve.pipeline.language_id import (
+    CHECKED_MIN_S,
+    CHECKED_WINDOWS,
+    LanguageRanking,
+    LanguageVote,
+)
 from ethostral_serve.pipeline.types import (
     Chunk,
     EmotionInput,
@@ -163,8 +171,10 @@ class RemoteSpeechModel:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_windows_in_flight: int = 8,
         max_segments_in_flight: int = 32,
+        language_windows: int = 6,
     ) -> None:
         self._handle = handle
+        self.language_windows = max(1, language_windows)
         self._info: ModelInfo | None = None
         self.timeout_s = timeout_s
         self.max_windows_in_flight = max(1, max_windows_in_flight)
@@ -271,25 +281,91 @@ class RemoteSpeechModel:
         language: str | None,
         adapter: str | None = None,
     ) -> Transcript:
-        """Send every window as its own call; when the model detects languages and none
-        is given, the first windows go one by one until one comes back with it."""
+        """Send every window as its own call, at most ``max_windows_in_flight`` at once.
+
+        When the model detects languages and none is given, the first
+        ``language_windows`` windows with speech go first, each detecting its own, and
+        :meth:`_settle_language` pools them; the rest go with the pooled language.
+        """
         windows = [c.samples(samples, SAMPLE_RATE) for c in chunks]
         results: list[WindowResult | None] = [None] * len(windows)
-        i = 0
-        while language is None and self.info.detects_language and i < len(windows):
-            (first,) = self.transcribe_windows([windows[i]], [None], [adapter])
-            results[i] = first
-            language = first.language
-            i += 1
+        done = itertools.count(1)
+
+        def tick() -> None:
+            progress.report("asr", next(done), len(windows))
+
+        sent = 0
+        if language is None and self.info.detects_language:
+            speech = [i for i, w in enumerate(windows) if len(w) >= MIN_WINDOW_SAMPLES]
+            voters = speech[: self.language_windows]
+            sent = voters[-1] + 1 if voters else len(windows)
+            self._send(windows, range(sent), None, adapter, results, tick)
+            language = self._settle_language(windows[:sent], results, adapter)
+        self._send(windows, range(sent, len(windows)), language, adapter, results, tick)
+        final = [r if r is not None else WindowResult.empty(language) for r in results]
+        return transcript_from_windows(chunks, final, self.info.multilingual)
+
+    def _settle_language(
+        self,
+        windows: Sequence[np.ndarray],
+        results: list[WindowResult | None],
+        adapter: str | None,
+    ) -> str | None:
+        """Pool the languages the first windows detected (``results[: len(windows)]``);
+        those decoded in another language than the pooled leader are sent again with
+        it. Returns the leader (None: no window had speech)."""
+        vote = LanguageVote(self.language_windows)
+        for window, result in zip(windows, results, strict=False):
+            if result is not None:
+                vote.add(_ranking(result), len(window) / SAMPLE_RATE)
+        lead = vote.leader()
+        if lead is None:
+            return None
+        language, probability = lead
+        drafted = [w for w in windows if len(w) >= CHECKED_MIN_S * SAMPLE_RATE]
+        if vote.unsure and drafted:
+            response = self._handle.settle_language.remote(
+                drafted[:CHECKED_WINDOWS], vote.candidates()
+            )
+            language = str(self._wait(response))
+            probability = vote.probability(language)
+        heard = [None if r is None else r.language for r in results[: len(windows)]]
+        again = [
+            i
+            for i, (window, found) in enumerate(zip(windows, heard, strict=True))
+            if len(window) >= MIN_WINDOW_SAMPLES and found != language
+        ]
+        self._send(windows, again, language, adapter, results, None)
+        for result in results[: len(windows)]:
+            if result is not None:
+                result.language_probability = probability
+        return language
+
+    def _send(
+        self,
+        windows: Sequence[np.ndarray],
+        indices: Iterable[int],
+        language: str | None,
+        adapter: str | None,
+        results: list[WindowResult | None],
+        tick: Callable[[], None] | None,
+    ) -> None:
+        """Recognise ``windows[i]`` for each index into ``results[i]``, at most
+        ``max_windows_in_flight`` calls outstanding."""
+        todo = list(indices)
         step = self.max_windows_in_flight
-        for lo in range(i, len(windows), step):
-            wave = [WindowJob(w, language, adapter) for w in windows[lo : lo + step]]
-            responses = [self._model(adapter).transcribe_window.remote(j) for j in wave]
-            for k, response in enumerate(responses):
-                results[lo + k] = self._wait(response)
-                progress.report("asr", lo + k + 1, len(windows))
-        done = [r if r is not None else WindowResult.empty(language) for r in results]
-        return transcript_from_windows(chunks, done, self.info.multilingual)
+        for lo in range(0, len(todo), step):
+            wave = todo[lo : lo + step]
+            responses = [
+                self._model(adapter).transcribe_window.remote(
+                    WindowJob(windows[i], language, adapter)
+                )
+                for i in wave
+            ]
+            for i, response in zip(wave, responses, strict=True):
+                results[i] = self._wait(response)
+                if tick is not None:
+                    tick()
 
     def emotions(
         self, samples: np.ndarray, transcript: Transcript, spans: Sequence[Span]
@@ -350,3 +426,13 @@ class RemoteStreamBackends(ModelStreamBackends):
         """Speaker turns of a whole stream from the Diarizer deployment."""
         response = self._diarizer.diarize.remote(samples, list(regions), speakers)
         return list(wait(response, "Diarizer", self.timeout_s))
+
+
+def _ranking(result: WindowResult) -> LanguageRanking:
+    """A window's language ranking; a model that reports only its language counts it
+    with its probability."""
+    if result.language_ranking:
+        return result.language_ranking
+    if result.language is None:
+        return ()
+    return ((result.language, result.language_probability),)

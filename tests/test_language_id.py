@@ -1,0 +1,175 @@
+"""A file's language: the vote over its first windows, the draft check of an unsure vote,
+and the embedded Whisper deciding on real audio where its first window misleads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_data
+from speech import two_speaker_conversation
+
+from ethostral_serve.audio import SAMPLE_RATE, decode_audio
+from ethostral_serve.pipeline.language_id import (
+    DraftCheck,
+    LanguageVote,
+    checked_language,
+    compression_ratio,
+    top_languages,
+)
+from ethostral_serve.pipeline.types import Chunk, Span
+
+
+def test_top_languages_sorts_and_keeps_the_most_probable() -> None:
+    ranked = [("la", 0.1), ("en", 0.6), ("cy", 0.2), ("de", 0.05), ("fr", 0.03), ("it", 0.02)]
+    assert top_languages(ranked, size=3) == (("en", 0.6), ("cy", 0.2), ("la", 0.1))
+    assert len(top_languages(ranked)) == 5
+
+
+def test_the_vote_weights_each_window_by_its_seconds() -> None:
+    vote = LanguageVote(most_windows=3)
+    vote.add((("cy", 0.8), ("en", 0.2)), seconds=5.0)  # a short window heard as Welsh
+    vote.add((("en", 0.6), ("cy", 0.3)), seconds=25.0)
+    code, p = vote.leader() or ("", 0.0)
+    assert code == "en" and p == pytest.approx((0.2 * 5 + 0.6 * 25) / 30)
+    assert vote.probability("cy") == pytest.approx((0.8 * 5 + 0.3 * 25) / 30)
+    assert vote.probability("de") == 0.0
+    assert vote.candidates() == ["en", "cy"] and not vote.full
+
+
+def test_the_vote_counts_only_its_first_windows_with_a_ranking() -> None:
+    vote = LanguageVote(most_windows=2)
+    vote.add((), seconds=10.0)  # too short to identify: not counted
+    assert vote.leader() is None and not vote.full and not vote.unsure
+    vote.add((("cy", 0.9),), seconds=10.0)
+    vote.add((("cy", 0.9),), seconds=10.0)
+    assert vote.full and vote.windows == 2
+    vote.add((("en", 1.0),), seconds=100.0)  # past the vote: ignored
+    assert vote.leader() == ("cy", pytest.approx(0.9))
+
+
+def test_one_window_is_whispers_own_rule_and_a_tie_goes_to_the_first_heard() -> None:
+    vote = LanguageVote(most_windows=1)
+    vote.add((("la", 0.33), ("en", 0.16)), seconds=27.0)
+    vote.add((("en", 0.9),), seconds=27.0)
+    assert vote.leader() == ("la", pytest.approx(0.33))
+    tie = LanguageVote()
+    tie.add((("de", 0.5), ("en", 0.5)), seconds=1.0)
+    assert tie.leader() == ("de", 0.5)
+    with pytest.raises(ValueError, match="at least one window"):
+        LanguageVote(most_windows=0)
+
+
+def test_a_vote_is_unsure_below_its_sure_share_and_with_a_rival() -> None:
+    sure = LanguageVote(sure=0.75)
+    sure.add((("en", 0.9), ("cy", 0.1)), seconds=10.0)
+    assert not sure.unsure
+    unsure = LanguageVote(sure=0.75)
+    unsure.add((("cy", 0.55), ("en", 0.43)), seconds=17.0)
+    assert unsure.unsure
+    alone = LanguageVote(sure=0.75)
+    alone.add((("en", 0.5),), seconds=3.0)  # nothing to check it against
+    assert not alone.unsure
+
+
+def test_compression_ratio_finds_loops() -> None:
+    assert compression_ratio("") == 0.0
+    plain = "He should register the positions of the ships before the tide turns."
+    assert compression_ratio(plain) < 1.5
+    assert compression_ratio("Mae'r gweithio'r " * 12) > 2.4
+
+
+def test_a_draft_fails_as_whisper_judges_a_failed_decoding() -> None:
+    assert not DraftCheck(20.0, -0.5, 1.6).failed
+    assert DraftCheck(20.0, -0.3, 6.2).failed  # a loop, however sure of itself
+    assert DraftCheck(20.0, -1.08, 1.9).failed  # text the model barely believes
+
+
+def test_the_candidate_whose_drafts_fail_least_is_kept() -> None:
+    welsh = [DraftCheck(22.0, -1.08, 1.9), DraftCheck(23.0, -0.26, 6.2)]
+    english = [DraftCheck(22.0, -0.48, 1.5), DraftCheck(23.0, -0.73, 1.5)]
+    assert checked_language(["cy", "en"], [welsh, english]) == "en"
+    # equally good drafts (a translation reads well too): the more probable stays
+    assert checked_language(["de", "en"], [english, english]) == "de"
+    with pytest.raises(ValueError, match="per candidate"):
+        checked_language(["de", "en"], [english])
+
+
+# The embedded Whisper base on real audio.
+
+
+@pytest.fixture(scope="module")
+def asr(settings):
+    from ethostral_serve.backends.whisper import WhisperAsr
+
+    return WhisperAsr(settings.asr, settings.cache_dir)
+
+
+@pytest.fixture(scope="module")
+def meeting_excerpt() -> np.ndarray:
+    """17 s of a real far-field AMI meeting in English (pyannote-debug trn08), which
+    Whisper base's language identification ranks as Welsh first."""
+    return decode_audio(require_data("diarization", "pyannote-debug", "trn08.wav")).samples
+
+
+@pytest.fixture(scope="module")
+def german() -> np.ndarray:
+    """20 s of German: one EmoDB speaker's first ten clips, joined."""
+    folder = require_data("emotion", "emodb")
+    lines = (folder / "labels.tsv").read_text(encoding="utf-8").splitlines()[1:11]
+    return np.concatenate([decode_audio(folder / line.split("\t")[0]).samples for line in lines])
+
+
+def test_far_field_english_first_heard_as_welsh_is_settled_as_english(asr, meeting_excerpt) -> None:
+    ranking = asr.language_ranking(meeting_excerpt)
+    assert ranking[0][0] == "cy" and ranking[1][0] == "en"  # Whisper's own rule: Welsh
+    language, probability = asr.identify_language([meeting_excerpt]) or ("", 0.0)
+    assert language == "en" and probability == pytest.approx(ranking[1][1])
+    chunk = Chunk((Span(0.0, len(meeting_excerpt) / SAMPLE_RATE),), (0.0,))
+    transcript = asr.transcribe(meeting_excerpt, [chunk], None)
+    assert transcript.language == "en"
+    assert transcript.language_probability == pytest.approx(probability)
+    assert len(transcript.words) >= 10
+
+
+def test_a_clear_language_is_not_second_guessed(asr, german) -> None:
+    ranking = asr.language_ranking(german)
+    assert ranking[0][0] == "de" and ranking[0][1] >= 0.75
+    assert asr.identify_language([german]) == ("de", pytest.approx(ranking[0][1]))
+
+
+def test_the_draft_check_keeps_german_against_english(asr, german) -> None:
+    assert asr.settle_language([german], ["de", "en"]) == "de"
+
+
+def test_every_window_is_decoded_in_the_language_its_first_windows_vote_for(
+    settings, german
+) -> None:
+    from ethostral_serve.backends.whisper import WhisperAsr
+
+    # 10 s of German, then two windows of English: the English is the clear majority
+    english = two_speaker_conversation(turns_each=3).samples
+    samples = np.concatenate([german[: 10 * SAMPLE_RATE], english])
+    g = 10.0
+    e = len(english) / SAMPLE_RATE
+    chunks = [
+        Chunk((Span(0.0, g),), (0.0,)),
+        Chunk((Span(g, g + e / 2),), (0.0,)),
+        Chunk((Span(g + e / 2, g + e),), (0.0,)),
+    ]
+    by_vote = WhisperAsr(
+        settings.asr.model_copy(update={"language_windows": 3}), settings.cache_dir
+    )
+    transcript = by_vote.transcribe(samples, chunks, None)
+    assert transcript.language == "en"
+    assert {w.start < g for w in transcript.words} == {True, False}  # every window read
+    by_first = WhisperAsr(
+        settings.asr.model_copy(update={"language_windows": 1}), settings.cache_dir
+    )
+    assert by_first.transcribe(samples, chunks, None).language == "de"
+
+
+def test_windows_too_short_to_draft_leave_the_leader(asr, meeting_excerpt) -> None:
+    # 4 s drafts say too little of loops or belief: the vote's leader stands
+    short = meeting_excerpt[: 4 * SAMPLE_RATE]
+    assert asr.settle_language([short], ["cy", "en"]) == "cy"
+    assert asr.settle_language([meeting_excerpt], ["cy", "en"]) == "en"
