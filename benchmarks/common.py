@@ -85,18 +85,21 @@ def speaker_agreement(segments: Sequence[Any], truth: list[tuple[float, float, s
 
 
 # Bare faster-whisper as the speed reference: a fresh process, loading included,
-# Whisper base int8 on CPU with one thread per core, English, beam 5, no VAD, every
-# segment consumed. Arguments: model dir, threads, then the files. Prints each file's
-# text on a line of its own, then one line: load=… transcribe=… words=…
+# Whisper base int8 on CPU with one thread per core, English (BARE_LANGUAGE=auto:
+# detected, faster-whisper's own way), beam 5, no VAD, every segment consumed.
+# Arguments: model dir, threads, then the files. Prints each file's text on a line of
+# its own, then one line: load=… transcribe=… words=…
 _BARE_WHISPER = """
-import sys, time
+import os, sys, time
+language = os.environ.get("BARE_LANGUAGE", "en")
+language = None if language == "auto" else language
 t0 = time.perf_counter()
 from faster_whisper import WhisperModel
 model = WhisperModel(sys.argv[1], device="cpu", compute_type="int8", cpu_threads=int(sys.argv[2]))
 t1 = time.perf_counter()
 texts = []
 for path in sys.argv[3:]:
-    segments, info = model.transcribe(path, language="en", beam_size=5)
+    segments, info = model.transcribe(path, language=language, beam_size=5)
     texts.append(" ".join(seg.text.strip() for seg in segments).replace("\\n", " "))
 print("\\n".join(texts))
 words = sum(len(t.split()) for t in texts)
@@ -114,23 +117,26 @@ def whisper_base_args() -> list[str]:
     return [str(resolve_whisper_model("base", Settings().cache_dir)), str(default_cpu_threads())]
 
 
-def bare_whisper(paths: Sequence[Path]) -> tuple[float, str, list[str]]:
-    """Bare faster-whisper over ``paths`` in one fresh process (see ``_BARE_WHISPER``):
-    wall seconds, the summary line it printed, and each file's text."""
+def bare_whisper(paths: Sequence[Path], language: str = "en") -> tuple[float, str, list[str]]:
+    """Bare faster-whisper over ``paths`` in one fresh process (see ``_BARE_WHISPER``;
+    ``language`` "auto": detected): wall seconds, the summary line it printed, and each
+    file's text."""
+    import os
     import subprocess
     import sys
     import time
 
     cmd = [sys.executable, "-c", _BARE_WHISPER, *whisper_base_args(), *map(str, paths)]
+    env = {**os.environ, "BARE_LANGUAGE": language}
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, env=env)
     seconds = time.perf_counter() - t0
     lines = out.stdout.rstrip("\n").split("\n")
     return seconds, lines[-1], lines[:-1]
 
 
-def bare_whisper_s(path: Path) -> tuple[float, str]:
+def bare_whisper_s(path: Path, language: str = "en") -> tuple[float, str]:
     """Wall seconds of bare faster-whisper on ``path`` in a fresh process, and the
     summary line it printed."""
-    seconds, summary, _ = bare_whisper([path])
+    seconds, summary, _ = bare_whisper([path], language)
     return seconds, summary

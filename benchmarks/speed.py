@@ -1,14 +1,14 @@
 """Speed of the whole CLI next to bare faster-whisper on the same file.
 
     .venv/bin/python -m benchmarks.speed [--file F.wav] [--repeat 2] [--seed 0]
-        [--whisperx-python /path/to/venv/bin/python]
+        [--language en|auto] [--whisperx-python /path/to/venv/bin/python]
 
 Without ``--file`` it builds a ~130 s four-speaker conversation from the shared
 LibriSpeech utterances. Each side runs as a fresh process, so imports and model loading
 are included: bare = faster-whisper Whisper base int8, beam 5, English, no VAD;
-CLI = ``ethostral transcribe FILE --language en`` with diarization and emotion on. A
-warm in-process run then gives the time of each pipeline stage and the emotion cost per
-segment.
+CLI = ``ethostral transcribe FILE --language en`` with diarization and emotion on
+(``--language auto``: both detect the language). A warm in-process run then gives the
+time of each pipeline stage and the emotion cost per segment.
 
 With ``--whisperx-python`` (the interpreter of a separate venv holding ``whisperx==3.8.6``,
 which pins torch 2.8), WhisperX runs in the same rounds: the same Whisper base dir, int8,
@@ -77,6 +77,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--whisperx-python", help="python of a venv with whisperx==3.8.6")
+    parser.add_argument(
+        "--language",
+        default="en",
+        help="'en' (default) or 'auto': the CLI without --language and bare faster-whisper "
+        "detecting the language",
+    )
     args = parser.parse_args()
 
     python = sys.executable
@@ -91,13 +97,12 @@ def main() -> None:
         cli_runs: list[float] = []
         whisperx_runs: list[float] = []
         for _ in range(args.repeat):
-            seconds, detail = bare_whisper_s(path)
+            seconds, detail = bare_whisper_s(path, args.language)
             bare_runs.append(seconds)
             print(f"bare: {seconds:.1f} s ({detail})", file=sys.stderr)
             out = Path(tmp) / "session.json"
-            seconds, _ = _timed(
-                [cli, "transcribe", str(path), "--language", "en", "-q", "-o", str(out)]
-            )
+            told = [] if args.language == "auto" else ["--language", args.language]
+            seconds, _ = _timed([cli, "transcribe", str(path), *told, "-q", "-o", str(out)])
             cli_runs.append(seconds)
             print(f"cli:  {seconds:.1f} s", file=sys.stderr)
             if args.whisperx_python:
@@ -112,12 +117,15 @@ def main() -> None:
 
         engine = Engine.load(Settings())
         times = StageTimes()
-        session = engine.run(path, path.name, TranscribeOptions(language="en"), times=times)
+        language = None if args.language == "auto" else args.language
+        options = TranscribeOptions(language=language)
+        session = engine.run(path, path.name, options, times=times)
 
     print(f"Speed on {duration:.1f} s of audio ({path.name}); {machine()}")
+    told = "no language" if args.language == "auto" else f"--language {args.language}"
     runs = [
-        ("bare faster-whisper base int8 beam 5, en", bare_runs),
-        ("ethostral transcribe --language en (diarize + emotion)", cli_runs),
+        (f"bare faster-whisper base int8 beam 5, {args.language}", bare_runs),
+        (f"ethostral transcribe {told} (diarize + emotion)", cli_runs),
     ]
     if whisperx_runs:
         runs.append(("WhisperX 3.8.6 batched (batch 8, pyannote VAD)", whisperx_runs))

@@ -87,11 +87,22 @@ def test_a_draft_fails_as_whisper_judges_a_failed_decoding() -> None:
 def test_the_candidate_whose_drafts_fail_least_is_kept() -> None:
     welsh = [DraftCheck(22.0, -1.08, 1.9), DraftCheck(23.0, -0.26, 6.2)]
     english = [DraftCheck(22.0, -0.48, 1.5), DraftCheck(23.0, -0.73, 1.5)]
-    assert checked_language(["cy", "en"], [welsh, english]) == "en"
-    # equally good drafts (a translation reads well too): the more probable stays
-    assert checked_language(["de", "en"], [english, english]) == "de"
-    with pytest.raises(ValueError, match="per candidate"):
-        checked_language(["de", "en"], [english])
+    translated = [DraftCheck(22.0, -0.6, 1.5), DraftCheck(23.0, -1.2, 1.6)]
+    drafts = {"cy": welsh, "en": english, "de": translated}
+    drafted: list[str] = []
+
+    def drafts_in(language: str) -> list[DraftCheck]:
+        drafted.append(language)
+        return drafts[language]
+
+    assert checked_language(["cy", "en"], drafts_in) == "en"
+    # the more probable drafted clean: nothing after it is drafted
+    drafted.clear()
+    assert checked_language(["en", "cy"], drafts_in) == "en" and drafted == ["en"]
+    # equally failed drafts: the more probable stays
+    assert checked_language(["de", "cy"], lambda _: translated) == "de"
+    with pytest.raises(ValueError, match="no candidate"):
+        checked_language([], drafts_in)
 
 
 # The embedded Whisper base on real audio.

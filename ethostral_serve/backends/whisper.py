@@ -300,8 +300,9 @@ class WhisperAsr:
         read = [(e, s) for e, s in pairs if s >= CHECKED_MIN_S][:CHECKED_WINDOWS]
         if not read:
             return candidates[0]
-        checks = [[self._draft_check(e, language, s) for e, s in read] for language in candidates]
-        return checked_language(candidates, checks)
+        return checked_language(
+            candidates, lambda language: [self._draft_check(e, language, s) for e, s in read]
+        )
 
     def _draft_check(self, encoded: object, language: str, seconds: float) -> DraftCheck:
         """A greedy draft of one encoded window in ``language``, without timestamps or

@@ -15,7 +15,7 @@ again only where that differs.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # A window's detected languages, most probable first, each with its probability.
@@ -121,12 +121,22 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def checked_language(candidates: Sequence[str], checks: Sequence[Sequence[DraftCheck]]) -> str:
-    """The candidate whose drafts failed over the fewest seconds; a tie goes to the one
-    listed first (the more probable). A model made to write the wrong language loops or
-    writes what it does not believe: on far-field English that Whisper base heard as
-    Welsh, its Welsh drafts repeated themselves where its English ones did not."""
-    if len(candidates) != len(checks) or not candidates:
-        raise ValueError("one list of draft checks per candidate language")
-    failed = [sum(c.seconds for c in drafts if c.failed) for drafts in checks]
-    return candidates[failed.index(min(failed))]
+def checked_language(
+    candidates: Sequence[str], drafts_in: Callable[[str], Sequence[DraftCheck]]
+) -> str:
+    """The candidate whose drafts (``drafts_in(language)``) failed over the fewest
+    seconds; a tie goes to the one listed first (the more probable). Candidates are
+    drafted in order, and none after one whose drafts all passed, which no later one
+    could beat. A model made to write the wrong language loops or writes what it does
+    not believe: on far-field English that Whisper base heard as Welsh, its Welsh drafts
+    repeated themselves where its English ones did not."""
+    if not candidates:
+        raise ValueError("no candidate language to check")
+    best, least = candidates[0], float("inf")
+    for language in candidates:
+        failed = sum(c.seconds for c in drafts_in(language) if c.failed)
+        if failed < least:
+            best, least = language, failed
+        if least == 0.0:
+            break
+    return best
