@@ -14,6 +14,7 @@ from ethostral_serve.pipeline.language_id import (
     LanguageVote,
     checked_language,
     compression_ratio,
+    recognised_check,
     top_languages,
 )
 from ethostral_serve.pipeline.types import Chunk, Span
@@ -105,6 +106,18 @@ def test_the_candidate_whose_drafts_fail_least_is_kept() -> None:
         checked_language([], drafts_in)
 
 
+def test_a_recognition_fails_where_whisper_had_to_decode_again() -> None:
+    # parts: (avg_logprob, compression_ratio, tokens, temperature)
+    clean = recognised_check(20.0, [(-0.2, 1.4, 30, 0.0), (-0.5, 1.6, 10, 0.0)])
+    assert clean == DraftCheck(20.0, pytest.approx(-0.275), 1.6) and not clean.failed
+    # a part decoded again at a temperature: its first, beam decoding failed the test
+    fell_back = recognised_check(20.0, [(-0.2, 1.4, 30, 0.0), (-0.6, 2.0, 10, 0.4)])
+    assert fell_back.fell_back and fell_back.failed
+    assert recognised_check(20.0, [(-0.3, 2.6, 40, 0.0)]).failed  # a loop
+    assert recognised_check(20.0, [(-1.2, 1.5, 40, 0.0)]).failed  # barely believed
+    assert not recognised_check(8.0, []).failed  # nothing decoded: nothing failed
+
+
 # The embedded Whisper base on real audio.
 
 
@@ -140,6 +153,64 @@ def test_far_field_english_first_heard_as_welsh_is_settled_as_english(asr, meeti
     assert transcript.language == "en"
     assert transcript.language_probability == pytest.approx(probability)
     assert len(transcript.words) >= 10
+
+
+def test_an_unsure_leader_is_checked_on_its_own_recognition(
+    asr, meeting_excerpt, monkeypatch
+) -> None:
+    # trn08 first heard as Welsh: the Welsh beam recognition fails the test (and is not
+    # sampled again), so English is drafted, wins, and the window is recognised in
+    # English with Whisper's fallback
+    drafted, decoded = spy_on_decoding(asr, monkeypatch)
+    chunk = Chunk((Span(0.0, len(meeting_excerpt) / SAMPLE_RATE),), (0.0,))
+    assert asr.transcribe(meeting_excerpt, [chunk], None).language == "en"
+    assert drafted == ["en"] and decoded == [("cy", False), ("en", True)]
+
+
+def test_an_unsure_leader_whose_recognition_reads_well_costs_no_draft(asr, monkeypatch) -> None:
+    # 30 s of a real AMI meeting (dev01) that Whisper base hears as English, unsure
+    samples = decode_audio(require_data("diarization", "pyannote-debug", "dev01.wav")).samples
+    ranking = asr.language_ranking(samples)
+    assert ranking[0][0] == "en" and ranking[0][1] < 0.75
+    drafted, decoded = spy_on_decoding(asr, monkeypatch)
+    chunk = Chunk((Span(0.0, len(samples) / SAMPLE_RATE),), (0.0,))
+    transcript = asr.transcribe(samples, [chunk], None)
+    assert transcript.language == "en" and len(transcript.words) >= 20
+    assert drafted == [] and decoded == [("en", False)]  # the recognition was the check
+
+
+def test_a_leader_whose_recognition_fails_but_drafts_better_is_recognised_again(
+    asr, monkeypatch
+) -> None:
+    # 30 s of trn04 whole (its silences too): the English beam recognition loops, the
+    # Welsh drafts fail more, so English stays and the window is decoded again with
+    # Whisper's sampling fallback
+    samples = decode_audio(require_data("diarization", "pyannote-debug", "trn04.wav")).samples
+    assert [code for code, _ in asr.language_ranking(samples)[:2]] == ["en", "cy"]
+    drafted, decoded = spy_on_decoding(asr, monkeypatch)
+    chunk = Chunk((Span(0.0, len(samples) / SAMPLE_RATE),), (0.0,))
+    assert asr.transcribe(samples, [chunk], None).language == "en"
+    assert drafted == ["cy"] and decoded == [("en", False), ("en", True)]
+
+
+def spy_on_decoding(asr, monkeypatch) -> tuple[list[str], list[tuple[str, bool]]]:
+    """The languages ``asr`` drafts windows in, and those it recognises them in with
+    whether the fallback was on, in order, from now on."""
+    drafted: list[str] = []
+    decoded: list[tuple[str, bool]] = []
+    draft, decode = asr._draft_check, asr._decode_checked
+
+    def drafting(encoded, language, seconds):
+        drafted.append(language)
+        return draft(encoded, language, seconds)
+
+    def decoding(audio, features, encoded, language, fallback=True):
+        decoded.append((language, fallback))
+        return decode(audio, features, encoded, language, fallback)
+
+    monkeypatch.setattr(asr, "_draft_check", drafting)
+    monkeypatch.setattr(asr, "_decode_checked", decoding)
+    return drafted, decoded
 
 
 def test_a_clear_language_is_not_second_guessed(asr, german) -> None:

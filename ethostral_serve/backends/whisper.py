@@ -32,6 +32,7 @@ from ethostral_serve.pipeline.language_id import (
     LanguageVote,
     checked_language,
     compression_ratio,
+    recognised_check,
     top_languages,
 )
 from ethostral_serve.pipeline.types import Chunk, Transcript, WindowResult, WordTiming
@@ -133,6 +134,10 @@ def at_cpu_priority(priority: str, make: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _seconds(audio: np.ndarray) -> float:
+    return len(audio) / SAMPLE_RATE
 
 
 class _HeldWindow(NamedTuple):
@@ -240,12 +245,49 @@ class WhisperAsr:
         vote: LanguageVote,
         keep: Callable[[int, WindowResult], None],
     ) -> str:
-        """Decode the windows read for a language vote in its language; returns it."""
-        decided = self._decide(vote, [w.encoded for w in held], [len(w.audio) for w in held])
-        assert decided is not None, "held windows were counted"
-        language, probability = decided
+        """Decode the windows read for a language vote in its language; returns it.
+
+        An unsure vote is settled as :meth:`_decide` does, except that the leader is
+        checked on its first (beam) recognition of the windows, which is needed anyway,
+        rather than on drafts. Where that passes, it is the window's recognition; only
+        where it fails is the runner-up drafted, and the failed windows are recognised
+        again, with Whisper's sampling fallback, in whichever language wins. A wrong
+        leader's recognition is not sampled again: a language Whisper cannot write
+        loops at every temperature, and sampling a 165 s far-field file in Welsh that
+        way cost a minute (measured)."""
+        lead = vote.leader()
+        assert lead is not None, "held windows were counted"
+        decoded: dict[int, WindowResult] = {}
+        language = lead[0]
+        if vote.unsure:
+            candidates = vote.candidates()
+            read = [w for w in held if len(w.audio) >= CHECKED_MIN_S * SAMPLE_RATE]
+            read = read[:CHECKED_WINDOWS]
+
+            def drafts_in(code: str) -> list[DraftCheck]:
+                if code != candidates[0]:
+                    return [self._draft_check(w.encoded, code, _seconds(w.audio)) for w in read]
+                checks = []
+                for w in read:
+                    result, check = self._decode_checked(
+                        w.audio, w.features, w.encoded, code, fallback=False
+                    )
+                    if not check.failed:
+                        decoded[w.index] = result
+                    checks.append(check)
+                return checks
+
+            if read and len(candidates) > 1:
+                language = checked_language(candidates, drafts_in)
+            else:
+                language = candidates[0]
+            if language != candidates[0]:
+                decoded.clear()
+        probability = vote.probability(language)
         for w in held:
-            result = self._decode_window(w.audio, w.features, w.encoded, language)
+            result = decoded.get(w.index)
+            if result is None:
+                result = self._decode_window(w.audio, w.features, w.encoded, language)
             result.language_probability = probability
             result.language_ranking = w.ranking
             keep(w.index, result)
@@ -385,6 +427,19 @@ class WhisperAsr:
     def _decode_window(
         self, audio: np.ndarray, features: np.ndarray, encoded: object, language: str | None
     ) -> WindowResult:
+        return self._decode_checked(audio, features, encoded, language)[0]
+
+    def _decode_checked(
+        self,
+        audio: np.ndarray,
+        features: np.ndarray,
+        encoded: object,
+        language: str | None,
+        fallback: bool = True,
+    ) -> tuple[WindowResult, DraftCheck]:
+        """A window's recognition, and how its decoding read (:func:`recognised_check`).
+        Without ``fallback``, only the first (beam) decoding is made: where that passes,
+        the recognition is the one ``fallback`` gives."""
         from faster_whisper.tokenizer import Tokenizer
 
         probability = 1.0
@@ -396,10 +451,19 @@ class WhisperAsr:
             self.model.hf_tokenizer, self.multilingual, task="transcribe", language=language
         )
         words: list[WordTiming] = []
+        parts: list[tuple[float, float, int, float]] = []
         duration = len(audio) / SAMPLE_RATE
         for segment in self.model.generate_segments(
-            features, tokenizer, self._options(), False, encoded
+            features, tokenizer, self._options(fallback), False, encoded
         ):
+            parts.append(
+                (
+                    float(segment.avg_logprob),
+                    float(segment.compression_ratio),
+                    len(segment.tokens),
+                    float(segment.temperature or 0.0),
+                )
+            )
             for w in segment.words or []:
                 start = float(w.start)
                 if start >= duration:  # timed in the padding: no audio there
@@ -407,7 +471,8 @@ class WhisperAsr:
                 end = min(duration, max(start, float(w.end)))
                 words.append(WordTiming(w.word, start, end, w.probability))
         frames = host_array(encoded)[0, : self.frame_count(len(audio))].astype(np.float16)
-        return WindowResult(words, language, probability, frames, language_ranking=ranking)
+        result = WindowResult(words, language, probability, frames, language_ranking=ranking)
+        return result, recognised_check(duration, parts)
 
     def frame_count(self, n_samples: int) -> int:
         """Encoder frames that cover ``n_samples`` of audio (the rest is padding)."""
@@ -511,9 +576,10 @@ class WhisperAsr:
         ranked = self.model.model.detect_language(encoded)[0]
         return top_languages([(token[2:-2], float(p)) for token, p in ranked])
 
-    def _options(self) -> object:
+    def _options(self, fallback: bool = True) -> object:
         # Windows are decoded independently: prompting a window with the previous one's
-        # text made Whisper loop on phrases across speaker changes (measured).
+        # text made Whisper loop on phrases across speaker changes (measured). Without
+        # ``fallback`` a decoding that fails Whisper's test is not sampled again.
         from faster_whisper.transcribe import TranscriptionOptions
 
         s = self.settings
@@ -529,7 +595,7 @@ class WhisperAsr:
             compression_ratio_threshold=2.4,
             condition_on_previous_text=True,
             prompt_reset_on_temperature=0.5,
-            temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if fallback else [0.0],
             initial_prompt=None,
             prefix=None,
             suppress_blank=True,

@@ -45,8 +45,9 @@ class LanguageVote:
     one; ``most_windows`` 1 is Whisper's own rule, where the first window decides.
 
     A leader below ``sure`` of the pooled probability is :attr:`unsure`: the model then
-    drafts the windows in each of the :meth:`candidates`, and :func:`checked_language`
-    picks one by how the drafts read.
+    checks how the windows decode in the leader (a draft, or their recognition itself)
+    and, where that fails, drafts them in the runner-up of the :meth:`candidates`;
+    :func:`checked_language` picks one by how the decodings read.
     """
 
     most_windows: int = 6
@@ -101,18 +102,39 @@ class LanguageVote:
 
 @dataclass(frozen=True)
 class DraftCheck:
-    """How a quick draft of one window in one language reads."""
+    """How a decoding of one window in one language reads: a quick draft, or the
+    window's recognition itself, where ``fell_back`` says that its first decoding failed
+    this same test and Whisper decoded again with sampling."""
 
     seconds: float
     avg_logprob: float
     compression_ratio: float
+    fell_back: bool = False
 
     @property
     def failed(self) -> bool:
         """Whisper's test of a failed decoding: a loop, or text it barely believes."""
         return (
-            self.compression_ratio > MOST_COMPRESSION_RATIO or self.avg_logprob < LEAST_AVG_LOGPROB
+            self.fell_back
+            or self.compression_ratio > MOST_COMPRESSION_RATIO
+            or self.avg_logprob < LEAST_AVG_LOGPROB
         )
+
+
+def recognised_check(
+    seconds: float, parts: Sequence[tuple[float, float, int, float]]
+) -> DraftCheck:
+    """The :class:`DraftCheck` of a window's recognition from its decoded parts, each
+    ``(avg_logprob, compression_ratio, tokens, temperature)`` as Whisper reports them: the
+    parts' log-probability weighted by their tokens, their highest compression ratio,
+    and whether any part needed a temperature above 0 (its first decoding failed). A
+    window with nothing decoded passes."""
+    tokens = sum(max(n, 0) for _, _, n, _ in parts)
+    if not parts or tokens == 0:
+        return DraftCheck(seconds, 0.0, 0.0)
+    logprob = sum(lp * max(n, 0) for lp, _, n, _ in parts) / tokens
+    ratio = max(r for _, r, _, _ in parts)
+    return DraftCheck(seconds, logprob, ratio, any(t > 0 for _, _, _, t in parts))
 
 
 def compression_ratio(text: str) -> float:
