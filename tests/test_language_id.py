@@ -13,6 +13,7 @@ from ethostral_serve.pipeline.language_id import (
     DraftCheck,
     LanguageVote,
     checked_language,
+    checked_windows,
     compression_ratio,
     recognised_check,
     top_languages,
@@ -104,6 +105,11 @@ def test_the_candidate_whose_drafts_fail_least_is_kept() -> None:
     assert checked_language(["de", "cy"], lambda _: translated) == "de"
     with pytest.raises(ValueError, match="no candidate"):
         checked_language([], drafts_in)
+
+
+def test_an_unsure_vote_is_checked_on_its_first_three_windows_of_five_seconds() -> None:
+    assert checked_windows([4.9, 5.0, 30.0, 2.0, 12.0, 8.0]) == [1, 2, 4]
+    assert checked_windows([0.7, 4.0]) == []
 
 
 def test_a_recognition_fails_where_whisper_had_to_decode_again() -> None:

@@ -254,10 +254,7 @@ class EthostralSpeechModel:
         if not todo:
             return results
         heard = {i: self.language_ranking(windows[i]) for i in todo if languages[i] is None}
-        told = [
-            (languages[i], 1.0) if i not in heard else heard[i][0] if heard[i] else (None, 1.0)
-            for i in todo
-        ]
+        told = [heard[i][0] if heard.get(i) else (languages[i], 1.0) for i in todo]
         outputs = self.asr.transcribe_segments(
             [windows[i] for i in todo],
             [self._voxtral_language(t[0]) for t in told],

@@ -24,13 +24,12 @@ from ethostral_serve.backends.windows import (
 )
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.language_id import (
-    CHECKED_MIN_S,
-    CHECKED_WINDOWS,
     DRAFT_TOKENS_PER_S,
     DraftCheck,
     LanguageRanking,
     LanguageVote,
     checked_language,
+    checked_windows,
     compression_ratio,
     recognised_check,
     top_languages,
@@ -261,8 +260,7 @@ class WhisperAsr:
         language = lead[0]
         if vote.unsure:
             candidates = vote.candidates()
-            read = [w for w in held if len(w.audio) >= CHECKED_MIN_S * SAMPLE_RATE]
-            read = read[:CHECKED_WINDOWS]
+            read = [held[i] for i in checked_windows([_seconds(w.audio) for w in held])]
 
             def drafts_in(code: str) -> list[DraftCheck]:
                 if code != candidates[0]:
@@ -328,22 +326,22 @@ class WhisperAsr:
     def settle_language(self, windows: Sequence[np.ndarray], candidates: Sequence[str]) -> str:
         """Of languages an unsure :class:`LanguageVote` heard in ``windows`` (each at
         most 30 s), the one whose greedy drafts fail least (:func:`checked_language`),
-        drafted on the first ``CHECKED_WINDOWS`` of at least ``CHECKED_MIN_S``."""
-        read = [w for w in windows if len(w) >= CHECKED_MIN_S * SAMPLE_RATE][:CHECKED_WINDOWS]
+        drafted on the windows :func:`checked_windows` picks."""
+        read = [windows[i] for i in checked_windows([_seconds(w) for w in windows])]
         if not self.multilingual or len(candidates) < 2 or not read:
             return candidates[0]
         encoded = [self._encode_window(w)[1] for w in read]
-        return self._settle(encoded, [len(w) / SAMPLE_RATE for w in read], candidates)
+        return self._settle(encoded, [_seconds(w) for w in read], candidates)
 
     def _settle(
         self, encoded: Sequence[object], seconds: Sequence[float], candidates: Sequence[str]
     ) -> str:
-        pairs = zip(encoded, seconds, strict=True)
-        read = [(e, s) for e, s in pairs if s >= CHECKED_MIN_S][:CHECKED_WINDOWS]
+        read = checked_windows(seconds)
         if not read:
             return candidates[0]
         return checked_language(
-            candidates, lambda language: [self._draft_check(e, language, s) for e, s in read]
+            candidates,
+            lambda language: [self._draft_check(encoded[i], language, seconds[i]) for i in read],
         )
 
     def _draft_check(self, encoded: object, language: str, seconds: float) -> DraftCheck:

@@ -33,6 +33,13 @@ CHECKED_MIN_S = 5.0
 DRAFT_TOKENS_PER_S = 4  # a draft's cap: speech rarely passes ~3 tokens a second; a loop does
 
 
+def checked_windows(seconds: Sequence[float]) -> list[int]:
+    """Which of a vote's windows (their lengths in ``seconds``, in order) an unsure vote's
+    candidates are checked on: the first ``CHECKED_WINDOWS`` that last ``CHECKED_MIN_S``
+    or more, as indices."""
+    return [i for i, s in enumerate(seconds) if s >= CHECKED_MIN_S][:CHECKED_WINDOWS]
+
+
 def top_languages(ranked: Sequence[tuple[str, float]], size: int = RANKING_SIZE) -> LanguageRanking:
     """The ``size`` most probable languages of a full ranking, as a ranking."""
     ordered = sorted(ranked, key=lambda item: -item[1])

@@ -30,10 +30,9 @@ from ethostral_serve.backends.windows import (
 from ethostral_serve.errors import BackendUnavailableError
 from ethostral_serve.pipeline import progress
 from ethostral_serve.pipeline.language_id import (
-    CHECKED_MIN_S,
-    CHECKED_WINDOWS,
     LanguageRanking,
     LanguageVote,
+    checked_windows,
 )
 from ethostral_serve.pipeline.types import (
     Chunk,
@@ -322,10 +321,10 @@ class RemoteSpeechModel:
         if lead is None:
             return None
         language, probability = lead
-        drafted = [w for w in windows if len(w) >= CHECKED_MIN_S * SAMPLE_RATE]
+        drafted = checked_windows([len(w) / SAMPLE_RATE for w in windows])
         if vote.unsure and drafted:
             response = self._handle.settle_language.remote(
-                drafted[:CHECKED_WINDOWS], vote.candidates()
+                [windows[i] for i in drafted], vote.candidates()
             )
             language = str(self._wait(response))
             probability = vote.probability(language)
