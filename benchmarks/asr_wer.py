@@ -43,7 +43,7 @@ def main() -> None:
 
     from faster_whisper import WhisperModel
 
-    from ethostral_serve.backends.whisper import default_cpu_threads
+    from ethostral_serve.backends.cores import default_cpu_threads
     from ethostral_serve.backends.whisper_models import resolve_whisper_model
     from ethostral_serve.engine import Engine
     from ethostral_serve.pipeline.compose import TranscribeOptions

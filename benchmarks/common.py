@@ -110,7 +110,7 @@ print(f"load={t1 - t0:.2f} transcribe={time.perf_counter() - t1:.2f} words={word
 def whisper_base_args() -> list[str]:
     """The bundled Whisper base directory and one thread per core, as arguments for the
     reference scripts run in fresh processes."""
-    from ethostral_serve.backends.whisper import default_cpu_threads
+    from ethostral_serve.backends.cores import default_cpu_threads
     from ethostral_serve.backends.whisper_models import resolve_whisper_model
     from ethostral_serve.settings import Settings
 

@@ -298,6 +298,13 @@ class DiarizerSettings(BaseModel):
     segmentation_threads: int = Field(
         1, ge=0, description="embedded: onnxruntime threads of the segmentation model (0: all)"
     )
+    cpu_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="embedded: threads that run the segmentation windows and the speaker "
+        "embeddings of one request side by side (0: one per core)",
+    )
     cluster_threshold: float | None = Field(
         None,
         gt=0.0,

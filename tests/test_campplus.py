@@ -187,8 +187,13 @@ def test_window_placement(encoder) -> None:
     np.testing.assert_allclose(long[:, 1] - long[:, 0], 1.5)
     np.testing.assert_allclose(np.diff(long[:, 0]), 0.5)
     assert 0.0 <= 6.1 - long[-1, 1] <= 0.25 + 0.03
+    # regions split among threads by length: the same windows, in order, same embeddings
+    split, split_windows = encoder.embed_windows(x, regions[::-1], workers=3)
+    np.testing.assert_array_equal(split_windows, windows)
+    np.testing.assert_allclose(split, emb, atol=1e-5)
     empty, none = encoder.embed_windows(x, [])
     assert empty.shape == (0, 192) and none.shape == (0, 2)
+    assert encoder.embed_windows(x, [], workers=2)[0].shape == (0, 192)
     # a window's embedding does not depend on the others in its batch
     alone, _ = encoder.embed_windows(x, [Span(3.0, 4.52)])  # 150 frames
     np.testing.assert_allclose(alone[0], emb[len(emb) - len(long)], atol=1e-4)

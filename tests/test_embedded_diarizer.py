@@ -166,6 +166,15 @@ def test_two_speaker_conversation(diarizer, conversation) -> None:
 
 
 @slow
+def test_turns_do_not_depend_on_the_cores_used(diarizer, conversation) -> None:
+    samples, regions, _ = conversation
+    one = _with_settings(diarizer, cpu_workers=1).diarize(samples, regions)
+    three = _with_settings(diarizer, cpu_workers=3).diarize(samples, regions)
+    assert len(_speakers(one)) == 2
+    assert three == one
+
+
+@slow
 def test_two_male_speakers_stay_two(diarizer, vad) -> None:
     from speech import two_speaker_conversation
 
@@ -452,6 +461,9 @@ def test_segmentation_model_is_prepared_once() -> None:
     assert ((scores >= 0) & (scores <= 1)).all()
     # windows are scored independently of the batch they are in
     np.testing.assert_allclose(model.scores(noise, starts[1:2])[0], scores[1], atol=1e-5)
+    # split among threads, the windows come back in order with the same scores
+    np.testing.assert_allclose(model.scores(noise, starts, workers=2), scores, atol=1e-5)
+    assert model.scores(noise, starts[:0], workers=2).shape == (0, 293, 3)
 
 
 # -- window placement (no model) -----------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.cores import default_cpu_threads
 from ethostral_serve.backends.whisper_models import resolve_whisper_model
 from ethostral_serve.backends.windows import (
     FRAME_S,
@@ -90,14 +91,6 @@ def pad_frames(seconds: float, frame_s: float, max_frames: int) -> int:
     the frame rate), rounded up, at most ``max_frames``."""
     frames = round(seconds / frame_s, 6)  # 7 / 0.01 is 700.0000000000001
     return min(max_frames, 2 * int(np.ceil(frames / 2)))
-
-
-def default_cpu_threads() -> int:
-    """Cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def at_cpu_priority(priority: str, make: Callable[[], T]) -> T:

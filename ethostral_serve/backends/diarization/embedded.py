@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.cores import default_cpu_threads
 from ethostral_serve.backends.diarization.campplus import CamPlusEncoder, ensure_campplus
 from ethostral_serve.backends.diarization.resemblyzer import ResemblyzerDiarizer, clip_regions
 from ethostral_serve.backends.diarization.segmentation import (
@@ -124,11 +125,12 @@ class OverlapAwareDiarizer:
         starts = seg.window_starts(len(x), self.settings.segmentation_step_s, regions)
         if len(starts) == 0:
             return []
-        scores = seg.scores(x, starts)
+        workers = self.settings.cpu_workers or default_cpu_threads()
+        scores = seg.scores(x, starts, workers)
         opts = self.options()
         activity = binarize(scores, opts.onset, opts.offset)
         speech = [Span(a, b) for a, b in speech_regions(starts, activity, seg.grid)]
-        sub_embeddings, sub_windows = self.units.embed_windows(x, speech)
+        sub_embeddings, sub_windows = self.units.embed_windows(x, speech, workers)
         turns = diarize_segmentation(
             starts,
             scores,

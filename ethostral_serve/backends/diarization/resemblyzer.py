@@ -81,14 +81,15 @@ class ResemblyzerDiarizer:
         return mean / norm if norm > 0 else None
 
     def embed_windows(
-        self, samples: np.ndarray, regions: Sequence[Span]
+        self, samples: np.ndarray, regions: Sequence[Span], workers: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(n, 256)`` and ``[start, end)`` seconds ``(n, 2)`` of the windows.
 
         Regions of at least ``window_s`` get windows every ``step_s`` (the last one flush
         with the region's end); shorter regions of at least ``min_window_s`` get one
         window of their own length; shorter ones get none (their speaker is the nearest
-        window's).
+        window's). ``workers`` is not used: the gain is set over all the regions at
+        once and the windows go through the network in shared batches.
         """
         s = self.settings
         x = np.asarray(samples, dtype=np.float32).reshape(-1)

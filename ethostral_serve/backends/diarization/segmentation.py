@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.cores import map_in_parts
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.backends.wheel_files import fetch_wheel_member
 from ethostral_serve.errors import ModelLoadError
@@ -180,10 +181,16 @@ class SegmentationModel:
         )
         return starts[touches.any(axis=1)]
 
-    def scores(self, samples: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def scores(self, samples: np.ndarray, starts: np.ndarray, workers: int = 1) -> np.ndarray:
         """Scores ``(windows, frames, speakers)`` of the windows at ``starts`` seconds
-        (audio past the end is zeros)."""
+        (audio past the end is zeros), the windows split among ``workers`` threads."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if len(starts) == 0:
+            return np.zeros((0, self.grid.frames, self.speakers), dtype=np.float32)
+        parts = map_in_parts(lambda part: self._scores(x, np.asarray(part)), starts, workers)
+        return np.concatenate(parts)
+
+    def _scores(self, x: np.ndarray, starts: np.ndarray) -> np.ndarray:
         out = np.zeros((len(starts), self.grid.frames, self.speakers), dtype=np.float32)
         for b in range(0, len(starts), _BATCH):
             batch = np.zeros((min(_BATCH, len(starts) - b), 1, self._window), dtype=np.float32)
