@@ -285,9 +285,13 @@ def test_probabilities_match_silero(carried, reference_model, recordings) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cores", [1, 2])  # the two readings one after another / side by side
 def test_each_frame_takes_the_larger_of_the_carried_and_a_restarted_silero_state(
-    reference_model, recordings
+    reference_model, recordings, cores, monkeypatch
 ) -> None:
+    from ethostral_serve.backends.vad import silero
+
+    monkeypatch.setattr(silero, "default_cpu_threads", lambda: cores)
     restart_s = 8.0
     vad = SileroVad(VadSettings(restart_s=restart_s))
     every, warmup = round(restart_s * SAMPLE_RATE / F), round(RESTART_WARMUP_S * SAMPLE_RATE / F)

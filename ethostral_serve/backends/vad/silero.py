@@ -8,11 +8,13 @@ at start-up. The model files are found through the package's import spec instead
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
+from ethostral_serve.backends.cores import default_cpu_threads
 from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.streaming import VAD_FRAME
@@ -85,17 +87,25 @@ class SileroVad:
         """
         x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
         n_frames = -(-x.size // VAD_FRAME)
-        carried = self._frames(x, 0, 0, n_frames)
         restart, warmup = restart_frames(self.settings.restart_s)
         if restart <= 0 or n_frames <= restart:
-            return carried
-        fresh = np.concatenate(
-            [
-                self._frames(x, max(first - warmup, 0), first, min(first + restart, n_frames))
-                for first in range(0, n_frames, restart)
-            ]
-        )
-        return np.maximum(carried, fresh)
+            return self._frames(x, 0, 0, n_frames)
+
+        def fresh() -> np.ndarray:
+            return np.concatenate(
+                [
+                    self._frames(x, max(first - warmup, 0), first, min(first + restart, n_frames))
+                    for first in range(0, n_frames, restart)
+                ]
+            )
+
+        if default_cpu_threads() < 2:
+            return np.maximum(self._frames(x, 0, 0, n_frames), fresh())
+        # the two readings are independent: with a second core, side by side
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad") as pool:
+            restarted = pool.submit(fresh)
+            carried = self._frames(x, 0, 0, n_frames)
+            return np.maximum(carried, restarted.result())
 
     def _frames(self, x: np.ndarray, begin: int, first: int, end: int) -> np.ndarray:
         """Probabilities of frames ``first`` to ``end - 1``, from a zero state at ``begin``."""
