@@ -7,7 +7,14 @@ import pytest
 from speech import two_speaker_conversation
 
 from ethostral_serve.audio import SAMPLE_RATE
-from ethostral_serve.backends.whisper import MAX_NEW_TOKENS, WhisperAsr, encoder_input, pad_frames
+from ethostral_serve.backends.whisper import (
+    MAX_NEW_TOKENS,
+    WhisperAsr,
+    encoder_input,
+    host_array,
+    pad_frames,
+    resumed_input,
+)
 from ethostral_serve.settings import AsrSettings
 
 # ---------------------------------------------------------------- the padding rule
@@ -41,6 +48,35 @@ def test_padding_is_the_log_mel_of_silence(settings) -> None:
     theirs = fe(padded_audio)[:, :2000]
     # frames well inside the padding hold exactly the floor
     np.testing.assert_allclose(ours[:, 400:], theirs[:, 400:], atol=1e-6)
+
+
+@pytest.mark.parametrize(("frames", "expected"), [(160, 2000), (2000, 2000), (2400, 3000)])
+def test_the_rest_of_a_resumed_window_is_padded_with_silence_not_zeros(
+    frames: int, expected: int
+) -> None:
+    """faster-whisper pads the rest of a window it resumes inside with zeros to 30 s;
+    the encoder reads it padded as a window is."""
+    rest = np.random.default_rng(frames).normal(size=(80, frames)).astype(np.float32)
+    theirs = np.pad(rest, ((0, 0), (0, 3000 - frames)))  # faster-whisper's pad_or_trim
+    x = resumed_input(theirs, 3000, 2000)
+    np.testing.assert_array_equal(x, encoder_input(rest, 3000, 2000))
+    assert x.shape == (80, expected)
+    assert not (x == 0).all(axis=0).any()
+
+
+def test_inputs_not_padded_with_zeros_go_to_the_encoder_unchanged() -> None:
+    rng = np.random.default_rng(0)
+    ours = encoder_input(rng.normal(size=(80, 300)).astype(np.float32), 3000, 2000)
+    assert resumed_input(ours, 3000, 2000) is ours  # padded here already: silence
+    full = rng.normal(size=(80, 3000)).astype(np.float32)
+    assert resumed_input(full, 3000, 2000) is full
+    batch = np.pad(full[None, :, :100], ((0, 0), (0, 0), (0, 2900)))
+    assert resumed_input(batch, 3000, 2000) is batch  # a batch: ours, never zero-padded
+    nothing = np.zeros((80, 3000), np.float32)
+    assert resumed_input(nothing, 3000, 2000) is nothing
+    mid = full.copy()
+    mid[:, 1000:1200] = 0.0  # zeros inside, not at the end: unchanged
+    assert resumed_input(mid, 3000, 2000) is mid
 
 
 @pytest.mark.parametrize(
@@ -86,6 +122,20 @@ def test_encoder_reads_a_short_window_padded_to_20_s(asr: WhisperAsr, utterances
     assert asr.pad_frames == 2000
     assert asr.encoder_input(short).shape[1] == 2000
     assert asr.encoder_input(long).shape[1] == 3000
+
+
+def test_the_model_encodes_a_resumed_rest_as_a_padded_window(asr: WhisperAsr, utterances) -> None:
+    """What faster-whisper hands the encoder when decoding resumes inside a window (the
+    rest, zero-padded to 30 s) is read as 20 s padded with silence: the encoder's output
+    covers 20 s, and equals that of the rest padded here."""
+    from faster_whisper.audio import pad_or_trim
+
+    short, _ = utterances
+    rest = asr.model.feature_extractor(short[: 2 * SAMPLE_RATE])[:, :-1]
+    out = host_array(asr.model.encode(pad_or_trim(rest)))
+    assert out.shape[1] == 1000  # 2000 frames in, halved by the encoder
+    own = host_array(asr.model.encode(encoder_input(rest, 3000, 2000)))
+    np.testing.assert_allclose(out, own, atol=1e-5)
 
 
 def test_short_window_words_match_the_30_s_padding(

@@ -7,6 +7,7 @@ frame on the original timeline, so the emotion model reads it without a second p
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -86,6 +87,40 @@ def encoder_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.
     return np.pad(x, ((0, 0), (0, target - x.shape[1])), constant_values=silence)
 
 
+def resumed_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.ndarray:
+    """The encoder input for ``features`` as faster-whisper hands them to its encoder.
+
+    Where decoding resumes inside a window (Whisper left its last segment unfinished),
+    faster-whisper encodes the rest of the window padded with zeros to 30 s: a level of
+    sound, not silence, and a full 30 s pass for what is often a second or two. Such
+    trailing all-zero frames are replaced here as :func:`encoder_input` pads a window
+    (silence, to ``pad_frames`` when the rest fits). Anything else (a window padded
+    here already, a batch) is returned unchanged.
+    """
+    if features.ndim != 2 or features.shape[1] == 0 or features[:, -1].any():
+        return features
+    heard = np.flatnonzero(features.any(axis=0))
+    if len(heard) == 0:
+        return features
+    return encoder_input(features[:, : heard[-1] + 1], max_frames, pad_frames)
+
+
+@functools.cache
+def window_model_class() -> type:
+    """faster-whisper's ``WhisperModel`` whose encoder reads a resumed window's rest
+    padded with silence (:func:`resumed_input`); imported on first use."""
+    from faster_whisper import WhisperModel
+
+    class WindowWhisperModel(WhisperModel):  # type: ignore[misc]
+        pad_frames = 0  # set by WhisperAsr once the model is loaded
+
+        def encode(self, features: np.ndarray) -> Any:
+            fe = self.feature_extractor
+            return super().encode(resumed_input(features, fe.nb_max_frames, self.pad_frames))
+
+    return WindowWhisperModel
+
+
 def pad_frames(seconds: float, frame_s: float, max_frames: int) -> int:
     """Feature frames of ``seconds`` of padded input: whole pairs (the encoder halves
     the frame rate), rounded up, at most ``max_frames``."""
@@ -149,7 +184,7 @@ class WhisperAsr:
         from pathlib import Path
 
         try:
-            from faster_whisper import WhisperModel
+            model_class = window_model_class()
         except ImportError as exc:
             raise ModelLoadError("faster-whisper is missing: pip install faster-whisper") from exc
         self.settings = settings
@@ -159,7 +194,7 @@ class WhisperAsr:
         try:
             self.model = at_cpu_priority(
                 settings.cpu_priority,
-                lambda: WhisperModel(
+                lambda: model_class(
                     str(self.model_dir),
                     device=settings.device,
                     compute_type=settings.compute_type,
@@ -174,6 +209,7 @@ class WhisperAsr:
         self.languages: tuple[str, ...] = tuple(self.model.supported_languages)
         fe = self.model.feature_extractor
         self.pad_frames = pad_frames(settings.window_pad_s, fe.time_per_frame, fe.nb_max_frames)
+        self.model.pad_frames = self.pad_frames
 
     def encoder_input(self, audio: np.ndarray) -> np.ndarray:
         """The padded log-mel features the encoder reads for ``audio`` (at most 30 s
