@@ -97,7 +97,9 @@ def resumed_input(features: np.ndarray, max_frames: int, pad_frames: int) -> np.
     (silence, to ``pad_frames`` when the rest fits). Anything else (a window padded
     here already, a batch) is returned unchanged.
     """
-    if features.ndim != 2 or features.shape[1] == 0 or features[:, -1].any():
+    if not isinstance(features, np.ndarray) or features.ndim != 2 or features.shape[1] == 0:
+        return features
+    if features[:, -1].any():
         return features
     heard = np.flatnonzero(features.any(axis=0))
     if len(heard) == 0:
