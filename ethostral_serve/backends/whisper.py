@@ -260,7 +260,7 @@ class WhisperAsr:
                 continue
             features, encoded = self._encode_window(window)
             ranking = self._ranking(encoded)
-            vote.add(ranking, window.size / SAMPLE_RATE)
+            vote.add(ranking, _seconds(window))
             held.append(_HeldWindow(index, window, features, encoded, ranking))
             if vote.full:
                 language = self._decode_held(held, vote, keep)
@@ -338,7 +338,7 @@ class WhisperAsr:
             if len(window) < MIN_WINDOW_SAMPLES:
                 continue
             _, e = self._encode_window(window)
-            vote.add(self._ranking(e), len(window) / SAMPLE_RATE)
+            vote.add(self._ranking(e), _seconds(window))
             encoded.append(e)
             lengths.append(len(window))
         return self._decide(vote, encoded, lengths)
@@ -481,7 +481,7 @@ class WhisperAsr:
         )
         words: list[WordTiming] = []
         parts: list[tuple[float, float, int, float]] = []
-        duration = len(audio) / SAMPLE_RATE
+        duration = _seconds(audio)
         for segment in self.model.generate_segments(
             features, tokenizer, self._options(fallback), False, encoded
         ):
