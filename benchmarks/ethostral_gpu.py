@@ -1,7 +1,9 @@
 """Speed of the Ethostral backend at full Voxtral-Mini-3B size on a GPU, random weights.
 
-    python -m benchmarks.ethostral_gpu --dir /tmp/ethostral-full [--batches 1 4 8 16 32]
-        [--tokens 128] [--replicas 2] [--replica-calls 2] [--out results.json]
+    python -m benchmarks.ethostral_gpu --dir /tmp/ethostral-full
+        [--variants active named merged] [--batches 1 4 8 16 32] [--short-batches 8 16 32]
+        [--named-batches 8 32] [--tokens 128] [--replicas 2] [--replica-calls 2]
+        [--out results.json]
 
 No hub is needed: a Voxtral with Voxtral-Mini-3B-2507's architecture (transformers'
 ``VoxtralConfig`` defaults: a 32-layer Whisper-large encoder and a 30-layer, 3072-wide
@@ -12,10 +14,10 @@ cost what the real ones cost: every generation is made to write exactly ``--toke
 tokens (no end-of-text), so the figures are per token written. ``EthostralAsr`` then
 loads them as production does (``ETHOSTRAL_ETHOSTRAL__BASE_MODEL`` and ``__ADAPTER``
 pointing at the directories) and transcribes batches of 30 s and 10 s windows through
-``transcribe_segments``, with the adapter kept apart (the default: one base, adapters
-chosen per segment) and merged. ``--replicas N`` then runs N such processes on the
+``transcribe_segments``: with the adapter kept apart and active (the default for a
+batch of one adapter), kept apart and named per segment (a batch of mixed adapters),
+and merged (see ``run_variant``). ``--replicas N`` then runs N such processes on the
 one GPU at once, as fractional-GPU Serve replicas would, and gives their summed rate.
-On an H200 the whole run takes about ten minutes, most of it the adapter kept apart.
 """
 
 from __future__ import annotations
@@ -277,12 +279,51 @@ def replicas(
     return row
 
 
+VARIANTS = ("active", "named", "merged")
+
+
+def run_variant(
+    base: Path, adapter: Path, variant: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Load the model as ``variant`` says and time its batches.
+
+    ``active``: the adapter kept apart and simply active (what a batch of one adapter
+    runs); ``named``: kept apart with each segment's adapter named to peft
+    (``adapter_names``, what a batch of mixed adapters runs), forced here on batches of
+    one adapter to weigh the two; ``merged``: merged into the base.
+    """
+    import torch
+
+    from ethostral_serve.backends import ethostral
+
+    asr, load_s = load(base, adapter, merge=variant == "merged")
+    params = sum(p.numel() for p in asr.model.parameters())
+    print(f"{variant}: loaded in {load_s:.1f} s, {params / 1e9:.2f} B parameters", flush=True)
+    single = ethostral.single_adapter
+    if variant == "named":
+        ethostral.single_adapter = lambda names: None  # type: ignore[assignment]
+    try:
+        long_batches = args.named_batches if variant == "named" else args.batches
+        short_batches = [] if variant == "named" else args.short_batches
+        rows = time_batches(asr, long_batches, args.tokens, 30.0)
+        rows += time_batches(asr, short_batches, args.tokens, 10.0)
+    finally:
+        ethostral.single_adapter = single
+    del asr
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"load_s": load_s, "parameters": params, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--short-batches", type=int, nargs="*", default=[8, 16, 32])
+    parser.add_argument("--named-batches", type=int, nargs="*", default=[8, 32])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--replicas", type=int, nargs="*", default=[2])
+    parser.add_argument("--replicas", type=int, nargs="*", default=[])
     parser.add_argument("--replica-calls", type=int, default=2, help="batches per replica")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--tiny", action="store_true", help="a small model: try the script")
@@ -295,18 +336,10 @@ def main() -> None:
     t0 = time.perf_counter()
     base, adapter = build(args.dir, tiny=args.tiny)
     report: dict[str, Any] = {"device": gpu, "build_s": time.perf_counter() - t0}
-    for merge in (False, True):
-        asr, load_s = load(base, adapter, merge)
-        key = "merged" if merge else "adapter"
-        params = sum(p.numel() for p in asr.model.parameters())
-        report[key] = {"load_s": load_s, "parameters": params, "rows": []}
-        print(f"{key}: loaded in {load_s:.1f} s, {params / 1e9:.2f} B parameters", flush=True)
-        for seconds in (30.0, 10.0):
-            batches = args.batches if seconds == 30.0 else [b for b in args.batches if b >= 8]
-            report[key]["rows"] += time_batches(asr, batches, args.tokens, seconds)
-        del asr
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    for variant in args.variants:
+        report[variant] = run_variant(base, adapter, variant, args)
+        if args.out is not None:  # what is done so far, in case the run is cut short
+            args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     report["replicas"] = [
         replicas(base, adapter, n, 8, args.tokens, args.replica_calls) for n in args.replicas
     ]

@@ -137,6 +137,49 @@ def test_named_adapters_share_a_batch_and_load_and_unload_on_demand(tagging_voxt
         model.transcribe_segments(segments[:1], ["en"], adapters=["nope"])
 
 
+def test_a_batch_of_one_adapter_runs_it_active_and_gives_the_mixed_batch_output(
+    tagging_voxtral,
+) -> None:
+    from tiny_voxtral import TAGGED_SCRIPT
+
+    base, tagging = tagging_voxtral
+    plain = build_tiny_adapter(base, base.parent / "plain-active")
+    model = EthostralAsr(
+        EthostralSettings(
+            base_model=str(base),
+            adapters={"angry": str(tagging), "plain": str(plain)},
+            max_new_tokens=48,
+        )
+    )
+    segments, en = _segments(), ["en"] * 6
+    model.transcribe_segments(segments[:2], en[:2], adapters=["angry", "plain"])  # load both
+    calls: list[dict] = []
+    generate = model.model.generate  # the peft model stays the same object from here
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return generate(*args, **kwargs)
+
+    model.model.generate = spy
+    for name, other in (("plain", "angry"), (None, "plain"), ("angry", None)):
+        # the reference: these segments in a mixed batch, each named to peft
+        mixed = model.transcribe_segments(segments * 2, en, adapters=[name] * 3 + [other] * 3)
+        assert "adapter_names" in calls[-1]
+        alone = model.transcribe_segments(segments, en[:3], adapters=[name] * 3)
+        assert "adapter_names" not in calls[-1]  # one adapter: made active, not named
+        assert [r.raw for r in alone] == [r.raw for r in mixed[:3]]
+    assert [r.raw for r in alone] == [TAGGED_SCRIPT] * 3
+    assert model.model.active_adapter == "angry"
+
+
+def test_single_adapter_names_the_one_all_segments_share() -> None:
+    from ethostral_serve.backends.ethostral import single_adapter
+
+    assert single_adapter(["a", "a"]) == "a"
+    assert single_adapter(["a", "b", "a"]) is None
+    assert single_adapter([]) is None
+
+
 def test_a_default_adapter_serves_requests_that_name_none(tagging_voxtral) -> None:
     from tiny_voxtral import TAGGED_SCRIPT
 

@@ -6,8 +6,9 @@ id (token from ``HF_TOKEN``). Segments are transcribed in batches: the processor
 transcription request builds the prompts (language given, or detected when None),
 padded on the left with attention masks, and one ``generate`` call decodes them all.
 Further named adapters (``ethostral.adapters``) load on demand onto the same base and
-unload again; the ``generate`` call names each segment's adapter, so segments of
-different adapters can share a batch.
+unload again. A batch whose segments all use one adapter runs with that adapter active;
+a mixed batch names each segment's adapter to ``generate``, so segments of different
+adapters can share a batch.
 The transcript's inline tags (``[nervous] So... [laughs]``) are stripped from the text
 and give the segment's emotion (:mod:`ethostral_serve.backends.ethostral_tags`), with the
 model's own probability of writing the tag as confidence.
@@ -232,10 +233,19 @@ class EthostralAsr:
                 return scores
 
         extra: dict[str, Any] = {}
-        if _is_peft(self.model):  # name each segment's adapter
+        chosen_one: AbstractContextManager[Any] = nullcontext()
+        if _is_peft(self.model):
             default = self.default_adapter or NO_ADAPTER
-            extra["adapter_names"] = [a or default for a in adapters]
-        with torch.inference_mode():
+            names = [a or default for a in adapters]
+            one = single_adapter(names)
+            if one == NO_ADAPTER:  # the bare base for all: LoRA layers skipped
+                chosen_one = self.model.disable_adapter()
+            elif one is not None:  # one adapter for all: made the active one
+                if self.model.active_adapter != one:
+                    self.model.set_adapter(one, inference_mode=True)
+            else:  # a mixed batch: peft splits each LoRA layer's work by name
+                extra["adapter_names"] = names
+        with torch.inference_mode(), chosen_one:
             sequences = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
@@ -282,6 +292,17 @@ class EthostralAsr:
             spans.append((done, length))
             done = length
         return spans
+
+
+def single_adapter(names: Sequence[str]) -> str | None:
+    """The adapter every segment of a batch names, or None when they differ.
+
+    A batch of one adapter runs with that adapter simply active: naming each segment's
+    adapter (peft's ``adapter_names``) splits every LoRA layer's work by name, which
+    costs even when all the names are the same.
+    """
+    distinct = set(names)
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def tagged_result(
