@@ -434,9 +434,30 @@ class _Spy:
 
     def diarize(self, samples, regions, speakers):
         self.calls += 1
+        self.regions = list(regions)
         if self.fail:
             raise RuntimeError("diarizer replica died")
         return self._inner.diarize(samples, regions, speakers)
+
+
+def test_the_speaker_pass_diarizes_the_speech_an_upload_would(
+    engine, stream_backends, redis_url: str
+) -> None:
+    """The pass is given the regions the offline VAD finds in the stream's audio (from
+    the probabilities the stream's own VAD gave), not the finals' utterances."""
+    talk = two_speaker_conversation(turns_each=2)
+    spy = _Spy(stream_backends)
+    with _client(engine, spy, redis_url) as client:
+        events, _ = _stream(client, talk.samples)
+    heard = np.frombuffer(_pcm16(talk.samples), "<i2").astype(np.float32) / 32768.0
+    upload = [edge for r in engine.vad.speech_regions(heard) for edge in (r.start, r.end)]
+    passed = [edge for r in spy.regions for edge in (r.start, r.end)]
+    finals = [e[k] / 1000 for e in events if e["type"] == "final" for k in ("start_ms", "end_ms")]
+    frame = 512 / 16000
+    assert spy.calls == 1 and len(upload) >= 4
+    assert passed == pytest.approx(upload, abs=frame)
+    # the finals' utterances are other spans (the stream's endpointing): a real check
+    assert finals != pytest.approx(upload, abs=frame)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from ethostral_serve.pipeline.streaming import (
     StreamTracker,
 )
 from ethostral_serve.pipeline.types import MAX_SPEAKERS, Span, SpeakerCount, UtteranceResult
+from ethostral_serve.pipeline.vad_regions import speech_spans
 from ethostral_serve.playback import PlaybackEncoder
 from ethostral_serve.schema import Emotion, Segment, Session, now_iso
 from ethostral_serve.settings import Settings, stream_speaker_threshold
@@ -86,6 +87,7 @@ class LiveStream:
     _finals: list[FinalWords] = field(default_factory=list)  # what refine_speakers rebuilds
     _spans: list[Span] = field(default_factory=list)  # every final's utterance, seconds
     _kept: list[np.ndarray] | None = None  # the stream's audio (int16) while it may refine
+    _kept_probs: list[np.ndarray] = field(default_factory=list)  # its VAD probabilities
     _playback: PlaybackEncoder | None = None  # the audio encoded as it comes (store_audio)
     _vad_state: Any = None
     _rest: bytes = b""
@@ -164,10 +166,11 @@ class LiveStream:
         due = coalesce(self.tracker.push(samples, probs))
         if self._kept is not None:
             if self.duration_s > self.settings.stream.refine_speakers_max_s:
-                self._kept = None  # too long to diarize at the end: online speakers stay
+                self._kept, self._kept_probs = None, []  # too long: online speakers stay
             else:
                 pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)
                 self._kept.append(pcm)
+                self._kept_probs.append(probs)
         if self._playback is not None:
             self._playback.offer(samples)  # dropped once the stream was stored
         return due
@@ -230,18 +233,28 @@ class LiveStream:
             self.language, self._language_vote = lead[0], None
 
     def refine_speakers(self) -> None:
-        """Re-speaker the stored segments from a diarization of the whole stream (blocking).
+        """Re-speaker the stored segments from a diarization of the whole stream (blocking),
+        over the speech regions an upload's VAD would find in it.
 
         Runs once the last final is in, for diarized streams no longer than
         ``stream.refine_speakers_max_s``. If the diarizer fails, the online speakers stay:
         the session is stored either way.
         """
         kept, self._kept = self._kept, None
+        probs, self._kept_probs = self._kept_probs, []
         if kept is None or not self._finals:
             return
         audio = np.concatenate(kept).astype(np.float32) / 32768.0 if kept else np.zeros(0)
+        # the speech an upload's VAD would find in this audio (the stream's own VAD gave
+        # these probabilities), so the pass diarizes the stream as an upload would; the
+        # finals' utterances if it finds none
+        regions = speech_spans(
+            np.concatenate(probs) if probs else np.zeros(0), audio.size, self.settings.vad
+        )
         try:
-            turns = self.backends.diarize(audio, self._spans, self.params.speaker_count())
+            turns = self.backends.diarize(
+                audio, regions or self._spans, self.params.speaker_count()
+            )
         except Exception as exc:  # a failed diarizer must not lose the stream
             log.warning("stream speaker pass failed; online speakers kept: %r", exc)
             return

@@ -16,6 +16,8 @@ import numpy as np
 
 from ethostral_serve.audio import SAMPLE_RATE
 from ethostral_serve.pipeline.streaming import VAD_FRAME
+from ethostral_serve.pipeline.types import Span
+from ethostral_serve.settings import VadSettings
 
 HYSTERESIS = 0.15  # a region ends on frames below ``threshold - HYSTERESIS``
 MIN_NEGATIVE_THRESHOLD = 0.01
@@ -58,6 +60,24 @@ def speech_regions_from_probs(
     if not regions and fallback_threshold is not None and fallback_threshold < threshold:
         regions = at(fallback_threshold)
     return regions
+
+
+def speech_spans(
+    probs: Sequence[float] | np.ndarray, n_samples: int, settings: VadSettings
+) -> list[Span]:
+    """Speech regions in seconds from per-frame probabilities, by the VAD settings'
+    threshold, silences, padding and longest region (what an upload's VAD gives)."""
+    regions = speech_regions_from_probs(
+        probs,
+        n_samples,
+        threshold=settings.threshold,
+        min_speech_ms=settings.min_speech_ms,
+        min_silence_ms=settings.min_silence_ms,
+        speech_pad_ms=settings.speech_pad_ms,
+        max_speech_s=settings.max_chunk_s,
+        fallback_threshold=settings.fallback_threshold,
+    )
+    return [Span(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in regions]
 
 
 def _regions_at(

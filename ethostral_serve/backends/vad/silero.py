@@ -19,7 +19,7 @@ from ethostral_serve.backends.onnx_session import cpu_onnx_session
 from ethostral_serve.errors import ModelLoadError
 from ethostral_serve.pipeline.streaming import VAD_FRAME
 from ethostral_serve.pipeline.types import Span
-from ethostral_serve.pipeline.vad_regions import speech_regions_from_probs
+from ethostral_serve.pipeline.vad_regions import speech_spans
 from ethostral_serve.settings import VadSettings
 
 CONTEXT = 64  # samples of the previous frame Silero prepends to each frame at 16 kHz
@@ -127,15 +127,4 @@ class SileroVad:
         """Speech regions in seconds, padded by ``speech_pad_ms`` and non-overlapping."""
         if samples.size == 0:
             return []
-        s = self.settings
-        regions = speech_regions_from_probs(
-            self.speech_probabilities(samples),
-            samples.size,
-            threshold=s.threshold,
-            min_speech_ms=s.min_speech_ms,
-            min_silence_ms=s.min_silence_ms,
-            speech_pad_ms=s.speech_pad_ms,
-            max_speech_s=s.max_chunk_s,
-            fallback_threshold=s.fallback_threshold,
-        )
-        return [Span(start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in regions]
+        return speech_spans(self.speech_probabilities(samples), samples.size, self.settings)
