@@ -100,20 +100,25 @@ def test_a_missing_model_is_a_clear_load_error(tmp_path, tiny) -> None:
         EthostralAsr(_settings(base, tmp_path / "no-adapter"))
 
 
-def test_named_adapters_share_a_batch_and_load_and_unload_on_demand(tagging_voxtral) -> None:
-    from tiny_voxtral import TAGGED_SCRIPT
-
-    from ethostral_serve.errors import UnknownAdapterError
-
-    base, tagging = tagging_voxtral
-    plain = build_tiny_adapter(base, base.parent / "plain-adapter")
-    model = EthostralAsr(
+def _angry_and_plain(base: Path, tagging: Path, folder: str) -> EthostralAsr:
+    """The tiny base with two named adapters: "angry" (writes the tagged script) and a
+    random "plain" one saved to ``folder``; neither loaded yet."""
+    plain = build_tiny_adapter(base, base.parent / folder)
+    return EthostralAsr(
         EthostralSettings(
             base_model=str(base),
             adapters={"angry": str(tagging), "plain": str(plain)},
             max_new_tokens=48,
         )
     )
+
+
+def test_named_adapters_share_a_batch_and_load_and_unload_on_demand(tagging_voxtral) -> None:
+    from tiny_voxtral import TAGGED_SCRIPT
+
+    from ethostral_serve.errors import UnknownAdapterError
+
+    model = _angry_and_plain(*tagging_voxtral, "plain-adapter")
     assert model.adapters == ("angry", "plain") and model.loaded == set()
     segments, names = _segments(), ["angry", None, "plain"]
     batch = model.transcribe_segments(segments, ["en"] * 3, adapters=names)
@@ -142,15 +147,7 @@ def test_a_batch_of_one_adapter_runs_it_active_and_gives_the_mixed_batch_output(
 ) -> None:
     from tiny_voxtral import TAGGED_SCRIPT
 
-    base, tagging = tagging_voxtral
-    plain = build_tiny_adapter(base, base.parent / "plain-active")
-    model = EthostralAsr(
-        EthostralSettings(
-            base_model=str(base),
-            adapters={"angry": str(tagging), "plain": str(plain)},
-            max_new_tokens=48,
-        )
-    )
+    model = _angry_and_plain(*tagging_voxtral, "plain-active")
     segments, en = _segments(), ["en"] * 6
     model.transcribe_segments(segments[:2], en[:2], adapters=["angry", "plain"])  # load both
     calls: list[dict] = []
