@@ -279,7 +279,7 @@ def replicas(
     return row
 
 
-VARIANTS = ("active", "named", "merged")
+VARIANTS = ("active", "named", "merged", "merged-static")
 
 
 def run_variant(
@@ -290,13 +290,18 @@ def run_variant(
     ``active``: the adapter kept apart and simply active (what a batch of one adapter
     runs); ``named``: kept apart with each segment's adapter named to peft
     (``adapter_names``, what a batch of mixed adapters runs), forced here on batches of
-    one adapter to weigh the two; ``merged``: merged into the base.
+    one adapter to weigh the two; ``merged``: merged into the base; ``merged-static``:
+    merged, generating with transformers' static key-value cache, with which
+    ``generate`` compiles the decoding step (the first call of each batch shape
+    compiles, and is the warm-up).
     """
     import torch
 
     from ethostral_serve.backends import ethostral
 
-    asr, load_s = load(base, adapter, merge=variant == "merged")
+    asr, load_s = load(base, adapter, merge=variant.startswith("merged"))
+    if variant == "merged-static":
+        asr.model.generation_config.cache_implementation = "static"
     params = sum(p.numel() for p in asr.model.parameters())
     print(f"{variant}: loaded in {load_s:.1f} s, {params / 1e9:.2f} B parameters", flush=True)
     single = ethostral.single_adapter
