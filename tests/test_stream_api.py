@@ -428,6 +428,7 @@ class _Spy:
         self._inner = inner
         self.fail = fail
         self.calls = 0
+        self.regions: list = []  # what the last whole-stream diarization was given
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
