@@ -455,7 +455,8 @@ def run_sessions(
     None: each file's language is detected, as for a request without one.
     """
     from ethostral_serve.engine import Engine
-    from ethostral_serve.pipeline.chunks import build_chunks, with_diarized_speech
+    from ethostral_serve.pipeline.chunks import with_diarized_speech
+    from ethostral_serve.pipeline.compose import recognise
     from ethostral_serve.pipeline.types import SpeakerCount
     from ethostral_serve.settings import DiarizerSettings
 
@@ -480,8 +481,7 @@ def run_sessions(
             # as the pipeline does: the recogniser also reads what the diarizer heard
             turns = engine.diarizer.diarize(case.samples, regions, count)
             heard = with_diarized_speech(regions, turns, min_piece)
-            chunks = build_chunks(heard, settings.vad.max_chunk_s)
-            transcript = engine.model.transcribe(case.samples, chunks, language)
+            transcript = recognise(engine.model, case.samples, heard, settings.vad, language)
             words = transcript.words
             if name == "auto":
                 bound = score(case, session_segments(words, reference, heard, settings))

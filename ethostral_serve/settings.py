@@ -62,6 +62,14 @@ class VadSettings(BaseModel):
     max_chunk_s: float = Field(
         28.0, gt=1.0, le=30.0, description="speech is grouped into ASR windows up to this long"
     )
+    reread_wordless_s: float = Field(
+        0.5,
+        ge=0.0,
+        description="a speech region at least this long, read in an ASR window beside other "
+        "regions, that came back with no word is read again in a window of its own: Whisper "
+        "can pass over a quiet far-field voice packed beside louder speech (measured on AMI "
+        "meetings); 0: off",
+    )
 
     @model_validator(mode="after")
     def _restart_is_off_or_at_least_two_seconds(self) -> VadSettings:

@@ -10,8 +10,9 @@ from ethostral_serve.pipeline.chunks import (
     outside,
     split_long_regions,
     with_diarized_speech,
+    wordless_regions,
 )
-from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn
+from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn, WordTiming
 
 
 def test_regions_pack_into_windows_no_longer_than_the_limit() -> None:
@@ -104,3 +105,26 @@ def test_a_piece_joins_both_regions_it_bridges_but_touching_regions_stay_apart()
     regions = [Span(0.0, 1.0), Span(1.0, 2.0), Span(3.0, 4.0)]
     joined = with_diarized_speech(regions, [SpeakerTurn(0.0, 4.0, "a")], 0.5)
     assert _pairs(joined) == [(0.0, 1.0), (1.0, 4.0)]
+
+
+def _word(start: float, end: float) -> WordTiming:
+    return WordTiming(" w", start, end, 0.9)
+
+
+def test_wordless_regions_of_packed_windows_are_listed() -> None:
+    packed = build_chunks([Span(1.0, 2.0), Span(5.0, 6.5), Span(8.0, 8.3), Span(9.0, 10.0)], 28.0)
+    alone = Chunk((Span(40.0, 42.0),), (0.0,))  # already read alone: never listed
+    words = [_word(1.2, 1.5), _word(9.8, 10.3)]  # the second word's middle: 10.05 s
+    assert len(packed) == 1
+    # 5.0-6.5 holds no word; 8.0-8.3 neither, but it is shorter than 0.5 s; 9.0-10.0
+    # holds none by its middle either
+    assert wordless_regions([*packed, alone], words, 0.5) == [Span(5.0, 6.5), Span(9.0, 10.0)]
+    assert wordless_regions([*packed, alone], words, 0.2) == [
+        Span(5.0, 6.5),
+        Span(8.0, 8.3),
+        Span(9.0, 10.0),
+    ]
+    # a word whose middle lies on a region's edge counts for it
+    assert wordless_regions(packed, [*words, _word(4.8, 5.2), _word(9.9, 10.1)], 0.5) == []
+    assert wordless_regions(packed, words, 0.0) == []  # off
+    assert wordless_regions(packed, [], 0.5) == [Span(1.0, 2.0), Span(5.0, 6.5), Span(9.0, 10.0)]

@@ -250,3 +250,71 @@ def test_a_failing_diarizer_fails_the_run(min_s: float) -> None:
         )
     if min_s > 0:  # diarization went first, so no recognition was wasted
         assert model.chunks == []
+
+
+class QuietLostWhenPacked(FakeModel):
+    """Loses the word of ``quiet`` when it is read in a window beside other regions (as
+    Whisper can a far-field voice next to louder speech), and says it when read alone."""
+
+    def __init__(self, quiet: Span) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self.calls: list[tuple[list[Chunk], str | None]] = []
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        chunks: Sequence[Chunk],
+        language: str | None,
+        adapter: str | None = None,
+    ) -> Transcript:
+        self.calls.append((list(chunks), language))
+        heard = super().transcribe(samples, chunks, language, adapter)
+        packed = [r for c in chunks if len(c.regions) > 1 for r in c.regions]
+        lost = self.quiet in packed
+        words = [
+            w
+            for w in heard.words
+            if not (lost and self.quiet.start <= (w.start + w.end) / 2 <= self.quiet.end)
+        ]
+        return Transcript(heard.language, heard.language_probability, words, "state")
+
+
+def _run_quiet(reread_s: float, language: str | None = None):
+    model = QuietLostWhenPacked(REGIONS[1])
+    settings = Settings.model_validate(
+        {"vad": {"diarized_speech_min_s": 0.0, "reread_wordless_s": reread_s}}
+    )
+    session = transcribe(
+        _audio(12.0),
+        "talk.wav",
+        TranscribeOptions(language=language, emotion=False),
+        vad=FakeVad(list(REGIONS)),
+        diarizer=FakeDiarizer([SpeakerTurn(0.0, 12.0, "A")]),
+        model=model,
+        settings=settings,
+    )
+    return session, model
+
+
+def test_a_region_packed_windows_lost_is_read_again_alone() -> None:
+    session, model = _run_quiet(0.5)
+    # the first pass packs all three regions and loses the middle one's word; it is then
+    # read alone, in the language the first pass settled on ("fr": the fake's detection)
+    assert [(len(c), lang) for c, lang in model.calls] == [(1, None), (1, "fr")]
+    assert model.calls[1][0] == [Chunk((REGIONS[1],), (0.0,))]
+    starts = [s.start_ms for s in session.segments for _ in s.words]
+    assert len(starts) == 3 and starts == sorted(starts)
+    assert any(2500 <= w.start_ms <= 3500 for s in session.segments for w in s.words)
+
+
+def test_a_requested_language_is_kept_when_reading_again() -> None:
+    _, model = _run_quiet(0.5, language="de")
+    assert [lang for _, lang in model.calls] == ["de", "de"]
+
+
+def test_reading_again_can_be_turned_off() -> None:
+    session, model = _run_quiet(0.0)
+    assert len(model.calls) == 1
+    words = [w for s in session.segments for w in s.words]
+    assert len(words) == 2 and not any(2500 <= w.start_ms <= 3500 for w in words)

@@ -204,6 +204,20 @@ def test_speech_only_the_diarizer_hears_is_transcribed(engine, ami_minute) -> No
         assert any(a < end and start < b for a, b in reference), w
 
 
+def test_quiet_speech_a_packed_window_passes_over_is_read_again(engine, ami_minute) -> None:
+    """In ``trn07`` the far-field voices are quiet: packed into one ASR window with the
+    louder ``trn08`` speech after them, Whisper writes none of them. Each wordless region
+    is read again alone (``vad.reread_wordless_s``) and its words come back, each in the
+    reference's speech."""
+    _, joined, reference, session = ami_minute
+    assert engine.settings.vad.reread_wordless_s > 0
+    words = [w for s in session.segments for w in s.words if w.end_ms / 1000 <= joined]
+    assert len(words) >= 3, [w.word for w in words]
+    for w in words:
+        middle = (w.start_ms + w.end_ms) / 2000
+        assert any(a - 0.25 <= middle <= b + 0.25 for a, b in reference), w
+
+
 def test_tiny_en_with_emotion_uses_a_separate_base_encoder(settings) -> None:
     from ethostral_serve.engine import Engine
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn
+import numpy as np
+
+from ethostral_serve.pipeline.types import Chunk, Span, SpeakerTurn, WordTiming
 
 
 def split_long_regions(regions: Sequence[Span], max_len: float) -> list[Span]:
@@ -44,6 +46,29 @@ def build_chunks(regions: Sequence[Span], max_chunk_s: float) -> list[Chunk]:
     if current:
         chunks.append(Chunk(tuple(current), tuple(offsets)))
     return chunks
+
+
+def wordless_regions(
+    chunks: Sequence[Chunk], words: Sequence[WordTiming], min_s: float
+) -> list[Span]:
+    """Regions at least ``min_s`` long, read in a window beside other regions, in which
+    no word's middle lies (``words`` on the original timeline). Whisper can pass over a
+    quiet far-field voice packed beside louder speech and write it when the region is
+    read alone; regions already read alone are not listed. ``min_s`` <= 0: none."""
+    if min_s <= 0:
+        return []
+    middles = np.sort(np.array([(w.start + w.end) / 2 for w in words], dtype=np.float64))
+    out: list[Span] = []
+    for chunk in chunks:
+        if len(chunk.regions) < 2:
+            continue
+        for r in chunk.regions:
+            if r.duration < min_s:
+                continue
+            inside = np.searchsorted(middles, r.end, "right") - np.searchsorted(middles, r.start)
+            if inside == 0:
+                out.append(r)
+    return out
 
 
 _TOUCH_S = 1e-6  # spans this close count as touching

@@ -13,7 +13,7 @@ import numpy as np
 
 from ethostral_serve.audio import Audio
 from ethostral_serve.pipeline import progress, timing
-from ethostral_serve.pipeline.chunks import build_chunks, with_diarized_speech
+from ethostral_serve.pipeline.chunks import build_chunks, with_diarized_speech, wordless_regions
 from ethostral_serve.pipeline.ports import DiarizerBackend, SpeechModel, VadBackend
 from ethostral_serve.pipeline.segments import (
     assign_speakers,
@@ -22,6 +22,7 @@ from ethostral_serve.pipeline.segments import (
     rename_speakers,
 )
 from ethostral_serve.pipeline.types import (
+    Chunk,
     EmotionResult,
     Span,
     SpeakerCount,
@@ -30,7 +31,7 @@ from ethostral_serve.pipeline.types import (
     WordTiming,
 )
 from ethostral_serve.schema import Emotion, Segment, Session, Word
-from ethostral_serve.settings import Settings
+from ethostral_serve.settings import Settings, VadSettings
 
 UNDETERMINED_LANGUAGE = "und"  # ISO 639-2 code for "no language could be told"
 
@@ -157,9 +158,13 @@ class _Recognition:
     def _recognise(self, regions: Sequence[Span]) -> Transcript:
         progress.report("asr")
         with self.times.stage("asr", self.on_stage):
-            chunks = build_chunks(regions, self.settings.vad.max_chunk_s)
-            return self.model.transcribe(
-                self.samples, chunks, self.options.language, self.options.adapter
+            return recognise(
+                self.model,
+                self.samples,
+                regions,
+                self.settings.vad,
+                self.options.language,
+                self.options.adapter,
             )
 
     def _diarize(self, diarizer: DiarizerBackend, regions: Sequence[Span]) -> list[SpeakerTurn]:
@@ -202,6 +207,45 @@ class _Recognition:
                 return [], transcript
             progress.report("diarize")
             return pending.result(), transcript
+
+
+def recognise(
+    model: SpeechModel,
+    samples: np.ndarray,
+    regions: Sequence[Span],
+    settings: VadSettings,
+    language: str | None,
+    adapter: str | None = None,
+) -> Transcript:
+    """What ``model`` hears in ``regions``: read in windows of several regions, then each
+    region of at least ``settings.reread_wordless_s`` that came back with no word read
+    again alone (Whisper can pass over a quiet voice packed beside louder speech)."""
+    chunks = build_chunks(regions, settings.max_chunk_s)
+    first = model.transcribe(samples, chunks, language, adapter)
+    missed = wordless_regions(chunks, first.words, settings.reread_wordless_s)
+    if not missed:
+        return first
+    # in the language the first pass settled on: a region of a few seconds is too short
+    # to identify it
+    again = model.transcribe(
+        samples,
+        [Chunk((r,), (0.0,)) for r in missed],
+        first.language if first.words else language,
+        adapter,
+    )
+    return with_words_of(first, again)
+
+
+def with_words_of(first: Transcript, again: Transcript) -> Transcript:
+    """``first`` with the words (and inline emotions) of regions read again added, in time
+    order. ``first``'s model state covers those regions already (it read them too)."""
+    return Transcript(
+        first.language,
+        first.language_probability,
+        sorted([*first.words, *again.words], key=lambda w: (w.start, w.end)),
+        first.state,
+        sorted([*first.emotions, *again.emotions], key=lambda e: e.time),
+    )
 
 
 def _timed(
