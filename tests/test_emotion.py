@@ -27,7 +27,14 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIM = 16
 
 
-def write_model(path: Path, *, hidden: int = 0, temperature: float = 1.5, seed: int = 0) -> Path:
+def write_model(
+    path: Path,
+    *,
+    hidden: int = 0,
+    temperature: float = 1.5,
+    seed: int = 0,
+    confidence_map: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """A random model in the service's format (``hidden`` > 0: one ReLU layer)."""
     rng = np.random.default_rng(seed)
     width = 2 * DIM
@@ -44,6 +51,7 @@ def write_model(path: Path, *, hidden: int = 0, temperature: float = 1.5, seed: 
         weights=weights,
         biases=biases,
         temperature=temperature,
+        confidence_map=confidence_map,
     )
     return path
 
@@ -210,6 +218,60 @@ def test_non_positive_temperature_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="temperature"):
         EmotionClassifier(
             EmotionSettings(model_path=write_model(tmp_path / "t.npz", temperature=0.0))
+        )
+
+
+def test_recalibrate_maps_the_top_probability_and_keeps_a_distribution() -> None:
+    from ethostral_serve.backends.emotion import recalibrate
+
+    knots = np.array([0.2, 0.5, 0.9, 1.0]), np.array([0.3, 0.6, 0.85, 0.9])
+    p = np.array([[0.5, 0.3, 0.2], [0.95, 0.05, 0.0], [0.4, 0.35, 0.25]])
+    q = recalibrate(p, *knots)
+    assert q.sum(axis=1) == pytest.approx(np.ones(3))
+    assert (q.argmax(axis=1) == p.argmax(axis=1)).all()
+    assert q[0, 0] == pytest.approx(0.6)  # a knot
+    assert q[0, 1:] == pytest.approx([0.4 * 0.6, 0.4 * 0.4])  # the rest keep their ratio
+    assert q[1, 0] == pytest.approx(0.875)  # between knots: linear
+    # 0.4 would map to 0.5, which leaves 0.35 * 0.5 / 0.6 = 0.29 for the second: still
+    # below; a map that would push the top label under the second stops where they tie
+    low = recalibrate(np.array([[0.4, 0.35, 0.25]]), np.array([0.0, 1.0]), np.array([0.0, 0.2]))
+    assert low[0, 0] == pytest.approx(low[0, 1]) and low[0, 0] == low[0].max()
+    certain = np.array([[1.0, 0.0, 0.0]])
+    assert recalibrate(certain, *knots) == pytest.approx(certain)  # nothing to rescale
+    assert recalibrate(np.zeros((0, 3)), *knots).shape == (0, 3)
+
+
+def test_the_classifier_reports_the_mapped_confidence(tmp_path: Path) -> None:
+    features = np.random.default_rng(2).normal(size=(6, 2 * DIM))
+    plain = EmotionClassifier(EmotionSettings(model_path=write_model(tmp_path / "a.npz")))
+    halved = (np.array([0.0, 1.0]), np.array([0.0, 0.5]))
+    mapped = EmotionClassifier(
+        EmotionSettings(model_path=write_model(tmp_path / "b.npz", confidence_map=halved))
+    )
+    for a, b in zip(plain.classify(features), mapped.classify(features), strict=True):
+        assert b.label == a.label
+        second = sorted(a.probabilities.values())[-2]
+        expected = max(a.confidence / 2, second / (1 - a.confidence + second))
+        assert b.confidence == pytest.approx(expected)
+        assert b.confidence == pytest.approx(max(b.probabilities.values()))
+        assert sum(b.probabilities.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        ([0.5, 0.2], [0.1, 0.2], "increasing"),
+        ([0.2, 0.5], [0.4, 0.3], "increasing"),
+        ([0.2, 1.5], [0.1, 0.2], "within"),
+        ([0.2], [0.1], "equal length"),
+        ([0.2, np.nan], [0.1, 0.2], "non-finite"),
+    ],
+)
+def test_a_bad_confidence_map_is_refused(tmp_path: Path, x, y, match: str) -> None:
+    bad = (np.array(x, float), np.array(y, float))
+    with pytest.raises(ModelLoadError, match=match):
+        EmotionClassifier(
+            EmotionSettings(model_path=write_model(tmp_path / "m.npz", confidence_map=bad))
         )
 
 
@@ -659,3 +721,34 @@ def test_a_stage_keeps_its_best_change_not_the_first_that_passes(tmp_path: Path)
         )
         assert best.name == expected
         assert (best.emodb_weight, best.emodb_balanced) == (5.0, True)
+
+
+# ---------------------------------------------------------------- training: calibration
+
+
+def test_confidence_map_mends_what_a_temperature_cannot() -> None:
+    """Held-out posteriors under-confident at low confidence and over-confident at high
+    (as the classifier's are): no temperature calibrates both ends; the fitted map does,
+    and it keeps every label."""
+    from ethostral_serve.backends.emotion import recalibrate
+    from scripts.train_emotion import ece, fit_confidence_map
+
+    rng = np.random.default_rng(7)
+    n, k = 6000, len(EMOTION_LABELS)
+    top = rng.uniform(0.2, 0.99, n)
+    truth = np.clip(0.25 + 0.7 * top, 0, 1)  # right more often than it says below 0.83
+    label = rng.integers(0, k, n)
+    probs = np.full((n, k), 0.0)
+    probs[np.arange(n), label] = top
+    others = (1 - top) / (k - 1)
+    probs += np.where(probs == 0, others[:, None], 0.0)
+    right = rng.uniform(size=n) < truth
+    y = np.where(right, label, (label + rng.integers(1, k, n)) % k)
+    x_knots, y_knots = fit_confidence_map(probs, y)
+    assert np.all(np.diff(x_knots) > 0) and np.all(np.diff(y_knots) >= 0)
+    mapped = recalibrate(probs, x_knots, y_knots)
+    assert (mapped.argmax(axis=1) == label).all()
+    assert ece(probs, y) > 0.05 and ece(mapped, y) < 0.02
+    # low confidences move up: there the posteriors said less than they knew
+    low = probs.max(axis=1) < 0.4
+    assert mapped[low].max(axis=1).mean() > probs[low].max(axis=1).mean()

@@ -4,7 +4,9 @@ The ASR pass already encodes every window with the Whisper encoder; a segment's 
 are pooled into one fixed-length vector (:func:`pool_frames`) and classified by a
 standardise → dense layer(s) → temperature-scaled softmax model stored in an ``.npz``
 file (trained by ``scripts/train_emotion.py`` on acted English and German speech, RAVDESS
-+ EmoDB; see ``models/MODEL_CARD.md``). Inference is pure numpy.
++ EmoDB; see ``models/MODEL_CARD.md``), whose top probability is then mapped to a
+calibrated confidence (a monotone map fitted on held-out speakers; :func:`recalibrate`).
+Inference is pure numpy.
 
 Valence, arousal and dominance are not predicted directly (the training data has no
 dimensional labels): they are the posterior-weighted mean of published
@@ -80,6 +82,29 @@ def pool_frames(frames: np.ndarray, stats: Sequence[str] = DEFAULT_POOL) -> np.n
     return np.concatenate(parts).astype(np.float32)
 
 
+def recalibrate(probs: np.ndarray, knots_x: np.ndarray, knots_y: np.ndarray) -> np.ndarray:
+    """Posteriors (n, k) whose top probability is mapped through the monotone,
+    piecewise-linear map ``knots_x`` → ``knots_y`` and the other labels rescaled to sum
+    to one with it. The map never lets another label reach the top one, and a posterior
+    that is certain (the others all zero) is kept as it is."""
+    p = np.asarray(probs, np.float64)
+    if p.size == 0:
+        return p.copy()
+    rows = np.arange(len(p))
+    top_index = p.argmax(axis=1)
+    top = p[rows, top_index]
+    second = np.partition(p, -2, axis=1)[:, -2] if p.shape[1] > 1 else np.zeros(len(p))
+    rest = 1.0 - top
+    conf = np.interp(top, knots_x, knots_y)
+    # the top label stays on top (a hair above a tie, so argmax keeps it):
+    # conf >= second * (1 - conf) / rest
+    conf = np.maximum(conf, second / np.maximum(rest + second, 1e-12) + 1e-9)
+    conf = np.where(rest > 1e-12, np.clip(conf, 0.0, 1.0), top)
+    out = p * np.where(rest > 1e-12, (1.0 - conf) / np.maximum(rest, 1e-12), 1.0)[:, None]
+    out[rows, top_index] = conf
+    return out
+
+
 def whisper_model_id(asr_model: str) -> str:
     """Name of the encoder an ASR model setting gives (``base`` → ``whisper-base``)."""
     name = Path(asr_model).name if os.sep in asr_model else asr_model
@@ -126,6 +151,7 @@ class EmotionClassifier:
         self.temperature: float = float(a["temperature"])
         if not np.isfinite(self.temperature) or self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.confidence_x, self.confidence_y = _confidence_map(a)
         self.mean = a["mean"].astype(np.float32)
         self.scale = a["scale"].astype(np.float32)
         n_layers = int(a["n_layers"])
@@ -169,7 +195,7 @@ class EmotionClassifier:
         z = self.logits(features).astype(np.float64) / self.temperature
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        return recalibrate(p / p.sum(axis=1, keepdims=True), self.confidence_x, self.confidence_y)
 
     def classify(self, features: np.ndarray) -> list[EmotionResult]:
         """One result per row of pooled ``features`` (n, D)."""
@@ -222,6 +248,26 @@ class EmotionClassifier:
         return out
 
 
+def _confidence_map(a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of the map from the top probability to the confidence (identity if the file
+    has none): increasing ``x`` and non-decreasing ``y``, both within [0, 1]."""
+    if "confidence_x" not in a and "confidence_y" not in a:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    x = np.asarray(a["confidence_x"], np.float64)
+    y = np.asarray(a["confidence_y"], np.float64)
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
+        raise ValueError(
+            f"confidence map needs two 1-D arrays of equal length >= 2: {x.shape}, {y.shape}"
+        )
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("confidence map has non-finite knots")
+    if np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0):
+        raise ValueError("confidence map must be increasing in x and non-decreasing in y")
+    if x.min() < 0 or x.max() > 1 or y.min() < 0 or y.max() > 1:
+        raise ValueError("confidence map knots must lie within [0, 1]")
+    return x, y
+
+
 def save_model(
     path: os.PathLike[str] | str,
     *,
@@ -233,6 +279,7 @@ def save_model(
     weights: Sequence[np.ndarray],
     biases: Sequence[np.ndarray],
     temperature: float,
+    confidence_map: tuple[np.ndarray, np.ndarray] | None = None,
     metadata: str = "",
 ) -> None:
     """Write a classifier in the format :class:`EmotionClassifier` reads (float32 npz)."""
@@ -248,6 +295,9 @@ def save_model(
         "temperature": np.array(temperature, np.float32),
         "metadata": np.array(metadata),
     }
+    if confidence_map is not None:
+        arrays["confidence_x"] = np.asarray(confidence_map[0], np.float64)
+        arrays["confidence_y"] = np.asarray(confidence_map[1], np.float64)
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         arrays[f"w{i}"] = np.asarray(w, np.float32)
         arrays[f"b{i}"] = np.asarray(b, np.float32)
