@@ -303,7 +303,7 @@ def test_a_region_packed_windows_lost_is_read_again_alone() -> None:
     # read alone, in the language the first pass settled on ("fr": the fake's detection)
     assert [(len(c), lang) for c, lang in model.calls] == [(1, None), (1, "fr")]
     assert model.calls[1][0] == [Chunk((REGIONS[1],), (0.0,))]
-    starts = [s.start_ms for s in session.segments for _ in s.words]
+    starts = [w.start_ms for s in session.segments for w in s.words]
     assert len(starts) == 3 and starts == sorted(starts)
     assert any(2500 <= w.start_ms <= 3500 for s in session.segments for w in s.words)
 
