@@ -1594,6 +1594,7 @@ def _train(
             crossfit[test] = softmax(logits[test], t_k)
             map_k = fit_confidence_map(softmax(logits[fit_rows], t_k), seg_y[fit_rows])
             crossfit_mapped[test] = recalibrate(crossfit[test], *map_k)
+    mapped = recalibrate(softmax(logits, temperature), *confidence_map)
     calib: dict[str, dict[str, float]] = {}
     for corpus in CORPORA:
         m = keep & (data.corpus[seg_clip] == corpus)
@@ -1603,16 +1604,10 @@ def _train(
             "ece_before": ece(softmax(logits[m]), seg_y[m]),
             "ece_after": ece(softmax(logits[m], temperature), seg_y[m]),
             "ece_crossfit": ece(crossfit[m], seg_y[m]),
-            "ece_mapped": ece(
-                recalibrate(softmax(logits[m], temperature), *confidence_map), seg_y[m]
-            ),
+            "ece_mapped": ece(mapped[m], seg_y[m]),
             "ece_mapped_crossfit": ece(crossfit_mapped[m], seg_y[m]),
-            "ece_mapped_10_bins": ece(
-                recalibrate(softmax(logits[m], temperature), *confidence_map), seg_y[m], bins=10
-            ),
-            "ece_mapped_20_bins": ece(
-                recalibrate(softmax(logits[m], temperature), *confidence_map), seg_y[m], bins=20
-            ),
+            "ece_mapped_10_bins": ece(mapped[m], seg_y[m], bins=10),
+            "ece_mapped_20_bins": ece(mapped[m], seg_y[m], bins=20),
             "nll_before": nll(logits[m], seg_y[m], 1.0),
             "nll_after": nll(logits[m], seg_y[m], temperature),
         }
@@ -1653,10 +1648,9 @@ def _train(
     ):
         print(f"| {key} | {calib['ravdess'][key]:.3f} | {calib['emodb'][key]:.3f} |")
     print(f"\ninner-CV choices: {sorted(set(chosen))} ({chosen}); temperature {temperature:.3f}")
-    held = recalibrate(softmax(logits[keep], temperature), *confidence_map)
     print(
         f"ECE over both corpora: {ece(softmax(logits[keep], temperature), seg_y[keep]):.3f} "
-        f"after T, {ece(held, seg_y[keep]):.3f} with the confidence map, "
+        f"after T, {ece(mapped[keep], seg_y[keep]):.3f} with the confidence map, "
         f"{ece(crossfit_mapped[keep], seg_y[keep]):.3f} cross-fitted "
         f"({int(keep.sum())} held-out segments); map knots: {len(confidence_map[0])}"
     )
