@@ -55,3 +55,39 @@ def test_far_field_copy_keeps_the_reference_and_changes_each_voice() -> None:
     assert rms(heard.samples, 2.6, 2.9) > 0
     np.testing.assert_array_equal(far_field(case, seed=3).samples, heard.samples)
     assert not np.array_equal(far_field(case, seed=4).samples, heard.samples)
+
+
+def test_meeting_scores_a_sessions_segments_by_their_file_id(tmp_path) -> None:
+    """The meeting benchmark reads a Session's segments in seconds and finds each file's
+    reference by its stem, or the one file id an RTTM holds."""
+    from benchmarks.diarization import read_rttm
+    from benchmarks.meeting import reference_for, session_turns
+
+    rttm = tmp_path / "ref.rttm"
+    rttm.write_text(
+        "SPEAKER ES2004a 1 0.500 2.000 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER ES2004a 1 2.250 1.000 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER IS1009a 1 1.000 1.000 <NA> <NA> C <NA> <NA>\n",
+        encoding="utf-8",
+    )
+    refs = read_rttm(rttm)
+    assert reference_for(tmp_path / "ES2004a.wav", refs) == (
+        "ES2004a",
+        [(0.5, 2.5, "A"), (2.25, 3.25, "B")],
+    )
+    assert reference_for(tmp_path / "other.wav", refs) is None
+    only = {"ES2004a": refs["ES2004a"]}
+    assert reference_for(tmp_path / "minute.wav", only) == ("ES2004a", refs["ES2004a"])
+    session = {
+        "segments": [
+            {"speaker": "s0", "start_ms": 480, "end_ms": 2510, "text": "hello"},
+            {"speaker": "s1", "start_ms": 2510, "end_ms": 3250, "text": "hi"},
+        ]
+    }
+    hyp = session_turns(session)
+    assert hyp == [(0.48, 2.51, "s0"), (2.51, 3.25, "s1")]
+    result = score(_case(refs["ES2004a"], 5.0), hyp)
+    # only B's overlap with A (2.25-2.5 s, inside the collar) could be missed
+    assert result.confusion == pytest.approx(0.0) and result.false_alarm == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="segments"):
+        session_turns({"detail": "not found"})
