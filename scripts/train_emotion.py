@@ -1084,8 +1084,11 @@ def fit_confidence_map(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error of the top label (equal-width confidence bins)."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
+    return binned_ece(probs.max(axis=1), probs.argmax(axis=1) == y, bins)
+
+
+def binned_ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE of confidences and whether each was right (equal-width confidence bins)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     total = 0.0
     for lo, hi in itertools.pairwise(edges):
@@ -1100,10 +1103,7 @@ def calibrated_ece(conf: np.ndarray, draws: int = 2000, bins: int = 15) -> tuple
     these confidences would show on this many segments (each right with probability
     its confidence): what sampling alone puts into an ECE measured on a small set."""
     rng = np.random.default_rng(SEED)
-    probs = np.stack([conf, 1.0 - conf], axis=1)
-    seen = [
-        ece(probs, (rng.random(len(conf)) >= conf).astype(np.int64), bins) for _ in range(draws)
-    ]
+    seen = [binned_ece(conf, rng.random(len(conf)) < conf, bins) for _ in range(draws)]
     return float(np.mean(seen)), float(np.quantile(seen, 0.9))
 
 
@@ -1602,6 +1602,7 @@ def _train(
     crossfit = np.zeros(logits.shape, np.float64)
     crossfit_mapped = np.zeros(logits.shape, np.float64)
     n_seg = len(clean_rows.clip)
+    repeat = np.arange(len(seg_y)) // n_seg  # the outer CV's shuffle each row comes from
     held_out_fold = np.full(len(seg_y), -1)
     for r, folds in enumerate(fold_sets):
         for k, test_speakers in enumerate(folds):
@@ -1618,7 +1619,6 @@ def _train(
     calib: dict[str, dict[str, float]] = {}
     for corpus in CORPORA:
         m = keep & (data.corpus[seg_clip] == corpus)
-        repeat = np.arange(len(seg_y)) // n_seg
         one_repeat = [
             ece(crossfit_mapped[m & (repeat == r)], seg_y[m & (repeat == r)])
             for r in range(args.repeats)
@@ -1682,14 +1682,18 @@ def _train(
         at = f" (C = {best_param:g})" if key.startswith(("ece", "nll")) else ""
         print(f"| {key}{at} | {calib['ravdess'][key]:.3f} | {calib['emodb'][key]:.3f} |")
     print(f"\ninner-CV choices: {sorted(set(chosen))} ({chosen}); temperature {temperature:.3f}")
-    first = keep & (np.arange(len(seg_y)) < n_seg)
+    first = keep & (repeat == 0)
+    each_repeat = [
+        ece(crossfit_mapped[keep & (repeat == r)], seg_y[keep & (repeat == r)])
+        for r in range(args.repeats)
+    ]
     print(
         f"calibration at C = {best_param:g}: ECE over both corpora "
         f"{ece(softmax(logits[keep], temperature), seg_y[keep]):.3f} after T, "
         f"{ece(mapped[keep], seg_y[keep]):.3f} with the confidence map, "
         f"{ece(crossfit_mapped[keep], seg_y[keep]):.3f} cross-fitted "
         f"({int(keep.sum())} held-out segments; one repeat "
-        f"{ece(crossfit_mapped[first], seg_y[first]):.3f}, a calibrated model would show "
+        f"{np.mean(each_repeat):.3f} on average, a calibrated model would show "
         f"{calibrated_ece(crossfit_mapped[first].max(axis=1))[0]:.3f}); "
         f"map knots: {len(confidence_map[0])}"
     )
@@ -1781,7 +1785,7 @@ def _train(
             y=seg_y,
             corpus=seg_corpus,
             speaker=data.speaker[seg_clip],
-            repeat=np.arange(len(seg_y)) // n_seg,
+            repeat=repeat,
             fold=held_out_fold,
         )
     return 0
