@@ -8,7 +8,10 @@ encoder states); words are grouped into segments and each segment's frames are p
 Augmented copies (noise, reverberation, telephone/codec channel, speed + gain) reuse the
 clean clip's ASR windows and segment spans and only re-run the encoder on the augmented
 audio, exactly as ``WhisperAsr.transcribe_windows`` encodes a window (checked bit for bit
-against the served frames before any copy is made).
+against the served frames before any copy is made). Context copies (on by default,
+``--no-context`` to leave them out) read every clip inside an ASR window among other
+clips' speech, as a segment of a conversation is read; every variant trains on them and
+is scored on them, and the confidence is calibrated on segments read both ways.
 
 Protocol: speakers are held out, never clips. Each fold holds out 4 RAVDESS actors (2 male,
 2 female) and 1 EmoDB speaker, training on everyone else; 5 folds, repeated over 3
@@ -677,6 +680,107 @@ def extract_augmented(
     return [ClipFeatures.load(targets[i]) if i in chosen else None for i in range(len(clips))]
 
 
+# ---------------------------------------------------------------- context copies
+
+CONTEXT = "context"  # source: each clip read among other clips' speech, as in a conversation
+CONTEXT_VERSION = 1  # bump when the packing recipe changes
+CONTEXT_MIN_S = 8.0  # each packed window's target length is drawn from [this, max_chunk_s]
+
+
+def pack_windows(
+    lengths: Sequence[int], max_samples: int, min_samples: int, rng: np.random.Generator
+) -> list[list[tuple[int, int]]]:
+    """Items (by index, with their ``lengths`` in samples) packed back to back, in a
+    random order, into windows whose target length is drawn between ``min_samples`` and
+    ``max_samples``: each window a list of ``(item, offset)``. Offsets are multiples of
+    one encoder frame (320 samples), so each item's frames start on a frame; an item
+    longer than a window gets one of its own."""
+    step = int(SR * FRAME_S)
+    windows: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    used, target = 0, int(rng.integers(min_samples, max_samples + 1))
+    for i in rng.permutation(len(lengths)):
+        size = -(-int(lengths[i]) // step) * step
+        if current and used + size > target:
+            windows.append(current)
+            current, used = [], 0
+            target = int(rng.integers(min_samples, max_samples + 1))
+        current.append((int(i), used))
+        used += size
+    if current:
+        windows.append(current)
+    return windows
+
+
+def extract_context(
+    clips: Sequence[Clip], clean: Sequence[ClipFeatures], settings: Settings, cache: Path
+) -> list[ClipFeatures | None]:
+    """A copy of each clip's features with its speech read inside an ASR window among
+    other clips' speech, as a segment of a conversation is read (None for clips without
+    a segment, or read in more than one window).
+
+    A clip's speech (its VAD regions, as the served path joins them) is packed with
+    other clips' into windows of 8 s to ``max_chunk_s``, in a seeded random order over
+    both corpora; each window is encoded as served and the clip's frames are cut from
+    it, so its segments keep their frame ranges but sit anywhere in the window, after
+    and before other voices. A Whisper encoder state depends on its position in the
+    window and on what else the window holds: a classifier trained only on clips read
+    alone (always at the window's start) called nearly every segment of a conversation
+    Angry (measured, docs/benchmarks.md).
+    """
+    from ethostral_serve.audio import decode_audio
+
+    base = cache / f"aug{AUG_VERSION}" / f"{CONTEXT}{CONTEXT_VERSION}"
+    targets = [base / c.corpus / f"{c.key}.npz" for c in clips]
+    usable = [
+        i for i, f in enumerate(clean) if len(f.segments) and len(np.unique(f.windows[:, 0])) == 1
+    ]
+    if any(not targets[i].is_file() for i in usable):
+        from ethostral_serve.backends.whisper import WhisperAsr
+
+        asr = WhisperAsr(settings.asr, settings.cache_dir)
+        check_encoder(asr, clips, clean)
+        speech = []
+        for i in usable:
+            (chunk,) = window_chunks(clean[i].windows)
+            speech.append(chunk.samples(decode_audio(clips[i].path).samples, SR))
+        plan = pack_windows(
+            [len(x) for x in speech],
+            int(settings.vad.max_chunk_s * SR),
+            int(CONTEXT_MIN_S * SR),
+            np.random.default_rng([SEED, CONTEXT_VERSION]),
+        )
+        start = time.perf_counter()
+        for k in range(0, len(plan), 8):
+            group = plan[k : k + 8]
+            windows = []
+            for window in group:
+                end = max(off + len(speech[j]) for j, off in window)
+                audio = np.zeros(end, np.float32)
+                for j, off in window:
+                    audio[off : off + len(speech[j])] = speech[j]
+                windows.append(audio)
+            for window, frames in zip(group, encode_windows(asr, windows), strict=True):
+                for j, off in window:
+                    i = usable[j]
+                    first = off // int(SR * FRAME_S)
+                    mine = frames[first : first + len(clean[i].frames)]
+                    if len(mine) != len(clean[i].frames):
+                        raise RuntimeError(f"{clips[i].key}: {len(mine)} packed frames")
+                    targets[i].parent.mkdir(parents=True, exist_ok=True)
+                    replace(clean[i], frames=mine).save(targets[i])
+            done = k + len(group)
+            if done % 40 < 8 or done == len(plan):
+                rate = (time.perf_counter() - start) / done
+                print(
+                    f"  {CONTEXT}: {done}/{len(plan)} windows, {rate:.2f} s/window, "
+                    f"~{rate * (len(plan) - done) / 60:.1f} min left",
+                    flush=True,
+                )
+    chosen = set(usable)
+    return [ClipFeatures.load(targets[i]) if i in chosen else None for i in range(len(clips))]
+
+
 # ---------------------------------------------------------------- prosody (offline only)
 
 PROSODY_NAMES = (
@@ -1142,6 +1246,7 @@ class CvRun:
     seg_logits: list[np.ndarray] = field(default_factory=list)  # per repeat, clean rows
     clip_pred: list[np.ndarray] = field(default_factory=list)  # per repeat, every clip
     aug_pred: dict[str, list[np.ndarray]] = field(default_factory=dict)  # family → repeats
+    aug_logits: dict[str, list[np.ndarray]] = field(default_factory=dict)  # family → repeats
     fold_f1: list[float] = field(default_factory=list)  # RAVDESS F1 of each fold's actors
     universe: np.ndarray | None = None  # the clips predicted (None: all)
 
@@ -1223,13 +1328,21 @@ def cross_validate(
     y = data.labels(variant.boredom)
     clean = bank["clean"]
     runs = {
-        p: CvRun(aug_pred={f: [] for f in eval_aug}, universe=universe)
+        p: CvRun(
+            aug_pred={f: [] for f in eval_aug},
+            aug_logits={f: [] for f in eval_aug},
+            universe=universe,
+        )
         for p in (params or variant.params)
     }
     for folds in fold_sets:
         logits = {p: np.zeros((len(clean.x), len(EMOTION_LABELS)), np.float32) for p in runs}
         pred = {p: np.full(n, -1) for p in runs}
         aug_pred = {p: {f: np.full(n, -1) for f in eval_aug} for p in runs}
+        aug_logits = {
+            p: {f: np.zeros((len(bank[f].x), len(EMOTION_LABELS)), np.float32) for f in eval_aug}
+            for p in runs
+        }
         for test_speakers in folds:
             test = np.isin(data.speaker, test_speakers) & universe
             if not test.any():
@@ -1250,14 +1363,16 @@ def cross_validate(
                 for f in eval_aug:
                     rows = bank[f]
                     s2 = test[rows.clip]
+                    aug_logits[p][f][s2] = model.logits(rows.x[s2])
                     aug_pred[p][f][test_clips] = clip_votes(
-                        model.logits(rows.x[s2]), rows.clip[s2], rows.seconds[s2], test_clips
+                        aug_logits[p][f][s2], rows.clip[s2], rows.seconds[s2], test_clips
                     )
         for p, run in runs.items():
             run.seg_logits.append(logits[p])
             run.clip_pred.append(pred[p])
             for f in eval_aug:
                 run.aug_pred[f].append(aug_pred[p][f])
+                run.aug_logits[f].append(aug_logits[p][f])
     return runs
 
 
@@ -1410,11 +1525,14 @@ def select_variant(
     augment: Sequence[str],
     only: Sequence[str] = (),
     memo: Path | None = None,
+    always: Sequence[str] = (),
 ) -> tuple[Variant, float, list[dict[str, object]]]:
     """Run the stages; return the best servable variant, its best parameter and the grid.
 
-    ``memo`` (a JSON file) keeps each variant's CV figures, keyed by the variant and the
-    folds, so a rerun only computes what changed.
+    ``always``: copies every variant trains on and is scored on (the context copies),
+    beside the ``augment`` families the augmentation stage tries. ``memo`` (a JSON file)
+    keeps each variant's CV figures, keyed by the variant and the folds, so a rerun only
+    computes what changed.
     """
     store: dict[str, dict[str, float]] = {}
     if memo is not None and memo.is_file():
@@ -1423,11 +1541,12 @@ def select_variant(
         json.dumps([[f.tolist() for f in fs] for fs in fold_sets]).encode()
     ).hexdigest()[:10]
     head = "| variant | param | RAVDESS F1 (8 labels) | EmoDB F1 (6 labels) | mean |"
-    head += "".join(f" {f}: RAV (clean) / EMO (clean) |" for f in augment)
-    print(head + "\n" + "|---" * (5 + len(augment)) + "|")
+    families = [*augment, *always]
+    head += "".join(f" {f}: RAV (clean) / EMO (clean) |" for f in families)
+    print(head + "\n" + "|---" * (5 + len(families)) + "|")
     results: dict[str, dict[float, dict[str, float]]] = {}
     grid: list[dict[str, object]] = []
-    current = Variant("+ EmoDB, boredom left out")
+    current = Variant("+ EmoDB, boredom left out", sources=("clean", "jitter", *always))
     best_score, best_key = -1.0, ""
     queue = stages(augment)
     while queue:
@@ -1435,7 +1554,7 @@ def select_variant(
         if only and title.split(",")[0] not in only:
             continue
         before = current
-        print(f"| *{title}* |" + " |" * (4 + len(augment)))
+        print(f"| *{title}* |" + " |" * (4 + len(families)))
         tried = ([] if title == "corpora" else [current]) + [c(current) for c in changes]
         # (score, variant, key) of the variant kept so far, scored again, and of the
         # stage's best change
@@ -1444,7 +1563,8 @@ def select_variant(
         for i, v in enumerate(tried):
             keep = title != "corpora" and i == 0  # the best so far, scored again
             # Robustness (held-out augmented copies) is scored in the augmentation stage.
-            evals = list(augment) if title.startswith("augmentation") and not v.prosody else []
+            evals = families if title.startswith("augmentation") else list(always)
+            evals = [] if v.prosody else evals
             key = f"{folds_key} {v.key} {sorted(evals)}"
             t0 = time.perf_counter()
             known = {p: store[f"{key} {p!r}"] for p in v.params if f"{key} {p!r}" in store}
@@ -1458,7 +1578,7 @@ def select_variant(
             results[key] = {p: known[p] for p in v.params}
             for p, m in results[key].items():
                 grid.append({"stage": title, "variant": v.name, "param": p, **m})
-                print(_row(v, p, m, augment), flush=True)
+                print(_row(v, p, m, families), flush=True)
             print(f"<!-- {v.name}: {time.perf_counter() - t0:.0f} s -->", flush=True)
             res = results[key]
             p_best = max(res, key=lambda p: res[p]["score"])
@@ -1507,6 +1627,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aug-per-clip", type=int, default=2, help="augmented copies per clip (families)"
     )
+    parser.add_argument(
+        "--context",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train and score every variant on copies of the clips read among other clips' "
+        "speech, as segments of a conversation are read (default: on)",
+    )
     parser.add_argument("--stages", nargs="*", default=[], help="only these selection stages")
     parser.add_argument("--report", type=Path, default=None, help="write metrics as JSON")
     parser.add_argument(
@@ -1529,6 +1656,8 @@ def main(argv: list[str] | None = None) -> int:
         f: extract_augmented(clips, clean, f, settings, cache, babble, args.aug_per_clip)
         for f in args.augment
     }
+    if args.context:
+        aug[CONTEXT] = extract_context(clips, clean, settings, cache)
     if args.extract_only:
         return 0
     data = Corpus(clips, clean, aug, prosody_rows(clips, clean, cache))
@@ -1574,7 +1703,10 @@ def _train(
     memo = args.cache_root / f"cv-{cache_tag(settings)}-aug{AUG_VERSION}.json"
     if args.fresh:
         memo.unlink(missing_ok=True)
-    best, best_param, grid = select_variant(data, banks, fold_sets, args.augment, args.stages, memo)
+    always = [CONTEXT] if args.context else []
+    best, best_param, grid = select_variant(
+        data, banks, fold_sets, args.augment, args.stages, memo, always
+    )
     print(f"\nchosen variant: {best.name} {best}")
     if args.select_only:
         return 0
@@ -1582,65 +1714,82 @@ def _train(
         raise NotImplementedError(f"EmotionClassifier cannot serve {best}")
 
     bank = banks(best)
-    nested, chosen = nested_cv(bank, best, fold_sets, args.inner_folds, eval_aug=args.augment)
+    families = [*args.augment, *always]
+    nested, chosen = nested_cv(bank, best, fold_sets, args.inner_folds, eval_aug=families)
     summary = nested.summary(data)
     clean_rows = bank["clean"]
-    seg_clip = np.tile(clean_rows.clip, args.repeats)
-    seg_y = data.y[seg_clip]
+    nested_clip = np.tile(clean_rows.clip, args.repeats)
     nested_logits = np.concatenate(nested.seg_logits)
     # The shipped model has one C; the nested CV's held-out logits come from models whose
     # C was picked per fold (0.003-0.03), each sharper or softer than the next, and a
     # temperature and map fitted to that mixture miscalibrate the one shipped. So the
-    # calibration is fitted and measured on the same folds with the shipped C.
-    calibration_run = cross_validate(bank, best, fold_sets, [best_param])[best_param]
-    logits = np.concatenate(calibration_run.seg_logits)
+    # calibration is fitted and measured on the same folds with the shipped C, on the
+    # held-out segments read alone and (with --context) read inside a conversation, as
+    # the service reads them.
+    calibration_run = cross_validate(bank, best, fold_sets, [best_param], eval_aug=always)
+    calibration_run = calibration_run[best_param]
+    sources = ["clean", *always]
+    held_out = [calibration_run.seg_logits] + [calibration_run.aug_logits[f] for f in always]
+    logits = np.concatenate([np.concatenate(part) for part in held_out])
+    seg_clip = np.concatenate([np.tile(bank[f].clip, args.repeats) for f in sources])
+    repeat = np.concatenate(  # the outer CV's shuffle each row comes from
+        [np.repeat(np.arange(args.repeats), len(bank[f].clip)) for f in sources]
+    )
+    seg_source = np.concatenate(
+        [np.full(len(bank[f].clip) * args.repeats, f, dtype=object) for f in sources]
+    ).astype(str)
+    seg_y = data.y[seg_clip]
     keep = seg_y >= 0  # boredom segments are never scored
     seg_corpus = data.corpus[seg_clip]
+    seg_speaker = data.speaker[seg_clip]
     temperature = fit_temperature(logits[keep], seg_y[keep], seg_corpus[keep])
     confidence_map = fit_confidence_map(softmax(logits[keep], temperature), seg_y[keep])
     # Cross-fitted: each fold's temperature and map are fitted on the other speakers only.
     crossfit = np.zeros(logits.shape, np.float64)
     crossfit_mapped = np.zeros(logits.shape, np.float64)
-    n_seg = len(clean_rows.clip)
-    repeat = np.arange(len(seg_y)) // n_seg  # the outer CV's shuffle each row comes from
     held_out_fold = np.full(len(seg_y), -1)
     for r, folds in enumerate(fold_sets):
         for k, test_speakers in enumerate(folds):
-            theirs = np.isin(data.speaker[clean_rows.clip], test_speakers)
-            test = np.zeros(len(seg_y), bool)
-            test[r * n_seg : (r + 1) * n_seg] = theirs
+            theirs = np.isin(seg_speaker, test_speakers)
+            test = theirs & (repeat == r)
             held_out_fold[test] = k
-            fit_rows = ~np.tile(theirs, args.repeats) & keep  # their segments in no repeat
+            fit_rows = ~theirs & keep  # their segments in no repeat
             t_k = fit_temperature(logits[fit_rows], seg_y[fit_rows], seg_corpus[fit_rows])
             crossfit[test] = softmax(logits[test], t_k)
             map_k = fit_confidence_map(softmax(logits[fit_rows], t_k), seg_y[fit_rows])
             crossfit_mapped[test] = recalibrate(crossfit[test], *map_k)
     mapped = recalibrate(softmax(logits, temperature), *confidence_map)
     calib: dict[str, dict[str, float]] = {}
-    for corpus in CORPORA:
-        m = keep & (data.corpus[seg_clip] == corpus)
-        one_repeat = [
-            ece(crossfit_mapped[m & (repeat == r)], seg_y[m & (repeat == r)])
-            for r in range(args.repeats)
-        ]
-        floor = calibrated_ece(crossfit_mapped[m & (repeat == 0)].max(axis=1))
-        calib[corpus] = {
-            "segments": int(m.sum() // args.repeats),
-            "segment_accuracy": float(np.mean(nested_logits[m].argmax(1) == seg_y[m])),
-            "ece_before": ece(softmax(logits[m]), seg_y[m]),
-            "ece_after": ece(softmax(logits[m], temperature), seg_y[m]),
-            "ece_crossfit": ece(crossfit[m], seg_y[m]),
-            "ece_mapped": ece(mapped[m], seg_y[m]),
-            "ece_mapped_crossfit": ece(crossfit_mapped[m], seg_y[m]),
-            # one repeat holds each segment once: its ECE next to a calibrated model's
-            "ece_mapped_crossfit_one_repeat": float(np.mean(one_repeat)),
-            "ece_calibrated_one_repeat": floor[0],
-            "ece_calibrated_one_repeat_p90": floor[1],
-            "ece_mapped_10_bins": ece(mapped[m], seg_y[m], bins=10),
-            "ece_mapped_20_bins": ece(mapped[m], seg_y[m], bins=20),
-            "nll_before": nll(logits[m], seg_y[m], 1.0),
-            "nll_after": nll(logits[m], seg_y[m], temperature),
-        }
+    for source in sources:
+        for corpus in CORPORA:
+            m = keep & (seg_corpus == corpus) & (seg_source == source)
+            one_repeat = [
+                ece(crossfit_mapped[m & (repeat == r)], seg_y[m & (repeat == r)])
+                for r in range(args.repeats)
+            ]
+            floor = calibrated_ece(crossfit_mapped[m & (repeat == 0)].max(axis=1))
+            calib[corpus if source == "clean" else f"{corpus}_{source}"] = {
+                "segments": int(m.sum() // args.repeats),
+                "segment_accuracy": float(np.mean(logits[m].argmax(1) == seg_y[m])),
+                "ece_before": ece(softmax(logits[m]), seg_y[m]),
+                "ece_after": ece(softmax(logits[m], temperature), seg_y[m]),
+                "ece_crossfit": ece(crossfit[m], seg_y[m]),
+                "ece_mapped": ece(mapped[m], seg_y[m]),
+                "ece_mapped_crossfit": ece(crossfit_mapped[m], seg_y[m]),
+                # one repeat holds each segment once: its ECE next to a calibrated model's
+                "ece_mapped_crossfit_one_repeat": float(np.mean(one_repeat)),
+                "ece_calibrated_one_repeat": floor[0],
+                "ece_calibrated_one_repeat_p90": floor[1],
+                "ece_mapped_10_bins": ece(mapped[m], seg_y[m], bins=10),
+                "ece_mapped_20_bins": ece(mapped[m], seg_y[m], bins=20),
+                "nll_before": nll(logits[m], seg_y[m], 1.0),
+                "nll_after": nll(logits[m], seg_y[m], temperature),
+            }
+        if source == "clean":  # the nested CV's segments (C picked per fold)
+            for corpus in CORPORA:
+                m = (data.corpus[nested_clip] == corpus) & (data.y[nested_clip] >= 0)
+                hit = nested_logits[m].argmax(1) == data.y[nested_clip][m]
+                calib[corpus]["segment_accuracy"] = float(np.mean(hit))
     clip_pred = np.concatenate(nested.clip_pred)
     clip_y = np.tile(data.y, args.repeats)
     clip_corpus = np.tile(data.corpus, args.repeats)
@@ -1658,7 +1807,7 @@ def _train(
         f"{summary['ravdess_pooled']:.3f} | {summary['emodb']:.3f} ± {summary['emodb_std']:.3f} "
         f"(pooled over held-out speakers, {args.repeats} repeats) |"
     )
-    for f in args.augment:
+    for f in families:
         print(
             f"| clip macro-F1 on {f} copies (same clips clean) | {summary[f'{f}_ravdess']:.3f} "
             f"({summary[f'{f}_ravdess_clean']:.3f}) | {summary[f'{f}_emodb']:.3f} "
@@ -1680,23 +1829,28 @@ def _train(
         "nll_after",
     ):
         at = f" (C = {best_param:g})" if key.startswith(("ece", "nll")) else ""
-        print(f"| {key}{at} | {calib['ravdess'][key]:.3f} | {calib['emodb'][key]:.3f} |")
+        for source in sources:
+            rav, emo = (c if source == "clean" else f"{c}_{source}" for c in CORPORA)
+            name = key if source == "clean" else f"{key}, {source} copies"
+            print(f"| {name}{at} | {calib[rav][key]:.3f} | {calib[emo][key]:.3f} |")
     print(f"\ninner-CV choices: {sorted(set(chosen))} ({chosen}); temperature {temperature:.3f}")
-    first = keep & (repeat == 0)
-    each_repeat = [
-        ece(crossfit_mapped[keep & (repeat == r)], seg_y[keep & (repeat == r)])
-        for r in range(args.repeats)
-    ]
-    print(
-        f"calibration at C = {best_param:g}: ECE over both corpora "
-        f"{ece(softmax(logits[keep], temperature), seg_y[keep]):.3f} after T, "
-        f"{ece(mapped[keep], seg_y[keep]):.3f} with the confidence map, "
-        f"{ece(crossfit_mapped[keep], seg_y[keep]):.3f} cross-fitted "
-        f"({int(keep.sum())} held-out segments; one repeat "
-        f"{np.mean(each_repeat):.3f} on average, a calibrated model would show "
-        f"{calibrated_ece(crossfit_mapped[first].max(axis=1))[0]:.3f}); "
-        f"map knots: {len(confidence_map[0])}"
-    )
+    for source in sources:
+        mine = keep & (seg_source == source)
+        first = mine & (repeat == 0)
+        each_repeat = [
+            ece(crossfit_mapped[mine & (repeat == r)], seg_y[mine & (repeat == r)])
+            for r in range(args.repeats)
+        ]
+        print(
+            f"calibration at C = {best_param:g}, {source} segments: ECE over both corpora "
+            f"{ece(softmax(logits[mine], temperature), seg_y[mine]):.3f} after T, "
+            f"{ece(mapped[mine], seg_y[mine]):.3f} with the confidence map, "
+            f"{ece(crossfit_mapped[mine], seg_y[mine]):.3f} cross-fitted "
+            f"({int(mine.sum())} held-out segments; one repeat "
+            f"{np.mean(each_repeat):.3f} on average, a calibrated model would show "
+            f"{calibrated_ece(crossfit_mapped[first].max(axis=1))[0]:.3f})"
+        )
+    print(f"map knots: {len(confidence_map[0])}, fitted on the {' and '.join(sources)} segments")
     for corpus in CORPORA:
         print(f"\n{corpus} per-class F1 (clip level, all repeats):")
         print("| " + " | ".join(per_class[corpus]) + " |")
@@ -1787,6 +1941,7 @@ def _train(
             speaker=data.speaker[seg_clip],
             repeat=repeat,
             fold=held_out_fold,
+            source=seg_source,
         )
     return 0
 

@@ -91,3 +91,44 @@ def test_meeting_scores_a_sessions_segments_by_their_file_id(tmp_path) -> None:
     assert result.confusion == pytest.approx(0.0) and result.false_alarm == pytest.approx(0.0)
     with pytest.raises(ValueError, match="segments"):
         session_turns({"detail": "not found"})
+
+
+def test_emotion_conversation_votes_by_time_inside_each_clip(tmp_path) -> None:
+    """``benchmarks.emotion --conversation``: clips joined with a gap, each clip's span in
+    the recording, and a clip's label the one covering most of its span."""
+    import io
+
+    import soundfile as sf
+
+    from benchmarks.emotion import GAP_S, joined, votes_over
+    from ethostral_serve.schema import EMOTION_LABELS, Emotion, Segment
+    from scripts.train_emotion import Clip
+
+    clips = []
+    for k, seconds in enumerate((1.0, 2.5)):
+        path = tmp_path / f"{k}.wav"
+        sf.write(path, np.full(int(seconds * SAMPLE_RATE), 0.1, np.float32), SAMPLE_RATE)
+        clips.append(Clip(path, "ravdess", f"ravdess-0{k}", True, "x", k))
+    wav, spans = joined(clips)
+    audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    assert rate == SAMPLE_RATE and len(audio) == int((1.0 + 2.5 + 2 * GAP_S) * SAMPLE_RATE)
+    assert spans == [(0.0, 1000.0), (2500.0, 5000.0)]
+    assert np.all(audio[SAMPLE_RATE : int(2.5 * SAMPLE_RATE)] == 0)  # the gap is silence
+
+    def segment(start: int, end: int, label: str | None) -> Segment:
+        emotion = None
+        if label is not None:
+            emotion = Emotion(label=label, valence=0, arousal=0, dominance=0, confidence=0.5)
+        return Segment(speaker="s0", start_ms=start, end_ms=end, text="x", emotion=emotion)
+
+    segments = [
+        segment(0, 900, "Sad"),
+        segment(900, 2600, "Angry"),  # 100 ms in the first clip, 100 ms in the second
+        segment(2600, 3500, "Happy"),
+        segment(3500, 5000, None),  # emotion off: no vote
+    ]
+    first = votes_over(segments, *spans[0])
+    second = votes_over(segments, *spans[1])
+    assert first[EMOTION_LABELS.index("Sad")] == 900 and first[EMOTION_LABELS.index("Angry")] == 100
+    assert EMOTION_LABELS[int(np.argmax(second))] == "Happy" and second.sum() == 1000
+    assert not votes_over(segments, 6000, 7000).any()  # nothing there: no vote

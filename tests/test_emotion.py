@@ -354,6 +354,63 @@ def test_arousal_separates_angry_from_sad_and_calm(settings) -> None:
     assert auc >= 0.9, f"angry-vs-sad/calm arousal AUC {auc:.2f} on {len(clips)} clips: {a}"
 
 
+@pytest.mark.slow
+def test_a_segment_keeps_its_emotion_inside_a_conversation(settings) -> None:
+    """Acted clips read one by one, then joined into one recording (1.5 s apart) and
+    read as a conversation: there each clip is a segment somewhere inside a 28 s ASR
+    window, after other voices, and its encoder states differ from those of the clip
+    read alone. The labels must mostly hold; a model trained on clips read alone only
+    called nearly every such segment Angry."""
+    from ethostral_serve.audio import Audio, decode_audio
+    from ethostral_serve.backends.embedded import EmbeddedSpeechModel
+    from ethostral_serve.backends.vad.silero import SileroVad
+    from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
+
+    emotions = {"calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
+    clips = _ravdess_clips(emotions, {4, 11})  # strong intensity: Neutral has none
+    assert len(clips) == 14
+    model = EmbeddedSpeechModel(settings)
+    vad = SileroVad(settings.vad)
+    options = TranscribeOptions(language="en", diarize=False, emotion=True)
+
+    def labels(audio: Audio, name: str) -> list[tuple[float, float, str]]:
+        session = transcribe(
+            audio, name, options, vad=vad, diarizer=None, model=model, settings=settings
+        )
+        return [
+            (s.start_ms / 1000, s.end_ms / 1000, s.emotion.label)
+            for s in session.segments
+            if s.emotion
+        ]
+
+    def majority(segments: list[tuple[float, float, str]], lo: float, hi: float) -> str:
+        cover: dict[str, float] = {}
+        for a, b, label in segments:
+            cover[label] = cover.get(label, 0.0) + max(0.0, min(b, hi) - max(a, lo))
+        best = max(cover, key=cover.__getitem__) if cover else ""
+        return best if cover.get(best, 0.0) > 0 else ""
+
+    truth = [emotion.capitalize() for _, emotion in clips]
+    audio = [decode_audio(path) for path, _ in clips]
+    alone = [majority(labels(a, p.name), 0.0, 1e9) for a, (p, _) in zip(audio, clips, strict=True)]
+    gap = np.zeros(int(1.5 * SR), np.float32)
+    joined, spans, t = [], [], 0.0
+    for a in audio:
+        joined += [a.samples, gap]
+        spans.append((t, t + len(a.samples) / SR))
+        t += (len(a.samples) + len(gap)) / SR
+    conversation = labels(Audio(np.concatenate(joined), SR), "conversation.wav")
+    inside = [majority(conversation, lo, hi) for lo, hi in spans]
+    agree = np.mean([a == b for a, b in zip(alone, inside, strict=True)])
+    right_alone = np.mean([a == b for a, b in zip(alone, truth, strict=True)])
+    right_inside = np.mean([a == b for a, b in zip(inside, truth, strict=True)])
+    angry = inside.count("Angry") / len(inside)
+    detail = f"truth {truth}, alone {alone}, inside {inside}"
+    assert angry <= 0.4, f"{angry:.0%} of the segments called Angry in context: {detail}"
+    assert agree >= 0.5, f"only {agree:.0%} of labels hold in context: {detail}"
+    assert right_inside >= right_alone - 0.2, detail
+
+
 # ---------------------------------------------------------------- training: corpora
 
 
@@ -610,6 +667,39 @@ def test_cross_validation_never_trains_on_held_out_speakers() -> None:
     assert len(run.fold_f1) == 5 and (run.clip_pred[0] >= 0).all()
 
 
+def test_held_out_copies_are_scored_by_the_fold_that_left_their_speaker_out() -> None:
+    """Copies of the clips (as the context copies are) get held-out logits in every
+    repeat, from the model of the fold that held their speaker out, and vote for their
+    clip as the clean segments do."""
+    from dataclasses import replace
+
+    from scripts.train_emotion import Bank, Variant, cross_validate, fit, speaker_folds, train_rows
+
+    data = _corpus()
+    rng = np.random.default_rng(5)
+    data.aug["context"] = [  # a shifted copy: the same label, other states
+        replace(f, frames=(f.frames + rng.normal(0, 0.3, f.frames.shape)).astype(np.float16))
+        for f in data.clean
+    ]
+    bank = Bank(data, ("mean",), "none")
+    variant = Variant("test", sources=("clean", "context"), params=(1.0,))
+    folds = [speaker_folds(data, 5, seed=s) for s in (1, 2)]
+    run = cross_validate(bank, variant, folds, eval_aug=["context"])[1.0]
+    rows = bank["context"]
+    assert len(run.aug_logits["context"]) == 2
+    for r, repeat in enumerate(folds):
+        logits = run.aug_logits["context"][r]
+        assert logits.shape == (len(rows.x), len(EMOTION_LABELS))
+        test_speakers = repeat[0]
+        mine = np.isin(data.speaker[rows.clip], test_speakers)
+        train = ~np.isin(data.speaker, test_speakers)
+        model = fit(variant, 1.0, *train_rows(bank, variant, data.y, train))
+        np.testing.assert_allclose(logits[mine], model.logits(rows.x[mine]), rtol=1e-5)
+        assert (np.abs(logits).sum(axis=1) > 0).all()  # every copy was held out once
+    summary = run.summary(data)
+    assert summary["context_ravdess"] > 0.9 and summary["context_emodb"] > 0.9
+
+
 def test_emodb_score_counts_calm_and_surprised_as_wrong() -> None:
     from scripts.train_emotion import corpus_f1
 
@@ -645,6 +735,28 @@ def test_window_chunks_rebuild_and_scale() -> None:
     assert slow.regions[1].end == pytest.approx(2.75)
     x = np.arange(3 * SR, dtype=np.float32)
     assert len(first.samples(x, SR)) == SR
+
+
+def test_pack_windows_places_every_clip_once_on_a_frame() -> None:
+    from scripts.train_emotion import pack_windows
+
+    rng = np.random.default_rng(3)
+    lengths = [*rng.integers(SR // 2, 4 * SR, size=60).tolist(), 30 * SR]
+    plan = pack_windows(lengths, 28 * SR, 8 * SR, np.random.default_rng(0))
+    placed = [i for window in plan for i, _ in window]
+    assert sorted(placed) == list(range(len(lengths)))
+    for window in plan:
+        offsets = [off for _, off in window]
+        assert all(off % 320 == 0 for off in offsets)
+        assert offsets[0] == 0 and offsets == sorted(offsets)
+        for (i, off), (_, following) in itertools.pairwise(window):
+            assert following >= off + lengths[i]  # back to back, never overlapping
+        end = window[-1][1] + lengths[window[-1][0]]
+        assert end <= 28 * SR or len(window) == 1  # a clip longer than a window: alone
+    assert any(len(w) > 3 for w in plan) and sum(w[0][1] == 0 for w in plan) == len(plan)
+    # seeded: the same plan again, another order with another seed
+    assert pack_windows(lengths, 28 * SR, 8 * SR, np.random.default_rng(0)) == plan
+    assert pack_windows(lengths, 28 * SR, 8 * SR, np.random.default_rng(1)) != plan
 
 
 @pytest.mark.slow
