@@ -576,6 +576,16 @@ def reencode(
     return out
 
 
+def progress(what: str, done: int, total: int, unit: str, start: float) -> None:
+    """One line of progress: items done, seconds per item since ``start``, time left."""
+    rate = (time.perf_counter() - start) / done
+    print(
+        f"  {what}: {done}/{total} {unit}s, {rate:.2f} s/{unit}, "
+        f"~{rate * (total - done) / 60:.1f} min left",
+        flush=True,
+    )
+
+
 def extract(clips: Sequence[Clip], settings: Settings, cache: Path) -> list[ClipFeatures]:
     """Served-path features of every clip, computed once and cached."""
     from ethostral_serve.audio import decode_audio
@@ -593,12 +603,7 @@ def extract(clips: Sequence[Clip], settings: Settings, cache: Path) -> list[Clip
             targets[i].parent.mkdir(parents=True, exist_ok=True)
             _analyse(asr, vad, decode_audio(clips[i].path).samples, settings).save(targets[i])
             if done % 50 == 0 or done == len(missing):
-                rate = (time.perf_counter() - start) / done
-                print(
-                    f"  analysed {done}/{len(missing)} clips, {rate:.2f} s/clip, "
-                    f"~{rate * (len(missing) - done) / 60:.1f} min left",
-                    flush=True,
-                )
+                progress("analysed", done, len(missing), "clip", start)
     return [ClipFeatures.load(t) for t in targets]
 
 
@@ -668,12 +673,7 @@ def extract_augmented(
                 feats.save(targets[i])
             done = k + len(group)
             if done % 200 < 8 or done == len(missing):
-                rate = (time.perf_counter() - start) / done
-                print(
-                    f"  {family}: {done}/{len(missing)} clips, {rate:.2f} s/clip, "
-                    f"~{rate * (len(missing) - done) / 60:.1f} min left",
-                    flush=True,
-                )
+                progress(family, done, len(missing), "clip", start)
         with (base / "recipes.tsv").open("a", encoding="utf-8") as fh:
             fh.write("\n".join(recipes) + "\n")
     chosen = set(usable)
@@ -771,12 +771,7 @@ def extract_context(
                     replace(clean[i], frames=mine).save(targets[i])
             done = k + len(group)
             if done % 40 < 8 or done == len(plan):
-                rate = (time.perf_counter() - start) / done
-                print(
-                    f"  {CONTEXT}: {done}/{len(plan)} windows, {rate:.2f} s/window, "
-                    f"~{rate * (len(plan) - done) / 60:.1f} min left",
-                    flush=True,
-                )
+                progress(CONTEXT, done, len(plan), "window", start)
     chosen = set(usable)
     return [ClipFeatures.load(targets[i]) if i in chosen else None for i in range(len(clips))]
 
