@@ -1765,6 +1765,7 @@ def _train(
             floor = calibrated_ece(crossfit_mapped[m & (repeat == 0)].max(axis=1))
             calib[corpus if source == "clean" else f"{corpus}_{source}"] = {
                 "segments": int(m.sum() // args.repeats),
+                # at the shipped C; read alone, replaced below by the nested CV's
                 "segment_accuracy": float(np.mean(logits[m].argmax(1) == seg_y[m])),
                 "ece_before": ece(softmax(logits[m]), seg_y[m]),
                 "ece_after": ece(softmax(logits[m], temperature), seg_y[m]),
