@@ -63,6 +63,7 @@ SEED = 20240611
 CACHE_LAYOUT = 4  # bump when what is cached per clip changes
 AUG_VERSION = 1  # bump when an augmentation recipe changes
 FRAME_S = 0.02  # one Whisper encoder frame
+FRAME_SAMPLES = round(SR * FRAME_S)  # samples per encoder frame (320)
 
 DATA_ROOT = REPO.parent / "shared" / "data"
 CORPORA = ("ravdess", "emodb")
@@ -695,7 +696,7 @@ def pack_windows(
     ``max_samples``: each window a list of ``(item, offset)``. Offsets are multiples of
     one encoder frame (320 samples), so each item's frames start on a frame; an item
     longer than a window gets one of its own."""
-    step = int(SR * FRAME_S)
+    step = FRAME_SAMPLES
     windows: list[list[tuple[int, int]]] = []
     current: list[tuple[int, int]] = []
     used, target = 0, int(rng.integers(min_samples, max_samples + 1))
@@ -763,7 +764,7 @@ def extract_context(
             for window, frames in zip(group, encode_windows(asr, windows), strict=True):
                 for j, off in window:
                     i = usable[j]
-                    first = off // int(SR * FRAME_S)
+                    first = off // FRAME_SAMPLES
                     mine = frames[first : first + len(clean[i].frames)]
                     if len(mine) != len(clean[i].frames):
                         raise RuntimeError(f"{clips[i].key}: {len(mine)} packed frames")
@@ -1755,6 +1756,8 @@ def _train(
             crossfit_mapped[test] = recalibrate(crossfit[test], *map_k)
     mapped = recalibrate(softmax(logits, temperature), *confidence_map)
     calib: dict[str, dict[str, float]] = {}
+    nested_hit = nested_logits.argmax(1) == data.y[nested_clip]
+    nested_scored = data.y[nested_clip] >= 0
     for source in sources:
         for corpus in CORPORA:
             m = keep & (seg_corpus == corpus) & (seg_source == source)
@@ -1763,10 +1766,13 @@ def _train(
                 for r in range(args.repeats)
             ]
             floor = calibrated_ece(crossfit_mapped[m & (repeat == 0)].max(axis=1))
+            if source == "clean":  # the nested CV's segments (C picked per fold)
+                hits = nested_hit[nested_scored & (data.corpus[nested_clip] == corpus)]
+            else:  # the copies: the same folds at the shipped C
+                hits = logits[m].argmax(1) == seg_y[m]
             calib[corpus if source == "clean" else f"{corpus}_{source}"] = {
                 "segments": int(m.sum() // args.repeats),
-                # at the shipped C; read alone, replaced below by the nested CV's
-                "segment_accuracy": float(np.mean(logits[m].argmax(1) == seg_y[m])),
+                "segment_accuracy": float(np.mean(hits)),
                 "ece_before": ece(softmax(logits[m]), seg_y[m]),
                 "ece_after": ece(softmax(logits[m], temperature), seg_y[m]),
                 "ece_crossfit": ece(crossfit[m], seg_y[m]),
@@ -1781,11 +1787,6 @@ def _train(
                 "nll_before": nll(logits[m], seg_y[m], 1.0),
                 "nll_after": nll(logits[m], seg_y[m], temperature),
             }
-        if source == "clean":  # the nested CV's segments (C picked per fold)
-            for corpus in CORPORA:
-                m = (data.corpus[nested_clip] == corpus) & (data.y[nested_clip] >= 0)
-                hit = nested_logits[m].argmax(1) == data.y[nested_clip][m]
-                calib[corpus]["segment_accuracy"] = float(np.mean(hit))
     clip_pred = np.concatenate(nested.clip_pred)
     clip_y = np.tile(data.y, args.repeats)
     clip_corpus = np.tile(data.corpus, args.repeats)
