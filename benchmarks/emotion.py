@@ -86,7 +86,7 @@ def conversations(clips: Sequence[Clip], seconds: float, seed: int = 0) -> list[
     return groups
 
 
-def joined(group: Sequence[Clip]) -> tuple[bytes, list[tuple[float, float]]]:
+def joined(paths: Sequence[Path]) -> tuple[bytes, list[tuple[float, float]]]:
     """The clips one after another, ``GAP_S`` of silence after each, as WAV bytes, and
     each clip's span in it (ms)."""
     import soundfile as sf
@@ -95,8 +95,8 @@ def joined(group: Sequence[Clip]) -> tuple[bytes, list[tuple[float, float]]]:
 
     gap = np.zeros(int(GAP_S * SAMPLE_RATE), np.float32)
     parts, spans, at = [], [], 0.0
-    for clip in group:
-        samples = decode_audio(clip.path).samples
+    for path in paths:
+        samples = decode_audio(path).samples
         parts += [samples, gap]
         spans.append((at, at + 1000 * len(samples) / SAMPLE_RATE))
         at = spans[-1][1] + 1000 * GAP_S
@@ -143,7 +143,7 @@ def main() -> None:
     for group in groups:
         times = StageTimes()
         if args.conversation:
-            source, spans = joined(group)
+            source, spans = joined([c.path for c in group])
             name = "conversation.wav"
         else:
             source, spans, name = group[0].path, [(0.0, float("inf"))], group[0].path.name

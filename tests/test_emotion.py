@@ -361,10 +361,12 @@ def test_a_segment_keeps_its_emotion_inside_a_conversation(settings) -> None:
     window, after other voices, and its encoder states differ from those of the clip
     read alone. The labels must mostly hold; a model trained on clips read alone only
     called nearly every such segment Angry."""
+    from benchmarks.emotion import joined, votes_over
     from ethostral_serve.audio import Audio, decode_audio
     from ethostral_serve.backends.embedded import EmbeddedSpeechModel
     from ethostral_serve.backends.vad.silero import SileroVad
     from ethostral_serve.pipeline.compose import TranscribeOptions, transcribe
+    from ethostral_serve.schema import Segment
 
     emotions = {"calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"}
     clips = _ravdess_clips(emotions, {4, 11})  # strong intensity: Neutral has none
@@ -373,34 +375,24 @@ def test_a_segment_keeps_its_emotion_inside_a_conversation(settings) -> None:
     vad = SileroVad(settings.vad)
     options = TranscribeOptions(language="en", diarize=False, emotion=True)
 
-    def labels(audio: Audio, name: str) -> list[tuple[float, float, str]]:
-        session = transcribe(
+    def segments(audio: Audio, name: str) -> list[Segment]:
+        return transcribe(
             audio, name, options, vad=vad, diarizer=None, model=model, settings=settings
-        )
-        return [
-            (s.start_ms / 1000, s.end_ms / 1000, s.emotion.label)
-            for s in session.segments
-            if s.emotion
-        ]
+        ).segments
 
-    def majority(segments: list[tuple[float, float, str]], lo: float, hi: float) -> str:
-        cover: dict[str, float] = {}
-        for a, b, label in segments:
-            cover[label] = cover.get(label, 0.0) + max(0.0, min(b, hi) - max(a, lo))
-        best = max(cover, key=cover.__getitem__) if cover else ""
-        return best if cover.get(best, 0.0) > 0 else ""
+    def majority(found: list[Segment], lo_ms: float, hi_ms: float) -> str:
+        """The label covering most of ``[lo_ms, hi_ms)``, as the benchmark votes."""
+        votes = votes_over(found, lo_ms, hi_ms)
+        return EMOTION_LABELS[int(np.argmax(votes))] if votes.any() else ""
 
     truth = [emotion.capitalize() for _, emotion in clips]
     audio = [decode_audio(path) for path, _ in clips]
-    alone = [majority(labels(a, p.name), 0.0, 1e9) for a, (p, _) in zip(audio, clips, strict=True)]
-    gap = np.zeros(int(1.5 * SR), np.float32)
-    joined, spans, t = [], [], 0.0
-    for a in audio:
-        joined += [a.samples, gap]
-        spans.append((t, t + len(a.samples) / SR))
-        t += (len(a.samples) + len(gap)) / SR
-    conversation = labels(Audio(np.concatenate(joined), SR), "conversation.wav")
-    inside = [majority(conversation, lo, hi) for lo, hi in spans]
+    alone = [
+        majority(segments(a, p.name), 0.0, np.inf) for a, (p, _) in zip(audio, clips, strict=True)
+    ]
+    wav, spans_ms = joined([path for path, _ in clips])  # 1.5 s of silence after each
+    conversation = segments(decode_audio(wav), "conversation.wav")
+    inside = [majority(conversation, lo, hi) for lo, hi in spans_ms]
     agree = np.mean([a == b for a, b in zip(alone, inside, strict=True)])
     right_alone = np.mean([a == b for a, b in zip(alone, truth, strict=True)])
     right_inside = np.mean([a == b for a, b in zip(inside, truth, strict=True)])
