@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.diarization [--seeds 0 1 2 3 4] [--out DIR]
         [--set key=value] [--repeat N] [--no-ami] [--far-field] [--long] [--groups SET ...]
-        [--sessions [--counts] | --streams]
+        [--files WAV ... --rttm RTTM ... [--uem UEM ...]] [--sessions [--counts] | --streams]
 
 Builds LibriSpeech test-other conversations (1, 2 and 4 speakers, whole utterances
 separated by random 0.3-1.5 s pauses, RTTM written while concatenating), and reads the
@@ -19,6 +19,8 @@ the live speakers and after the speaker pass over the whole stream. "ami-minute"
 join consecutive AMI excerpts of one meeting into a minute. ``--far-field`` adds the 2-
 and 4-speaker conversations as a distant microphone hears them ("far-field-*": each
 speaker at its own level and through its own synthetic room response, room noise).
+``--files`` adds recordings of your own with RTTM references as the set "files" (``--groups
+files`` to run only those).
 """
 
 from __future__ import annotations
@@ -197,6 +199,42 @@ def read_uem(path: Path) -> dict[str, tuple[float, float]]:
         if len(f) >= 4:
             out[f[0]] = (float(f[2]), float(f[3]))
     return out
+
+
+def reference_for(
+    path: Path, references: dict[str, list[tuple[float, float, str]]]
+) -> tuple[str, list[tuple[float, float, str]]] | None:
+    """The RTTM file id and turns that belong to ``path``: its stem (NFC, as RTTMs name
+    files), else the only file id there is; None when neither matches."""
+    stem = unicodedata.normalize("NFC", path.stem)
+    if stem in references:
+        return stem, references[stem]
+    if len(references) == 1:
+        return next(iter(references.items()))
+    return None
+
+
+def file_cases(
+    files: Sequence[Path], rttms: Sequence[Path], uems: Sequence[Path] = ()
+) -> list[Case]:
+    """Recordings of your own with their RTTM references (and UEMs), as the "files" set:
+    each file's reference is the RTTM file id named like it (or the only one there is)."""
+    from ethostral_serve.audio import decode_audio
+
+    refs: dict[str, list[tuple[float, float, str]]] = {}
+    scored: dict[str, tuple[float, float]] = {}
+    for rttm in rttms:
+        refs.update(read_rttm(rttm))
+    for uem in uems:
+        scored.update(read_uem(uem))
+    cases = []
+    for path in files:
+        found = reference_for(path, refs)
+        if found is None:
+            raise ValueError(f"{path}: no reference in {', '.join(map(str, rttms))}")
+        uri, reference = found
+        cases.append(Case("files", uri, decode_audio(path).samples, reference, scored.get(uri)))
+    return cases
 
 
 def ami_cases() -> list[Case]:
@@ -622,6 +660,13 @@ def main() -> None:
         action="store_true",
         help="score live streams' stored sessions (live speakers, then the whole-stream pass)",
     )
+    parser.add_argument(
+        "--files", nargs="+", type=Path, default=[], help="recordings of your own (set 'files')"
+    )
+    parser.add_argument(
+        "--rttm", nargs="+", type=Path, default=[], help="with --files: their references"
+    )
+    parser.add_argument("--uem", nargs="+", type=Path, default=[], help="with --files: UEMs")
     args = parser.parse_args()
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     if args.threads > 0:
@@ -633,17 +678,27 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = None if value.lower() == "none" else value
 
-    cases = librispeech_cases(args.seeds)
-    if args.far_field:
-        cases += far_field_cases(cases)
-    if args.long:
-        cases += long_far_field_cases(args.seeds)
-    if args.out is not None:
-        for case in cases:
-            write_case(case, args.out)
-    if not args.no_ami:
-        ami = ami_cases()
-        cases += ami + ami_minutes(ami)
+    cases: list[Case] = []
+    if args.files:
+        if not args.rttm:
+            parser.error("--files needs --rttm")
+        try:
+            cases += file_cases(args.files, args.rttm, args.uem)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if set(args.groups) != {"files"}:  # the built sets need ../shared's data
+        built = librispeech_cases(args.seeds)
+        if args.far_field:
+            built += far_field_cases(built)
+        if args.long:
+            built += long_far_field_cases(args.seeds)
+        if args.out is not None:
+            for case in built:
+                write_case(case, args.out)
+        if not args.no_ami:
+            ami = ami_cases()
+            built += ami + ami_minutes(ami)
+        cases = built + cases
     if args.groups:
         cases = [c for c in cases if c.group in args.groups]
     if args.streams:

@@ -8,6 +8,9 @@ clip with no segment counts as wrong. ``--data`` is a folder with a ``labels.tsv
 out like ../shared/data/emotion/ravdess (an ``actor`` column: scored on the 8 labels) or
 like ../shared/data/emotion/emodb (a ``speaker`` column: scored on the 6 labels it shares
 with ours; boredom clips are left out, and a Calm or Surprised prediction is wrong).
+It also prints the segments' expected calibration error: each segment's confidence
+against whether its label is that of the clip it lies in (15 equal-width bins), next to
+what a perfectly calibrated model would show on as many segments.
 
 With ``--conversation S``, the clips are instead joined, in a seeded random order across
 speakers, into recordings of about S seconds (1.5 s of silence between clips), and each
@@ -37,6 +40,8 @@ from ethostral_serve.schema import EMOTION_LABELS, Segment
 from scripts.train_emotion import (
     SCORED,
     Clip,
+    binned_ece,
+    calibrated_ece,
     corpus_f1,
     per_class_f1,
     read_emodb,
@@ -67,6 +72,24 @@ def votes_over(segments: Sequence[Segment], lo_ms: float, hi_ms: float) -> np.nd
             overlap = min(seg.end_ms, hi_ms) - max(seg.start_ms, lo_ms)
             votes[EMOTION_LABELS.index(seg.emotion.label)] += max(1.0, overlap)
     return votes
+
+
+def segment_outcomes(
+    segments: Sequence[Segment], spans: Sequence[tuple[float, float]], labels: Sequence[int]
+) -> list[tuple[float, bool]]:
+    """Each emotion-bearing segment's confidence and whether its label is that of the
+    clip it overlaps most (``spans`` and ``labels`` per clip); segments outside every
+    clip are left out. What the segment-level calibration error is computed from."""
+    outcomes = []
+    for seg in segments:
+        if seg.emotion is None:
+            continue
+        overlaps = [min(seg.end_ms, hi) - max(seg.start_ms, lo) for lo, hi in spans]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] > 0:
+            label = EMOTION_LABELS.index(seg.emotion.label)
+            outcomes.append((seg.emotion.confidence, label == labels[best]))
+    return outcomes
 
 
 def conversations(clips: Sequence[Clip], seconds: float, seed: int = 0) -> list[list[Clip]]:
@@ -138,6 +161,7 @@ def main() -> None:
         sys.exit("no clips selected")
     engine = Engine.load(Settings())
     truth, pred, confidence = [], [], []
+    outcomes: list[tuple[float, bool]] = []
     emotion_s, segments = 0.0, 0
     groups = conversations(clips, args.conversation) if args.conversation else [[c] for c in clips]
     for group in groups:
@@ -150,6 +174,7 @@ def main() -> None:
         session = engine.run(source, name, TranscribeOptions(), times=times)
         emotion_s += times.seconds.get("emotion", 0.0)
         segments += len(session.segments)
+        outcomes += segment_outcomes(session.segments, spans, [c.label for c in group])
         for clip, (lo, hi) in zip(group, spans, strict=True):
             votes = votes_over(session.segments, lo, hi)
             truth.append(clip.label)
@@ -179,8 +204,19 @@ def main() -> None:
         f"accuracy {float(np.mean(y == p)):.3f}, clips without a segment {int(np.sum(p < 0))}, "
         f"mean top confidence {float(np.mean(confidence)):.3f}, called Angry "
         f"{float(np.mean(p == EMOTION_LABELS.index('Angry'))):.3f}, emotion "
-        f"{1000 * emotion_s / max(1, segments):.2f} ms per segment ({segments} segments)\n"
+        f"{1000 * emotion_s / max(1, segments):.2f} ms per segment ({segments} segments)"
     )
+    if outcomes:
+        conf = np.array([c for c, _ in outcomes])
+        right = np.array([r for _, r in outcomes])
+        floor, high = calibrated_ece(conf)
+        print(
+            f"segments' calibration: ECE {binned_ece(conf, right):.3f} over {len(conf)} segments "
+            f"(accuracy {float(right.mean()):.3f}, mean confidence {float(conf.mean()):.3f}; "
+            f"a calibrated model would show {floor:.3f} on as many, 90 % of draws under "
+            f"{high:.3f})"
+        )
+    print()
     f1 = per_class_f1(y, p, corpus)
     print_table(
         ["label", "F1", "clips"],

@@ -27,12 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import bare_whisper_s, machine, print_table
-from benchmarks.diarization import Case, Score, exclusive_oracle, read_rttm, read_uem, score
+from benchmarks.diarization import (
+    Case,
+    Score,
+    exclusive_oracle,
+    read_rttm,
+    read_uem,
+    reference_for,
+    score,
+)
 
 Turn = tuple[float, float, str]
 
@@ -43,17 +50,6 @@ def session_turns(session: dict[str, object]) -> list[Turn]:
     if not isinstance(segments, list):
         raise ValueError("not a Session: no 'segments' list")
     return [(s["start_ms"] / 1000, s["end_ms"] / 1000, str(s["speaker"])) for s in segments]
-
-
-def reference_for(path: Path, references: dict[str, list[Turn]]) -> tuple[str, list[Turn]] | None:
-    """The RTTM file id and turns that belong to ``path``: its stem (NFC, as RTTMs name
-    files), else the only file id there is; None when neither matches."""
-    stem = unicodedata.normalize("NFC", path.stem)
-    if stem in references:
-        return stem, references[stem]
-    if len(references) == 1:
-        return next(iter(references.items()))
-    return None
 
 
 def transcribe(cli: str, path: Path, options: Sequence[str], out: Path) -> float:

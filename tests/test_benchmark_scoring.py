@@ -60,8 +60,8 @@ def test_far_field_copy_keeps_the_reference_and_changes_each_voice() -> None:
 def test_meeting_scores_a_sessions_segments_by_their_file_id(tmp_path) -> None:
     """The meeting benchmark reads a Session's segments in seconds and finds each file's
     reference by its stem, or the one file id an RTTM holds."""
-    from benchmarks.diarization import read_rttm
-    from benchmarks.meeting import reference_for, session_turns
+    from benchmarks.diarization import read_rttm, reference_for
+    from benchmarks.meeting import session_turns
 
     rttm = tmp_path / "ref.rttm"
     rttm.write_text(
@@ -130,3 +130,55 @@ def test_emotion_conversation_votes_by_time_inside_each_clip(tmp_path) -> None:
     assert first[EMOTION_LABELS.index("Sad")] == 900 and first[EMOTION_LABELS.index("Angry")] == 100
     assert EMOTION_LABELS[int(np.argmax(second))] == "Happy" and second.sum() == 1000
     assert not votes_over(segments, 6000, 7000).any()  # nothing there: no vote
+
+
+def test_emotion_segments_are_scored_against_the_clip_they_overlap_most() -> None:
+    """``benchmarks.emotion``'s calibration figure: each segment with an emotion is right
+    when its label is that of the clip it overlaps most; segments with no emotion or
+    outside every clip are left out."""
+    from benchmarks.emotion import segment_outcomes
+    from ethostral_serve.schema import EMOTION_LABELS, Emotion, Segment
+
+    def segment(start: int, end: int, label: str | None, confidence: float) -> Segment:
+        emotion = None
+        if label is not None:
+            emotion = Emotion(label=label, valence=0, arousal=0, dominance=0, confidence=confidence)
+        return Segment(speaker="s0", start_ms=start, end_ms=end, text="x", emotion=emotion)
+
+    spans = [(0.0, 1000.0), (2500.0, 5000.0)]
+    labels = [EMOTION_LABELS.index("Sad"), EMOTION_LABELS.index("Happy")]
+    segments = [
+        segment(0, 900, "Sad", 0.9),  # inside the first clip: right
+        segment(900, 2800, "Happy", 0.6),  # 100 ms in the first, 300 ms in the second: right
+        segment(2800, 4000, "Angry", 0.7),  # in the second clip: wrong
+        segment(4000, 5000, None, 0.0),  # emotion off: left out
+        segment(6000, 7000, "Sad", 0.8),  # outside every clip: left out
+    ]
+    assert segment_outcomes(segments, spans, labels) == [(0.9, True), (0.6, True), (0.7, False)]
+    assert segment_outcomes([], spans, labels) == []
+
+
+def test_recordings_of_your_own_become_cases_with_their_reference(tmp_path) -> None:
+    """``benchmarks.diarization --files``: each file gets the RTTM turns and UEM of the
+    file id named like it; a file with no reference is refused, not scored as silence."""
+    import soundfile as sf
+
+    from benchmarks.diarization import file_cases
+
+    wav = tmp_path / "minute.wav"
+    sf.write(wav, np.full(2 * SAMPLE_RATE, 0.1, np.float32), SAMPLE_RATE, subtype="PCM_16")
+    rttm = tmp_path / "refs.rttm"
+    rttm.write_text(
+        "SPEAKER minute 1 0.50 1.00 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER minute 1 1.20 0.60 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER other 1 0.00 1.00 <NA> <NA> C <NA> <NA>\n",
+        encoding="utf-8",
+    )
+    uem = tmp_path / "refs.uem"
+    uem.write_text("minute 1 0.000 2.000\nother 1 0.000 1.000\n", encoding="utf-8")
+    (case,) = file_cases([wav], [rttm], [uem])
+    assert (case.group, case.uri, case.speakers, case.uem) == ("files", "minute", 2, (0.0, 2.0))
+    assert case.reference == [(0.5, 1.5, "A"), (1.2, pytest.approx(1.8), "B")]
+    assert case.duration == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no reference"):
+        file_cases([tmp_path / "elsewhere.wav"], [rttm])
