@@ -8,10 +8,11 @@ encoder states); words are grouped into segments and each segment's frames are p
 Augmented copies (noise, reverberation, telephone/codec channel, speed + gain) reuse the
 clean clip's ASR windows and segment spans and only re-run the encoder on the augmented
 audio, exactly as ``WhisperAsr.transcribe_windows`` encodes a window (checked bit for bit
-against the served frames before any copy is made). Context copies (on by default,
-``--no-context`` to leave them out) read every clip inside an ASR window among other
-clips' speech, as a segment of a conversation is read; every variant trains on them and
-is scored on them, and the confidence is calibrated on segments read both ways.
+against the served frames before any copy is made). Context copies (two per clip by
+default, ``--context-copies``; ``--no-context`` to leave them out) read every clip inside
+an ASR window among other clips' speech, as a segment of a conversation is read, each
+copy in its own packing; every variant trains on them and is scored on them, and the
+confidence is calibrated on segments read both ways.
 
 Protocol: speakers are held out, never clips. Each fold holds out 4 RAVDESS actors (2 male,
 2 female) and 1 EmoDB speaker, training on everyone else; 5 folds, repeated over 3
@@ -62,6 +63,7 @@ SR = 16_000
 SEED = 20240611
 CACHE_LAYOUT = 4  # bump when what is cached per clip changes
 AUG_VERSION = 1  # bump when an augmentation recipe changes
+FIT_VERSION = 2  # bump when how rows are weighted or fitted changes (names the CV memo)
 FRAME_S = 0.02  # one Whisper encoder frame
 FRAME_SAMPLES = round(SR * FRAME_S)  # samples per encoder frame (320)
 
@@ -686,6 +688,12 @@ def extract_augmented(
 CONTEXT = "context"  # source: each clip read among other clips' speech, as in a conversation
 CONTEXT_VERSION = 1  # bump when the packing recipe changes
 CONTEXT_MIN_S = 8.0  # each packed window's target length is drawn from [this, max_chunk_s]
+CONTEXT_COPIES = 2  # context copies per clip, each packed in its own seeded order
+
+
+def context_sources(copies: int) -> list[str]:
+    """Source names of ``copies`` context copies: ``context``, ``context2``, …"""
+    return [CONTEXT if k == 1 else f"{CONTEXT}{k}" for k in range(1, copies + 1)]
 
 
 def pack_windows(
@@ -713,12 +721,23 @@ def pack_windows(
     return windows
 
 
+def is_context(source: str) -> bool:
+    """Whether ``source`` names a context copy (see :func:`context_sources`)."""
+    return source == CONTEXT or (source.startswith(CONTEXT) and source[len(CONTEXT) :].isdigit())
+
+
 def extract_context(
-    clips: Sequence[Clip], clean: Sequence[ClipFeatures], settings: Settings, cache: Path
+    clips: Sequence[Clip],
+    clean: Sequence[ClipFeatures],
+    settings: Settings,
+    cache: Path,
+    copy: int = 1,
 ) -> list[ClipFeatures | None]:
     """A copy of each clip's features with its speech read inside an ASR window among
     other clips' speech, as a segment of a conversation is read (None for clips without
-    a segment, or read in more than one window).
+    a segment, or read in more than one window). Copy ``copy`` (1, 2, …) packs the clips
+    in an order of its own, so each copy puts a clip among other neighbours at another
+    place in its window.
 
     A clip's speech (its VAD regions, as the served path joins them) is packed with
     other clips' into windows of 8 s to ``max_chunk_s``, in a seeded random order over
@@ -731,7 +750,9 @@ def extract_context(
     """
     from ethostral_serve.audio import decode_audio
 
-    base = cache / f"aug{AUG_VERSION}" / f"{CONTEXT}{CONTEXT_VERSION}"
+    name = f"{CONTEXT}{CONTEXT_VERSION}" + ("" if copy == 1 else f"-{copy}")
+    base = cache / f"aug{AUG_VERSION}" / name
+    seed = [SEED, CONTEXT_VERSION] + ([] if copy == 1 else [copy])
     targets = [base / c.corpus / f"{c.key}.npz" for c in clips]
     usable = [
         i for i, f in enumerate(clean) if len(f.segments) and len(np.unique(f.windows[:, 0])) == 1
@@ -749,7 +770,7 @@ def extract_context(
             [len(x) for x in speech],
             int(settings.vad.max_chunk_s * SR),
             int(CONTEXT_MIN_S * SR),
-            np.random.default_rng([SEED, CONTEXT_VERSION]),
+            np.random.default_rng(seed),
         )
         start = time.perf_counter()
         for k in range(0, len(plan), 8):
@@ -772,7 +793,7 @@ def extract_context(
                     replace(clean[i], frames=mine).save(targets[i])
             done = k + len(group)
             if done % 40 < 8 or done == len(plan):
-                progress(CONTEXT, done, len(plan), "window", start)
+                progress(context_sources(copy)[-1], done, len(plan), "window", start)
     chosen = set(usable)
     return [ClipFeatures.load(targets[i]) if i in chosen else None for i in range(len(clips))]
 
@@ -1286,10 +1307,12 @@ def train_rows(
     bank: Bank, variant: Variant, y: np.ndarray, train: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels, weights and speakers of the variant's training rows of
-    ``train`` clips."""
+    ``train`` clips. The context copies share one copy's weight: more of them add other
+    neighbours and places in the window, not more weight against the clips read alone."""
     data = bank.data
     keep = train & (y >= 0) & np.isin(data.corpus, variant.corpora)
-    xs, ys, es, gs = [], [], [], []
+    n_context = sum(is_context(s) for s in variant.sources)
+    xs, ys, es, gs, ws = [], [], [], [], []
     for source in variant.sources:
         rows = bank[source]
         sel = keep[rows.clip]
@@ -1297,8 +1320,9 @@ def train_rows(
         ys.append(y[rows.clip[sel]])
         es.append(data.corpus[rows.clip[sel]] == "emodb")
         gs.append(data.speaker[rows.clip[sel]])
+        ws.append(np.full(int(sel.sum()), 1.0 / n_context if is_context(source) else 1.0))
     yy, emodb = np.concatenate(ys), np.concatenate(es)
-    w = np.where(emodb, variant.emodb_weight, 1.0)
+    w = np.concatenate(ws) * np.where(emodb, variant.emodb_weight, 1.0)
     if variant.emodb_balanced and emodb.any():
         counts = np.bincount(yy[emodb], minlength=len(EMOTION_LABELS)).astype(np.float64)
         w[emodb] *= counts.sum() / np.count_nonzero(counts) / counts[yy[emodb]]
@@ -1630,6 +1654,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train and score every variant on copies of the clips read among other clips' "
         "speech, as segments of a conversation are read (default: on)",
     )
+    parser.add_argument(
+        "--context-copies",
+        type=int,
+        default=CONTEXT_COPIES,
+        help=f"context copies per clip, each in its own packing (default: {CONTEXT_COPIES})",
+    )
     parser.add_argument("--stages", nargs="*", default=[], help="only these selection stages")
     parser.add_argument("--report", type=Path, default=None, help="write metrics as JSON")
     parser.add_argument(
@@ -1640,6 +1670,8 @@ def main(argv: list[str] | None = None) -> int:
         "--select-only", action="store_true", help="stop after comparing the variants"
     )
     args = parser.parse_args(argv)
+    if args.context and args.context_copies < 1:
+        parser.error("--context-copies must be at least 1 (or use --no-context)")
 
     settings = Settings()
     clips = read_ravdess(args.ravdess) + read_emodb(args.emodb)
@@ -1652,8 +1684,9 @@ def main(argv: list[str] | None = None) -> int:
         f: extract_augmented(clips, clean, f, settings, cache, babble, args.aug_per_clip)
         for f in args.augment
     }
-    if args.context:
-        aug[CONTEXT] = extract_context(clips, clean, settings, cache)
+    args.always = context_sources(args.context_copies) if args.context else []
+    for copy, source in enumerate(args.always, start=1):
+        aug[source] = extract_context(clips, clean, settings, cache, copy)
     if args.extract_only:
         return 0
     data = Corpus(clips, clean, aug, prosody_rows(clips, clean, cache))
@@ -1696,10 +1729,10 @@ def _train(
         "mean over folds, EmoDB pooled over its held-out speakers; robustness columns: the "
         "same on the held-out clips' augmented copies\n"
     )
-    memo = args.cache_root / f"cv-{cache_tag(settings)}-aug{AUG_VERSION}.json"
+    memo = args.cache_root / f"cv-{cache_tag(settings)}-aug{AUG_VERSION}-fit{FIT_VERSION}.json"
     if args.fresh:
         memo.unlink(missing_ok=True)
-    always = [CONTEXT] if args.context else []
+    always = args.always
     best, best_param, grid = select_variant(
         data, banks, fold_sets, args.augment, args.stages, memo, always
     )

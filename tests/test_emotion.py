@@ -285,6 +285,8 @@ def test_shipped_model() -> None:
     assert DEFAULT_MODEL.stat().st_size < 2 * 1024 * 1024
     meta = json.loads(str(np.load(DEFAULT_MODEL)["metadata"]))
     assert "RAVDESS" in meta["train"] and "EmoDB" in meta["train"]
+    # trained on segments read inside conversations too, in two packings
+    assert {"clean", "context", "context2"} <= set(meta["recipe"]["sources"])
     frames = np.random.default_rng(6).normal(size=(120, 512)).astype(np.float16)
     (result,) = clf.classify_frames([frames])
     assert result.label in EMOTION_LABELS
@@ -749,6 +751,18 @@ def test_pack_windows_places_every_clip_once_on_a_frame() -> None:
     # seeded: the same plan again, another order with another seed
     assert pack_windows(lengths, 28 * SR, 8 * SR, np.random.default_rng(0)) == plan
     assert pack_windows(lengths, 28 * SR, 8 * SR, np.random.default_rng(1)) != plan
+
+
+def test_context_copies_have_names_of_their_own_and_at_least_one_is_asked(capsys) -> None:
+    from scripts.train_emotion import CONTEXT_COPIES, context_sources, main
+
+    assert context_sources(1) == ["context"]  # the first copy keeps its name (and cache)
+    assert context_sources(3) == ["context", "context2", "context3"]
+    assert len(context_sources(CONTEXT_COPIES)) == CONTEXT_COPIES
+    with pytest.raises(SystemExit) as refused:
+        main(["--context-copies", "0"])
+    assert refused.value.code == 2
+    assert "--context-copies must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
