@@ -694,6 +694,29 @@ def test_held_out_copies_are_scored_by_the_fold_that_left_their_speaker_out() ->
     assert summary["context_ravdess"] > 0.9 and summary["context_emodb"] > 0.9
 
 
+def test_context_copies_together_weigh_as_much_as_one() -> None:
+    """However many context copies a variant trains on, they weigh as much together as
+    the clips read alone; other copies (noise) keep a clip's full weight each."""
+    from scripts.train_emotion import Bank, Variant, is_context, train_rows
+
+    data = _corpus()
+    for name in ("context", "context2", "context3", "noise"):
+        data.aug[name] = list(data.clean)
+    bank = Bank(data, ("mean",), "none")
+    train = np.ones(len(data.clips), bool)
+    assert is_context("context2") and not is_context("contextual") and not is_context("noise")
+    for copies in (1, 2, 3):
+        sources = ("clean", *["context", "context2", "context3"][:copies], "noise")
+        variant = Variant("test", sources=sources, emodb_weight=1.0, emodb_balanced=False)
+        _, y, w, _ = train_rows(bank, variant, data.y, train)
+        per_source = np.split(w, len(sources))  # each source holds every scored clip once
+        clean = per_source[0].sum()
+        assert clean == pytest.approx(int((data.y >= 0).sum()))
+        assert sum(part.sum() for part in per_source[1:-1]) == pytest.approx(clean)
+        assert per_source[-1].sum() == pytest.approx(clean)  # noise: full weight
+        assert len(y) == len(sources) * clean
+
+
 def test_emodb_score_counts_calm_and_surprised_as_wrong() -> None:
     from scripts.train_emotion import corpus_f1
 
