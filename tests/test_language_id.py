@@ -137,7 +137,8 @@ def asr(settings):
 @pytest.fixture(scope="module")
 def meeting_excerpt() -> np.ndarray:
     """17 s of a real far-field AMI meeting in English (pyannote-debug trn08), which
-    Whisper base's language identification ranks as Welsh first."""
+    Whisper base's language identification hesitates over between Welsh and English:
+    Welsh first on one machine, English first (0.59 against 0.38) on another."""
     return decode_audio(require_data("diarization", "pyannote-debug", "trn08.wav")).samples
 
 
@@ -149,7 +150,28 @@ def german() -> np.ndarray:
     return np.concatenate([decode_audio(folder / line.split("\t")[0]).samples for line in lines])
 
 
-def test_far_field_english_first_heard_as_welsh_is_settled_as_english(asr, meeting_excerpt) -> None:
+def welsh_first(asr, monkeypatch) -> None:
+    """From now on, where Whisper ranks English first and Welsh second, it ranks Welsh
+    first (with English's probability) and English second: how the hesitation between
+    the two is settled is what is tested, whichever way the machine's floating point
+    tips Whisper's own ranking."""
+    ranking = asr._ranking
+
+    def swapped(encoded: object):
+        ranked = ranking(encoded)
+        if len(ranked) >= 2 and (ranked[0][0], ranked[1][0]) == ("en", "cy"):
+            return (("cy", ranked[0][1]), ("en", ranked[1][1]), *ranked[2:])
+        return ranked
+
+    monkeypatch.setattr(asr, "_ranking", swapped)
+
+
+def test_far_field_english_first_heard_as_welsh_is_settled_as_english(
+    asr, meeting_excerpt, monkeypatch
+) -> None:
+    heard = asr.language_ranking(meeting_excerpt)
+    assert {heard[0][0], heard[1][0]} == {"en", "cy"} and heard[0][1] < 0.75  # unsure
+    welsh_first(asr, monkeypatch)
     ranking = asr.language_ranking(meeting_excerpt)
     assert ranking[0][0] == "cy" and ranking[1][0] == "en"  # Whisper's own rule: Welsh
     language, probability = asr.identify_language([meeting_excerpt]) or ("", 0.0)
@@ -167,6 +189,7 @@ def test_an_unsure_leader_is_checked_on_its_own_recognition(
     # trn08 first heard as Welsh: the Welsh beam recognition fails the test (and is not
     # sampled again), so English is drafted, wins, and the window is recognised in
     # English with Whisper's fallback
+    welsh_first(asr, monkeypatch)
     drafted, decoded = spy_on_decoding(asr, monkeypatch)
     chunk = Chunk((Span(0.0, len(meeting_excerpt) / SAMPLE_RATE),), (0.0,))
     assert asr.transcribe(meeting_excerpt, [chunk], None).language == "en"
@@ -188,11 +211,22 @@ def test_an_unsure_leader_whose_recognition_reads_well_costs_no_draft(asr, monke
 def test_a_leader_whose_recognition_fails_but_drafts_better_is_recognised_again(
     asr, monkeypatch
 ) -> None:
-    # 30 s of trn04 whole (its silences too): the English beam recognition loops, the
-    # Welsh drafts fail more, so English stays and the window is decoded again with
-    # Whisper's sampling fallback
+    # 30 s of trn04 whole (its silences too), heard as English, unsure. Where the English
+    # beam recognition loops (it did on one machine, not on another: here its check is
+    # made to read as a loop), the Welsh drafts fail at least as much, so English stays
+    # and the window is decoded again with Whisper's sampling fallback
     samples = decode_audio(require_data("diarization", "pyannote-debug", "trn04.wav")).samples
-    assert [code for code, _ in asr.language_ranking(samples)[:2]] == ["en", "cy"]
+    ranking = asr.language_ranking(samples)
+    assert [code for code, _ in ranking[:2]] == ["en", "cy"] and ranking[0][1] < 0.75
+    decode = asr._decode_checked
+
+    def english_loops(audio, features, encoded, language, fallback=True):
+        result, check = decode(audio, features, encoded, language, fallback)
+        if language == "en" and not fallback:
+            check = DraftCheck(check.seconds, check.avg_logprob, 2.6)  # a loop's ratio
+        return result, check
+
+    monkeypatch.setattr(asr, "_decode_checked", english_loops)
     drafted, decoded = spy_on_decoding(asr, monkeypatch)
     chunk = Chunk((Span(0.0, len(samples) / SAMPLE_RATE),), (0.0,))
     assert asr.transcribe(samples, [chunk], None).language == "en"

@@ -373,6 +373,20 @@ def _wait_until(page: Any, predicate: str, arg: Any = None, timeout_ms: int = WA
         page.wait_for_timeout(50)
 
 
+def _wait_for_playback_in(page: Any, segment: dict[str, Any]) -> None:
+    """Wait until the player's position lies inside ``segment`` (the segment is
+    highlighted at once; the media element reaches the new position when its seek is
+    done, which under load takes a moment)."""
+    _wait_until(
+        page,
+        """([start, end]) => {
+            const ms = document.querySelector('.player audio').currentTime * 1000;
+            return start - 50 <= ms && ms < end;
+        }""",
+        arg=[segment["start_ms"], segment["end_ms"]],
+    )
+
+
 def _seen(page: Any) -> dict[str, list[Any]]:
     return page.evaluate("window.__seen")
 
@@ -459,16 +473,14 @@ def test_upload_shows_the_stored_session_and_syncs_the_player(
     second = stored["segments"][1]
     items.nth(1).locator("button.seek").click()
     expect(items.nth(1)).to_have_attribute("aria-current", "true")
-    t = page.evaluate("document.querySelector('.player audio').currentTime")
-    assert second["start_ms"] - 50 <= t * 1000 < second["end_ms"]
+    _wait_for_playback_in(page, second)
     expect(items.nth(0)).not_to_have_attribute("aria-current", "true")
     # keyboard: Tab reaches the next segment's button and Enter seeks there
     items.nth(1).locator("button.seek").focus()
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     expect(items.nth(2)).to_have_attribute("aria-current", "true")
-    t = page.evaluate("document.querySelector('.player audio').currentTime")
-    assert stored["segments"][2]["start_ms"] - 50 <= t * 1000 < stored["segments"][2]["end_ms"]
+    _wait_for_playback_in(page, stored["segments"][2])
     # a click on the timeline seeks to the time under the pointer (the x axis spans the file)
     over = page.locator(".timeline .u-over")
     box = over.bounding_box()
