@@ -691,9 +691,14 @@ CONTEXT_MIN_S = 8.0  # each packed window's target length is drawn from [this, m
 CONTEXT_COPIES = 2  # context copies per clip, each packed in its own seeded order
 
 
+def context_source(copy: int) -> str:
+    """Source name of context copy ``copy`` (1, 2, …): ``context``, ``context2``, …"""
+    return CONTEXT if copy == 1 else f"{CONTEXT}{copy}"
+
+
 def context_sources(copies: int) -> list[str]:
-    """Source names of ``copies`` context copies: ``context``, ``context2``, …"""
-    return [CONTEXT if k == 1 else f"{CONTEXT}{k}" for k in range(1, copies + 1)]
+    """Source names of ``copies`` context copies (:func:`context_source`)."""
+    return [context_source(k) for k in range(1, copies + 1)]
 
 
 def pack_windows(
@@ -793,7 +798,7 @@ def extract_context(
                     replace(clean[i], frames=mine).save(targets[i])
             done = k + len(group)
             if done % 40 < 8 or done == len(plan):
-                progress(context_sources(copy)[-1], done, len(plan), "window", start)
+                progress(context_source(copy), done, len(plan), "window", start)
     chosen = set(usable)
     return [ClipFeatures.load(targets[i]) if i in chosen else None for i in range(len(clips))]
 
